@@ -1,0 +1,31 @@
+/* buf: a growable byte buffer with helpers for building text and JSON.
+ * The owner frees it with buf_free(); data is always NUL-terminated. */
+#ifndef SL_CORE_BUF_H
+#define SL_CORE_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+struct buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+
+#define BUF_INIT {NULL, 0, 0}
+
+void buf_reserve(struct buf *b, size_t extra);
+void buf_add(struct buf *b, const void *p, size_t n);
+void buf_addc(struct buf *b, char c);
+void buf_adds(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Appends s (n bytes) as a quoted JSON string. Invalid UTF-8 becomes U+FFFD,
+ * control characters are escaped, so the output is always valid JSON. */
+void buf_add_json_str(struct buf *b, const char *s, size_t n);
+void buf_reset(struct buf *b);
+/* Hands the data to the caller (who frees it) and resets b. */
+char *buf_steal(struct buf *b);
+void buf_free(struct buf *b);
+
+#endif

@@ -1,0 +1,105 @@
+/* Identifier generation. UUIDv7 keeps ids time-ordered so keyset pagination
+ * and b-tree inserts stay cheap. */
+#include "core/ids.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "core/clock.h"
+
+void id_random(void *out, size_t n)
+{
+	unsigned char *p = out;
+	while (n > 0) {
+		ssize_t r = getrandom(p, n, 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "stageline: getrandom failed\n");
+			abort();
+		}
+		p += r;
+		n -= (size_t)r;
+	}
+}
+
+void id_random_hex(char *out, size_t nbytes)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char raw[64];
+	size_t done = 0;
+	while (done < nbytes) {
+		size_t k = nbytes - done < sizeof raw ? nbytes - done : sizeof raw;
+		id_random(raw, k);
+		for (size_t i = 0; i < k; i++) {
+			out[2 * (done + i)] = hex[raw[i] >> 4];
+			out[2 * (done + i) + 1] = hex[raw[i] & 15];
+		}
+		done += k;
+	}
+	out[2 * nbytes] = '\0';
+}
+
+void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
+{
+	unsigned char b[16];
+	id_random(b + 6, 10);
+	b[0] = (unsigned char)(ms >> 40);
+	b[1] = (unsigned char)(ms >> 32);
+	b[2] = (unsigned char)(ms >> 24);
+	b[3] = (unsigned char)(ms >> 16);
+	b[4] = (unsigned char)(ms >> 8);
+	b[5] = (unsigned char)ms;
+	b[6] = (unsigned char)(0x70 | (b[6] & 0x0f));
+	b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
+	snprintf(out, ID_UUID_LEN + 1,
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+		 b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+		 b[15]);
+}
+
+void id_uuid7(char out[ID_UUID_LEN + 1])
+{
+	id_uuid7_at(out, (uint64_t)(clock_now_us() / 1000));
+}
+
+bool id_uuid_valid(const char *s)
+{
+	if (s == NULL || strlen(s) != ID_UUID_LEN)
+		return false;
+	for (int i = 0; i < ID_UUID_LEN; i++) {
+		char c = s[i];
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return false;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+			     (c >= 'A' && c <= 'F'))) {
+			return false;
+		}
+	}
+	return true;
+}
+
+int id_uuid_version(const char *s)
+{
+	if (!id_uuid_valid(s))
+		return -1;
+	char c = s[14];
+	return c >= '0' && c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+bool id_request_id_valid(const char *s, size_t len)
+{
+	if (s == NULL || len == 0 || len > 128)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return true;
+}

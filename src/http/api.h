@@ -1,0 +1,21 @@
+/* api: registration of the public HTTP resources, one api_<resource>.c each.
+ * Handlers get the api_ctx with what they need from the layers below. */
+#ifndef SL_HTTP_API_H
+#define SL_HTTP_API_H
+
+#include <stdbool.h>
+
+struct app;
+struct pg_conn;
+struct router;
+
+struct api_ctx {
+	struct app *app;
+	struct pg_conn *db_health; /* a dedicated connection for /readyz */
+};
+
+/* GET /healthz (liveness, no I/O) and GET /readyz (PostgreSQL answers). */
+bool api_health_register(struct router *r, struct api_ctx *ctx)
+	__attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,282 @@
+/* stagelined: flags, configuration, and the wiring of one event loop with
+ * the HTTP server and the database. Everything with behaviour lives in the
+ * library; this file decides what runs and in which order it stops. */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/app.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/xmalloc.h"
+#include "db/pg.h"
+#include "http/api.h"
+#include "http/router.h"
+#include "http/server.h"
+
+extern char **environ;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: stagelined [options]\n"
+		"\n"
+		"  -c, --config FILE        YAML configuration (see docs/configuration.md)\n"
+		"      --listen ADDR        HTTP listen address (host:port or unix:/path)\n"
+		"      --database-url URL   PostgreSQL connection string\n"
+		"      --log-format FMT     json (default) or text\n"
+		"      --log-level LEVEL    debug, info, warn or error\n"
+		"      --check-config       validate the configuration, list every error, exit\n"
+		"      --version            print the version and exit\n"
+		"  -h, --help               this text\n"
+		"\n"
+		"Settings come from defaults, then the file, then STAGELINE_<SECTION>_<KEY>\n"
+		"environment variables, then these flags; each later one wins.\n");
+}
+
+enum {
+	OPT_LISTEN = 256,
+	OPT_DATABASE_URL,
+	OPT_LOG_FORMAT,
+	OPT_LOG_LEVEL,
+	OPT_CHECK_CONFIG,
+	OPT_VERSION,
+};
+
+struct daemon {
+	struct app app;
+	struct router *router;
+	struct http_server *http;
+	struct pg_conn *db_health;
+	struct api_ctx api;
+	struct event *sig_term, *sig_int, *sig_hup;
+	struct event *grace;
+	int64_t stop_started_us;
+	int exit_code;
+};
+
+static void daemon_stop_loop(struct daemon *d, const char *why)
+{
+	log_info("server.drained", why,
+		 LF_UINT("open_connections", http_server_connections(d->http)));
+	event_base_loopexit(d->app.base, NULL);
+}
+
+static void http_drained_cb(void *arg)
+{
+	daemon_stop_loop(arg, "all connections closed");
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	daemon_stop_loop(arg, "shutdown grace expired");
+}
+
+static void on_stop_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+	if (d->app.stopping) {
+		log_warn("server.stop", "second signal: stopping now", LF_INT("signal", sig));
+		event_base_loopexit(d->app.base, NULL);
+		return;
+	}
+	d->app.stopping = true;
+	log_info("server.stopping", "draining", LF_INT("signal", sig),
+		 LF_INT("shutdown_grace_ms", d->app.cfg->server.shutdown_grace_ms));
+	int64_t ms = d->app.cfg->server.shutdown_grace_ms;
+	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+	d->grace = evtimer_new(d->app.base, grace_cb, d);
+	evtimer_add(d->grace, &tv);
+	http_server_drain(d->http, http_drained_cb, d);
+}
+
+static void on_hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	if (log_reopen())
+		log_info("log.reopen", "log file reopened");
+	else
+		log_error("log.reopen", "cannot reopen the log file", LF_STR("error", strerror(errno)));
+}
+
+static int load_config(int argc, char **argv, struct config **out, bool *check_only)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"database-url", required_argument, NULL, OPT_DATABASE_URL},
+		{"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+		{"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+		{"version", no_argument, NULL, OPT_VERSION},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *path = NULL;
+	struct {
+		const char *key, *value, *origin;
+	} sets[8];
+	size_t nsets = 0;
+	int c;
+	*check_only = false;
+	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case OPT_LISTEN: sets[nsets++] = (typeof(sets[0])){"server.listen", optarg, "--listen"}; break;
+		case OPT_DATABASE_URL:
+			sets[nsets++] = (typeof(sets[0])){"database.url", optarg, "--database-url"};
+			break;
+		case OPT_LOG_FORMAT:
+			sets[nsets++] = (typeof(sets[0])){"log.format", optarg, "--log-format"};
+			break;
+		case OPT_LOG_LEVEL:
+			sets[nsets++] = (typeof(sets[0])){"log.level", optarg, "--log-level"};
+			break;
+		case OPT_CHECK_CONFIG: *check_only = true; break;
+		case OPT_VERSION: printf("stagelined %s\n", app_version); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+		if (nsets == sizeof sets / sizeof sets[0]) {
+			fprintf(stderr, "stagelined: too many flags\n");
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "stagelined: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+
+	struct config *cfg = config_new();
+	struct config_errors errs = {0};
+	/* Every layer runs even after an error, so all errors are listed at once;
+	 * errs.n decides. */
+	bool ok = path == NULL || config_load_file(cfg, path, &errs);
+	ok = config_apply_env(cfg, environ, &errs) && ok;
+	for (size_t i = 0; i < nsets; i++)
+		ok = config_set(cfg, sets[i].key, sets[i].value, sets[i].origin, &errs) && ok;
+	ok = config_validate(cfg, &errs) && ok;
+	if (!ok || errs.n) {
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "stagelined: %s\n", errs.msgs[i]);
+		fprintf(stderr, "stagelined: %zu configuration error%s\n", errs.n,
+			errs.n == 1 ? "" : "s");
+		config_errors_clear(&errs);
+		config_free(cfg);
+		return 1;
+	}
+	*out = cfg;
+	return -1;
+}
+
+static bool daemon_routes(struct daemon *d)
+{
+	d->router = router_new();
+	d->api.app = &d->app;
+	d->api.db_health = d->db_health;
+	return api_health_register(d->router, &d->api);
+}
+
+static int daemon_run(struct daemon *d)
+{
+	struct config *cfg = d->app.cfg;
+	d->db_health = pg_conn_new(d->app.base, cfg->database.url, "health", NULL);
+	if (d->db_health == NULL) {
+		log_error("server.start", "database.url cannot be parsed");
+		return 1;
+	}
+	if (!daemon_routes(d)) {
+		log_error("server.start", "route table is inconsistent");
+		return 1;
+	}
+	struct http_server_opts hopts = {
+		.max_body_bytes = cfg->limits.max_input_bytes,
+		.max_header_bytes = cfg->limits.max_header_bytes,
+		.max_header_fields = cfg->limits.max_header_fields,
+		.header_timeout_ms = cfg->limits.header_timeout_ms,
+		.idle_timeout_ms = cfg->limits.idle_timeout_ms,
+		.instance_id = d->app.instance_id,
+	};
+	d->http = http_server_new(d->app.base, d->router, &hopts);
+	char *err = NULL;
+	if (!http_server_listen(d->http, cfg->server.listen, &err)) {
+		log_error("server.start", err, LF_STR("listen", cfg->server.listen));
+		free(err);
+		return 1;
+	}
+	d->sig_term = evsignal_new(d->app.base, SIGTERM, on_stop_signal_cb, d);
+	d->sig_int = evsignal_new(d->app.base, SIGINT, on_stop_signal_cb, d);
+	d->sig_hup = evsignal_new(d->app.base, SIGHUP, on_hup_cb, d);
+	evsignal_add(d->sig_term, NULL);
+	evsignal_add(d->sig_int, NULL);
+	evsignal_add(d->sig_hup, NULL);
+
+	log_info("server.start", "stagelined is listening", LF_STR("version", app_version),
+		 LF_STR("listen", http_server_address(d->http)),
+		 LF_STR("instance_id", d->app.instance_id), LF_INT("pid", getpid()));
+	event_base_dispatch(d->app.base);
+	return 0;
+}
+
+static void daemon_free(struct daemon *d)
+{
+	/* Owners of pending work go first, so nothing calls back into freed state. */
+	pg_conn_free(d->db_health);
+	http_server_free(d->http);
+	router_free(d->router);
+	if (d->sig_term)
+		event_free(d->sig_term);
+	if (d->sig_int)
+		event_free(d->sig_int);
+	if (d->sig_hup)
+		event_free(d->sig_hup);
+	if (d->grace)
+		event_free(d->grace);
+}
+
+int main(int argc, char **argv)
+{
+	struct config *cfg = NULL;
+	bool check_only;
+	int rc = load_config(argc, argv, &cfg, &check_only);
+	if (rc >= 0)
+		return rc;
+	if (check_only) {
+		printf("stagelined: configuration OK%s%s\n", cfg->path ? ": " : "",
+		       cfg->path ? cfg->path : "");
+		config_free(cfg);
+		return 0;
+	}
+	enum log_format fmt;
+	enum log_level lvl;
+	if (!log_format_parse(cfg->log.format, &fmt) || !log_level_parse(cfg->log.level, &lvl)) {
+		fprintf(stderr, "stagelined: bad log settings\n");
+		config_free(cfg);
+		return 1;
+	}
+	if (!log_open(cfg->log.file, fmt, lvl)) {
+		fprintf(stderr, "stagelined: cannot open log file %s: %s\n", cfg->log.file,
+			strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	struct daemon d = {0};
+	app_init(&d.app, event_base_new(), cfg);
+	int code = daemon_run(&d);
+	daemon_free(&d);
+	log_info("server.stop", code ? "stagelined stopped on an error" : "stagelined stopped",
+		 LF_STR("version", app_version), LF_STR("listen", cfg->server.listen),
+		 LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
+	event_base_free(d.app.base);
+	config_free(cfg);
+	log_close();
+	return code;
+}
