@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/sampler.h"
 #include "core/xmalloc.h"
 #include "db/pg.h"
 #include "http/api.h"
@@ -53,6 +54,9 @@ struct daemon {
 	struct app app;
 	struct router *router;
 	struct http_server *http;
+	struct router *metrics_router; /* server.metrics_listen, when set */
+	struct http_server *metrics_http;
+	struct sampler *sampler;
 	struct pg_conn *db_health;
 	struct api_ctx api;
 	struct event *sig_term, *sig_int, *sig_hup;
@@ -70,7 +74,12 @@ static void daemon_stop_loop(struct daemon *d, const char *why)
 
 static void http_drained_cb(void *arg)
 {
-	daemon_stop_loop(arg, "all connections closed");
+	struct daemon *d = arg;
+	/* The metrics listener stays up while the main one drains, so the
+	 * drain itself can be watched; it goes last. */
+	if (d->metrics_http)
+		http_server_drain(d->metrics_http, NULL, NULL);
+	daemon_stop_loop(d, "all connections closed");
 }
 
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
@@ -175,12 +184,27 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 	return -1;
 }
 
+static void log_metrics_overflow_cb(const char *name, size_t max_series, void *arg)
+{
+	log_warn("metrics.overflow", "label combinations past the cap are dropped",
+		 LF_STR("metric", name), LF_UINT("max_series", max_series));
+}
+
 static bool daemon_routes(struct daemon *d)
 {
 	d->router = router_new();
 	d->api.app = &d->app;
 	d->api.db_health = d->db_health;
-	return api_health_register(d->router, &d->api);
+	bool ok = api_health_register(d->router, &d->api);
+	if (*d->app.cfg->server.metrics_listen) {
+		/* A separate listener serves only the metrics (and health). */
+		d->metrics_router = router_new();
+		ok = ok && api_metrics_register(d->metrics_router, &d->api) &&
+		     api_health_register(d->metrics_router, &d->api);
+	} else {
+		ok = ok && api_metrics_register(d->router, &d->api);
+	}
+	return ok;
 }
 
 static int daemon_run(struct daemon *d)
@@ -210,6 +234,17 @@ static int daemon_run(struct daemon *d)
 		free(err);
 		return 1;
 	}
+	if (d->metrics_router) {
+		d->metrics_http = http_server_new(d->app.base, d->metrics_router, &hopts);
+		if (!http_server_listen(d->metrics_http, cfg->server.metrics_listen, &err)) {
+			log_error("server.start", err, LF_STR("metrics_listen", cfg->server.metrics_listen));
+			free(err);
+			return 1;
+		}
+	}
+	char *scratch = config_resolve_path(cfg, cfg->scheduler.scratch_dir);
+	d->sampler = sampler_start(d->app.base, scratch, 1000);
+	free(scratch);
 	d->sig_term = evsignal_new(d->app.base, SIGTERM, on_stop_signal_cb, d);
 	d->sig_int = evsignal_new(d->app.base, SIGINT, on_stop_signal_cb, d);
 	d->sig_hup = evsignal_new(d->app.base, SIGHUP, on_hup_cb, d);
@@ -219,6 +254,7 @@ static int daemon_run(struct daemon *d)
 
 	log_info("server.start", "stagelined is listening", LF_STR("version", app_version),
 		 LF_STR("listen", http_server_address(d->http)),
+		 LF_STR("metrics_listen", d->metrics_http ? http_server_address(d->metrics_http) : ""),
 		 LF_STR("instance_id", d->app.instance_id), LF_INT("pid", getpid()));
 	event_base_dispatch(d->app.base);
 	return 0;
@@ -227,9 +263,12 @@ static int daemon_run(struct daemon *d)
 static void daemon_free(struct daemon *d)
 {
 	/* Owners of pending work go first, so nothing calls back into freed state. */
+	sampler_free(d->sampler);
 	pg_conn_free(d->db_health);
 	http_server_free(d->http);
+	http_server_free(d->metrics_http);
 	router_free(d->router);
+	router_free(d->metrics_router);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)
@@ -268,6 +307,7 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
+	metrics_set_overflow_cb(metrics_default(), log_metrics_overflow_cb, NULL);
 	struct daemon d = {0};
 	app_init(&d.app, event_base_new(), cfg);
 	int code = daemon_run(&d);
@@ -277,6 +317,7 @@ int main(int argc, char **argv)
 		 LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
 	event_base_free(d.app.base);
 	config_free(cfg);
+	metrics_default_free();
 	log_close();
 	return code;
 }

@@ -97,7 +97,9 @@ struct config *config_new(void);
 void config_free(struct config *cfg);
 
 /* Reads a YAML file over cfg. Unknown keys, wrong types and bad values are
- * errors naming file:line:col and the dotted key; all are collected. */
+ * errors naming file:line:col and the dotted key; all are collected. An
+ * empty file is valid. Sets path and dir, and replaces doc, modules and
+ * pipelines (the doc's libfyaml diag is silenced: report through errors). */
 bool config_load_file(struct config *cfg, const char *path, struct config_errors *errs)
 	__attribute__((warn_unused_result));
 /* Applies STAGELINE_* variables from envp (NULL-terminated "K=V" strings).

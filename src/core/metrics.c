@@ -64,12 +64,12 @@ struct metrics_registry {
 /* clang-format off */
 /* The catalog's bucket sets, in the reference unit (milliseconds). */
 static const double buckets_none[] = {0};
-static const double buckets_http[] = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
-				      30000, 60000};
+static const double buckets_http[] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500,
+				      1000, 2500, 5000, 10000, 30000, 60000};
 static const double buckets_db[] = {0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
 				    5000, 10000, 30000};
-static const double buckets_loop[] = {0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
-				      10000};
+static const double buckets_loop[] = {0.1, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
+				      5000, 10000};
 static const double buckets_external[] = {1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
 					  30000, 60000, 120000, 300000, 600000, 1800000, 3600000};
 /* Stages and whole jobs: 10 ms (no-op modules) to a day (long media work). */

@@ -78,7 +78,7 @@ struct pg_conn {
 	enum pg_conn_state state;
 	PGconn *pg;
 	uint64_t gen; /* session number: bumps on every successful connect */
-	unsigned attempt;
+	unsigned failures; /* failed connects in a row */
 	int64_t connect_start_us;
 
 	struct event *io_ev;     /* connect phase: one-shot, re-created after every poll */
@@ -354,16 +354,16 @@ static void pg_conn_add_timer(struct event *ev, int64_t us)
 	evtimer_add(ev, &tv);
 }
 
+/* The first retry after a drop comes after backoff(0); each failed connect
+ * in a row moves one step up the curve. */
 static void pg_conn_schedule_retry(struct pg_conn *c)
 {
 	uint32_t rnd;
 	id_random(&rnd, sizeof rnd);
 	unsigned delay = pg_conn_backoff_ms(c->opts.reconnect_min_ms, c->opts.reconnect_max_ms,
-	                                    c->attempt, rnd);
-	if (c->attempt < 64)
-		c->attempt++;
+	                                    c->failures, rnd);
 	pg_conn_add_timer(c->timer_ev, (int64_t)delay * 1000);
-	log_debug("db.conn.retry", "reconnect scheduled", PG_LF_NAME(c), LF_UINT("attempt", c->attempt),
+	log_debug("db.conn.retry", "reconnect scheduled", PG_LF_NAME(c), LF_UINT("failures", c->failures),
 	          LF_UINT("retry_ms", delay));
 }
 
@@ -372,9 +372,11 @@ static void pg_conn_connect_failed(struct pg_conn *c, const char *why)
 	pg_conn_set_error(c, why);
 	pg_conn_close_socket(c);
 	evtimer_del(c->timer_ev);
+	if (c->failures < 64)
+		c->failures++;
 	pg_conn_schedule_retry(c);
 	log_warn("db.conn.failed", "connect failed", PG_LF_NAME(c), LF_STR("error", c->last_error),
-	         LF_UINT("attempt", c->attempt),
+	         LF_UINT("attempt", c->failures),
 	         LF_INT("ms", (clock_mono_us() - c->connect_start_us) / 1000));
 	(void)pg_conn_set_state(c, PG_CONN_DISCONNECTED);
 }
@@ -414,7 +416,7 @@ static void pg_conn_connected(struct pg_conn *c)
 		return;
 	}
 	c->gen++;
-	c->attempt = 0;
+	c->failures = 0;
 	free(c->server_fatal);
 	c->server_fatal = NULL;
 	log_info("db.conn.connected", "connected", PG_LF_NAME(c),

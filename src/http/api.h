@@ -18,4 +18,8 @@ struct api_ctx {
 bool api_health_register(struct router *r, struct api_ctx *ctx)
 	__attribute__((warn_unused_result));
 
+/* GET /metrics and GET /metrics.json. */
+bool api_metrics_register(struct router *r, struct api_ctx *ctx)
+	__attribute__((warn_unused_result));
+
 #endif

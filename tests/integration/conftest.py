@@ -257,7 +257,7 @@ class Daemon:
 
         wait_for(ready, timeout, 0.05, "GET /readyz == 200")
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
