@@ -308,6 +308,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	metrics_set_overflow_cb(metrics_default(), log_metrics_overflow_cb, NULL);
+	metrics_set_enabled(metrics_default(), cfg->server.metrics);
 	struct daemon d = {0};
 	app_init(&d.app, event_base_new(), cfg);
 	int code = daemon_run(&d);

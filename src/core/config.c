@@ -61,6 +61,8 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	  "After SIGTERM, how long running tasks may finish before they are cancelled.")           \
 	X("server.metrics_listen", STRING, server.metrics_listen, NULL, "",                        \
 	  "Separate address for the metrics endpoint; empty = off.")                               \
+	X("server.metrics", BOOL, server.metrics, NULL, "true",                                    \
+	  "Collect metrics; false makes every metric update a no-op.")                             \
 	X("database.url", STRING, database.url, NULL,                                              \
 	  "postgresql:///stageline?host=/var/run/postgresql", "libpq connection string.")          \
 	X("database.pool", INT, database.pool, NULL, "8", "Database connections (1-256).")         \

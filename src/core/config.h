@@ -31,6 +31,7 @@ struct config {
 		char *listen;           /* "127.0.0.1:8080" or "unix:/path" */
 		int64_t shutdown_grace_ms;
 		char *metrics_listen;   /* "" = off */
+		bool metrics;           /* false: metric updates are no-ops */
 	} server;
 	struct {
 		char *url;

@@ -98,6 +98,7 @@ static void test_defaults(void **state)
 	assert_string_equal(cfg->server.listen, "127.0.0.1:8080");
 	assert_int_equal(cfg->server.shutdown_grace_ms, 30000);
 	assert_string_equal(cfg->server.metrics_listen, "");
+	assert_true(cfg->server.metrics);
 	assert_string_equal(cfg->database.url, "postgresql:///stageline?host=/var/run/postgresql");
 	assert_int_equal(cfg->database.pool, 8);
 	assert_string_equal(cfg->store.backend, "file");
@@ -150,7 +151,7 @@ static void test_keys_and_env_names(void **state)
 	size_t n = 0;
 	while (config_keys[n])
 		n++;
-	assert_int_equal(n, 39);
+	assert_int_equal(n, 40);
 	for (size_t i = 0; i < n; i++) {
 		for (size_t j = i + 1; j < n; j++) {
 			assert_string_not_equal(config_keys[i], config_keys[j]);
