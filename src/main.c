@@ -262,11 +262,12 @@ static int daemon_run(struct daemon *d)
 
 static void daemon_free(struct daemon *d)
 {
-	/* Owners of pending work go first, so nothing calls back into freed state. */
+	/* Holders of pending work go before what they hold: the HTTP servers
+	 * abort their requests, which cancel their queries on a live conn. */
 	sampler_free(d->sampler);
-	pg_conn_free(d->db_health);
 	http_server_free(d->http);
 	http_server_free(d->metrics_http);
+	pg_conn_free(d->db_health);
 	router_free(d->router);
 	router_free(d->metrics_router);
 	if (d->sig_term)
@@ -305,6 +306,7 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 1;
 	}
+	log_capture_stdio_stderr();
 	signal(SIGPIPE, SIG_IGN);
 
 	metrics_set_overflow_cb(metrics_default(), log_metrics_overflow_cb, NULL);

@@ -28,6 +28,7 @@ static struct {
 	bool capturing;
 	struct buf capture;
 	struct buf line;
+	struct buf foreign; /* a partial line written to the stdio stderr stream */
 } logger = {
 	.fd = STDERR_FILENO,
 	.format = LOG_FMT_JSON,
@@ -108,6 +109,7 @@ void log_close(void)
 	free(logger.path);
 	logger.path = NULL;
 	buf_free(&logger.line);
+	buf_free(&logger.foreign);
 }
 
 void log_set_level(enum log_level level)
@@ -345,4 +347,64 @@ void log_emit(enum log_level level, const char *event, const char *msg, ...)
 	va_end(ap);
 	buf_adds(b, json ? "}\n" : "\n");
 	sink_write(b->data, b->len);
+}
+
+/* Strips terminal colour sequences (ESC [ ... letter) from a foreign line. */
+static void strip_ansi(struct buf *out, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '\033' && i + 1 < n && s[i + 1] == '[') {
+			i += 2;
+			while (i < n && !((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z')))
+				i++;
+			continue;
+		}
+		buf_addc(out, s[i]);
+	}
+}
+
+static void foreign_line(const char *s, size_t n)
+{
+	struct buf clean = BUF_INIT;
+	strip_ansi(&clean, s, n);
+	if (clean.len == 0) {
+		buf_free(&clean);
+		return;
+	}
+	/* libevhtp reports every pipelined request this way; the requests are
+	 * served correctly (server.c re-triggers the read), so it is not news. */
+	enum log_level lvl = strstr(clean.data, "resuming when not paused") ? LOG_LVL_DEBUG
+									     : LOG_LVL_WARN;
+	log_emit(lvl, "lib.stderr", clean.data, LF_END);
+	buf_free(&clean);
+}
+
+static ssize_t stderr_cookie_write(void *cookie, const char *p, size_t n)
+{
+	buf_add(&logger.foreign, p, n);
+	for (;;) {
+		char *nl = memchr(logger.foreign.data, '\n', logger.foreign.len);
+		if (nl == NULL)
+			break;
+		size_t len = (size_t)(nl - logger.foreign.data);
+		foreign_line(logger.foreign.data, len);
+		memmove(logger.foreign.data, nl + 1, logger.foreign.len - len - 1);
+		logger.foreign.len -= len + 1;
+		logger.foreign.data[logger.foreign.len] = '\0';
+	}
+	if (logger.foreign.len > 4096) { /* no newline coming: flush what we have */
+		foreign_line(logger.foreign.data, logger.foreign.len);
+		buf_reset(&logger.foreign);
+	}
+	return (ssize_t)n;
+}
+
+void log_capture_stdio_stderr(void)
+{
+	static cookie_io_functions_t fns = {.write = stderr_cookie_write};
+	FILE *f = fopencookie(NULL, "w", fns);
+	if (f == NULL)
+		return;
+	setvbuf(f, NULL, _IONBF, 0);
+	stderr = f;
 }

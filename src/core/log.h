@@ -57,6 +57,12 @@ bool log_level_parse(const char *s, enum log_level *out);
 bool log_format_parse(const char *s, enum log_format *out);
 const char *log_level_name(enum log_level level);
 
+/* Routes the stdio `stderr` stream (not file descriptor 2) into this log:
+ * libraries that fprintf(stderr, ...) — libevhtp does — then produce
+ * structured `lib.stderr` lines instead of raw text beside the JSON.
+ * Sanitizer reports write to descriptor 2 directly and are unaffected. */
+void log_capture_stdio_stderr(void);
+
 /* Fields end with LF_END; use the macros below, which add it. */
 void log_emit(enum log_level level, const char *event, const char *msg, ...);
 

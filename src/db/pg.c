@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/time.h>
 
 #include "core/buf.h"
 #include "core/clock.h"
@@ -77,7 +78,7 @@ struct pg_conn {
 	struct pg_conn_opts opts;
 	enum pg_conn_state state;
 	PGconn *pg;
-	uint64_t gen; /* session number: bumps on every successful connect */
+	uint64_t gen;      /* session number: bumps on every successful connect */
 	unsigned failures; /* failed connects in a row */
 	int64_t connect_start_us;
 
@@ -128,9 +129,6 @@ static const bool pg_state_edges[PG_NSTATES][PG_NSTATES] = {
 	[PG_CONN_BUSY] = {[PG_CONN_READY] = true, [PG_CONN_DISCONNECTED] = true,
 	                  [PG_CONN_CLOSED] = true},
 };
-
-static void pg_conn_connect(struct pg_conn *c);
-static void pg_conn_lost(struct pg_conn *c, const char *why);
 
 const char *pg_conn_state_name(enum pg_conn_state state)
 {
@@ -232,10 +230,11 @@ static bool pg_conn_set_state(struct pg_conn *c, enum pg_conn_state to)
 		return true;
 	if (!pg_conn_state_allowed(from, to))
 		log_error("db.conn.state", "invalid state transition", PG_LF_NAME(c),
-		          LF_STR("from", pg_conn_state_name(from)), LF_STR("to", pg_conn_state_name(to)));
+		          LF_STR("from", pg_conn_state_name(from)),
+		          LF_STR("to", pg_conn_state_name(to)));
 	c->state = to;
-	log_debug("db.conn.state", "state change", PG_LF_NAME(c), LF_STR("from", pg_conn_state_name(from)),
-	          LF_STR("to", pg_conn_state_name(to)));
+	log_debug("db.conn.state", "state change", PG_LF_NAME(c),
+	          LF_STR("from", pg_conn_state_name(from)), LF_STR("to", pg_conn_state_name(to)));
 	bool quiet = c->constructing || to == PG_CONN_CLOSED ||
 	             (from == PG_CONN_READY && to == PG_CONN_BUSY) ||
 	             (from == PG_CONN_BUSY && to == PG_CONN_READY);
@@ -350,7 +349,8 @@ static void pg_conn_add_timer(struct event *ev, int64_t us)
 {
 	if (us < 0)
 		us = 0;
-	struct timeval tv = {.tv_sec = (time_t)(us / 1000000), .tv_usec = (suseconds_t)(us % 1000000)};
+	struct timeval tv = {.tv_sec = (time_t)(us / 1000000),
+	                     .tv_usec = (suseconds_t)(us % 1000000)};
 	evtimer_add(ev, &tv);
 }
 
@@ -363,8 +363,8 @@ static void pg_conn_schedule_retry(struct pg_conn *c)
 	unsigned delay = pg_conn_backoff_ms(c->opts.reconnect_min_ms, c->opts.reconnect_max_ms,
 	                                    c->failures, rnd);
 	pg_conn_add_timer(c->timer_ev, (int64_t)delay * 1000);
-	log_debug("db.conn.retry", "reconnect scheduled", PG_LF_NAME(c), LF_UINT("failures", c->failures),
-	          LF_UINT("retry_ms", delay));
+	log_debug("db.conn.retry", "reconnect scheduled", PG_LF_NAME(c),
+	          LF_UINT("failures", c->failures), LF_UINT("retry_ms", delay));
 }
 
 static void pg_conn_connect_failed(struct pg_conn *c, const char *why)
@@ -504,7 +504,8 @@ static void pg_conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		pg_conn_connect(c);
 	} else if (c->state == PG_CONN_CONNECTING) {
 		char msg[64];
-		snprintf(msg, sizeof msg, "connect timeout after %u ms", c->opts.connect_timeout_ms);
+		snprintf(msg, sizeof msg, "connect timeout after %u ms",
+		         c->opts.connect_timeout_ms);
 		pg_conn_connect_failed(c, msg);
 	}
 	pg_conn_leave(c);
@@ -672,7 +673,8 @@ static bool pg_conn_complete(struct pg_conn *c, struct pg_query *q)
 		q->stmts[i].res = NULL;
 		bool alive;
 		if (q->fail_at == PG_NO_FAILURE) {
-			struct pg_error none = {.kind = PG_ERR_QUERY, .sqlstate = "", .message = "no result"};
+			struct pg_error none = {.kind = PG_ERR_QUERY, .sqlstate = "",
+			                        .message = "no result"};
 			alive = pg_query_deliver(c, q, i, res, res ? NULL : &none);
 		} else {
 			PQclear(res);
@@ -681,9 +683,10 @@ static bool pg_conn_complete(struct pg_conn *c, struct pg_query *q)
 			char *msg = NULL;
 			if (i != q->fail_at && q->fail_at != q->n) {
 				msg = xasprintf("%s: statement %zu of the batch failed: %s",
-				                i < q->fail_at ? "rolled back" : "not run", q->fail_at + 1,
-				                q->fail_msg);
-				err = (struct pg_error){.kind = PG_ERR_ABORTED, .sqlstate = "", .message = msg};
+				                i < q->fail_at ? "rolled back" : "not run",
+				                q->fail_at + 1, q->fail_msg);
+				err = (struct pg_error){.kind = PG_ERR_ABORTED, .sqlstate = "",
+				                        .message = msg};
 			}
 			alive = pg_query_deliver(c, q, i, NULL, &err);
 			free(msg);
@@ -723,7 +726,7 @@ static bool pg_conn_drain(struct pg_conn *c)
 				return false;
 			break;
 		case PG_TAKE_DESYNC:
-			pg_conn_lost(c, "unexpected result order from the server (pipeline out of sync)");
+			pg_conn_lost(c, "unexpected result order (pipeline out of sync)");
 			return false;
 		}
 	}
@@ -787,7 +790,8 @@ static void pg_conn_defer_cb(evutil_socket_t fd, short what, void *arg)
 	TAILQ_CONCAT(&c->failing, &c->failed, entry);
 	struct pg_query *q;
 	while (!c->free_pending && (q = TAILQ_FIRST(&c->failing)) != NULL) {
-		struct pg_error err = {.kind = q->fail_kind, .sqlstate = "", .message = q->fail_msg};
+		struct pg_error err = {.kind = q->fail_kind, .sqlstate = "",
+		                       .message = q->fail_msg};
 		if (!pg_query_deliver_all(c, q, &err))
 			break;
 		TAILQ_REMOVE(&c->failing, q, entry);
@@ -830,12 +834,13 @@ static char *pg_query_check(const struct pg_conn *c, struct pg_query *q, const s
 	for (size_t i = 0; i < q->n; i++) {
 		if (st[i].nparams < 0 || st[i].nparams > PG_MAX_PARAMS ||
 		    (st[i].nparams > 0 && !st[i].values))
-			return xasprintf("statement %zu: bad parameter count %d", i + 1, st[i].nparams);
+			return xasprintf("statement %zu: bad parameter count %d", i + 1,
+			                 st[i].nparams);
 		if (st[i].name) {
 			q->stmts[i].prep = pg_conn_find_prep(c, st[i].name);
 			if (!q->stmts[i].prep)
-				return xasprintf("statement %zu: no prepared statement named \"%s\"", i + 1,
-				                 st[i].name);
+				return xasprintf("statement %zu: no prepared statement \"%s\"",
+				                 i + 1, st[i].name);
 		} else if (!st[i].sql) {
 			return xasprintf("statement %zu: no SQL", i + 1);
 		}
@@ -855,8 +860,8 @@ static bool pg_conn_send_stmt(struct pg_conn *c, struct pg_query_stmt *s, const 
 		p->gen = c->gen;
 		s->prep_sent = true;
 	}
-	return PQsendQueryPrepared(c->pg, p->name, st->nparams, st->values, st->lengths, st->formats,
-	                           st->result_format) == 1;
+	return PQsendQueryPrepared(c->pg, p->name, st->nparams, st->values, st->lengths,
+	                           st->formats, st->result_format) == 1;
 }
 
 struct pg_query *pg_conn_batch(struct pg_conn *c, const struct pg_stmt *stmts, size_t n)
@@ -902,14 +907,16 @@ struct pg_query *pg_conn_batch(struct pg_conn *c, const struct pg_stmt *stmts, s
 struct pg_query *pg_conn_query(struct pg_conn *c, const char *sql, int nparams,
                                const char *const *values, pg_result_cb cb, void *arg)
 {
-	struct pg_stmt st = {.sql = sql, .nparams = nparams, .values = values, .cb = cb, .arg = arg};
+	struct pg_stmt st = {.sql = sql, .nparams = nparams, .values = values, .cb = cb,
+	                     .arg = arg};
 	return pg_conn_batch(c, &st, 1);
 }
 
 struct pg_query *pg_conn_query_prepared(struct pg_conn *c, const char *name, int nparams,
                                         const char *const *values, pg_result_cb cb, void *arg)
 {
-	struct pg_stmt st = {.name = name, .nparams = nparams, .values = values, .cb = cb, .arg = arg};
+	struct pg_stmt st = {.name = name, .nparams = nparams, .values = values, .cb = cb,
+	                     .arg = arg};
 	return pg_conn_batch(c, &st, 1);
 }
 
@@ -953,8 +960,9 @@ static void pg_conn_qtimer_cb(evutil_socket_t fd, short what, void *arg)
 	struct pg_query *q = TAILQ_FIRST(&c->queue);
 	if (q && clock_mono_us() >= q->deadline_us) {
 		q->timed_out = true;
-		log_warn("db.query.timeout", "query timeout, resetting the connection", PG_LF_NAME(c),
-		         LF_UINT("timeout_ms", c->opts.query_timeout_ms), LF_UINT("pending", c->nqueue));
+		log_warn("db.query.timeout", "query timeout, resetting the connection",
+		         PG_LF_NAME(c), LF_UINT("timeout_ms", c->opts.query_timeout_ms),
+		         LF_UINT("pending", c->nqueue));
 		pg_conn_lost(c, "connection reset after a query timeout");
 	} else {
 		pg_conn_arm_qtimer(c);

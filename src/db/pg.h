@@ -28,18 +28,19 @@ enum pg_conn_state {
 enum pg_error_kind {
 	PG_ERR_QUERY,       /* the server rejected it: sqlstate and message are the server's */
 	PG_ERR_ABORTED,     /* rolled back or not run: another statement of its batch failed */
-	PG_ERR_CONN_LOST,   /* the connection dropped; the statement may or may not have committed */
+	PG_ERR_CONN_LOST,   /* the connection dropped: it may or may not have committed */
 	PG_ERR_TIMEOUT,     /* query_timeout_ms passed; the connection was reset; outcome unknown */
 	PG_ERR_UNAVAILABLE, /* never sent: there was no connection (callers answer 503) */
-	PG_ERR_USAGE,       /* never sent: bad arguments (unknown statement name, too many params) */
+	PG_ERR_USAGE,       /* never sent: bad arguments (unknown statement, parameter count) */
 };
 
 struct pg_error {
 	enum pg_error_kind kind;
 	const char *sqlstate;    /* the 5-character SQLSTATE for PG_ERR_QUERY, else "" */
 	const char *message;     /* never NULL */
-	const PGresult *detail;  /* PG_ERR_QUERY: the server's error result (PQresultErrorField
-	                          * for constraint, detail, ...), valid during the callback; else NULL */
+	/* PG_ERR_QUERY: the server's error result, for PQresultErrorField (constraint,
+	 * detail, ...); valid during the callback. NULL for the other kinds. */
+	const PGresult *detail;
 };
 
 /* Exactly one of res and err is non-NULL. res is a PGRES_TUPLES_OK, _COMMAND_OK

@@ -151,7 +151,19 @@ static char *decode_segment(const char *p, size_t len)
 	return out;
 }
 
-/* Splits path into segments; false when it has an empty or dot segment. */
+/* A segment is acceptable when its escapes are well formed, decode to
+ * neither NUL nor '/', and it is not a dot segment, raw or encoded. */
+static bool segment_ok(const char *p, size_t len)
+{
+	char *d = decode_segment(p, len);
+	if (d == NULL)
+		return false;
+	bool dot = strcmp(d, ".") == 0 || strcmp(d, "..") == 0;
+	free(d);
+	return !dot;
+}
+
+/* Splits path into segments; false when one is empty or unacceptable. */
 static bool split_path(const char *path, const char **seg, size_t *seglen, size_t *nseg)
 {
 	*nseg = 0;
@@ -165,9 +177,7 @@ static bool split_path(const char *path, const char **seg, size_t *seglen, size_
 		size_t len = e ? (size_t)(e - p) : strlen(p);
 		if (len == 0)
 			return false; /* "//": an empty inner segment */
-		if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
-			return false;
-		if (*nseg == ROUTER_MAX_SEGMENTS)
+		if (!segment_ok(p, len) || *nseg == ROUTER_MAX_SEGMENTS)
 			return false;
 		seg[*nseg] = p;
 		seglen[*nseg] = len;
