@@ -25,20 +25,19 @@ extern char **environ;
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: stagelined [options]\n"
-		"\n"
-		"  -c, --config FILE        YAML configuration (see docs/configuration.md)\n"
-		"      --listen ADDR        HTTP listen address (host:port or unix:/path)\n"
-		"      --database-url URL   PostgreSQL connection string\n"
-		"      --log-format FMT     json (default) or text\n"
-		"      --log-level LEVEL    debug, info, warn or error\n"
-		"      --check-config       validate the configuration, list every error, exit\n"
-		"      --version            print the version and exit\n"
-		"  -h, --help               this text\n"
-		"\n"
-		"Settings come from defaults, then the file, then STAGELINE_<SECTION>_<KEY>\n"
-		"environment variables, then these flags; each later one wins.\n");
+	fprintf(f, "usage: stagelined [options]\n"
+	           "\n"
+	           "  -c, --config FILE        YAML configuration (see docs/configuration.md)\n"
+	           "      --listen ADDR        HTTP listen address (host:port or unix:/path)\n"
+	           "      --database-url URL   PostgreSQL connection string\n"
+	           "      --log-format FMT     json (default) or text\n"
+	           "      --log-level LEVEL    debug, info, warn or error\n"
+	           "      --check-config       validate the configuration, list every error, exit\n"
+	           "      --version            print the version and exit\n"
+	           "  -h, --help               this text\n"
+	           "\n"
+	           "Settings come from defaults, then the file, then STAGELINE_<SECTION>_<KEY>\n"
+	           "environment variables, then these flags; each later one wins.\n");
 }
 
 enum {
@@ -68,7 +67,7 @@ struct daemon {
 static void daemon_stop_loop(struct daemon *d, const char *why)
 {
 	log_info("server.drained", why,
-		 LF_UINT("open_connections", http_server_connections(d->http)));
+	         LF_UINT("open_connections", http_server_connections(d->http)));
 	event_base_loopexit(d->app.base, NULL);
 }
 
@@ -97,7 +96,7 @@ static void on_stop_signal_cb(evutil_socket_t sig, short what, void *arg)
 	}
 	d->app.stopping = true;
 	log_info("server.stopping", "draining", LF_INT("signal", sig),
-		 LF_INT("shutdown_grace_ms", d->app.cfg->server.shutdown_grace_ms));
+	         LF_INT("shutdown_grace_ms", d->app.cfg->server.shutdown_grace_ms));
 	int64_t ms = d->app.cfg->server.shutdown_grace_ms;
 	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 	d->grace = evtimer_new(d->app.base, grace_cb, d);
@@ -110,21 +109,22 @@ static void on_hup_cb(evutil_socket_t sig, short what, void *arg)
 	if (log_reopen())
 		log_info("log.reopen", "log file reopened");
 	else
-		log_error("log.reopen", "cannot reopen the log file", LF_STR("error", strerror(errno)));
+		log_error("log.reopen", "cannot reopen the log file",
+		          LF_STR("error", strerror(errno)));
 }
 
 static int load_config(int argc, char **argv, struct config **out, bool *check_only)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"listen", required_argument, NULL, OPT_LISTEN},
-		{"database-url", required_argument, NULL, OPT_DATABASE_URL},
-		{"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-		{"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
-		{"version", no_argument, NULL, OPT_VERSION},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	        {"config", required_argument, NULL, 'c'},
+	        {"listen", required_argument, NULL, OPT_LISTEN},
+	        {"database-url", required_argument, NULL, OPT_DATABASE_URL},
+	        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+	        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	        {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+	        {"version", no_argument, NULL, OPT_VERSION},
+	        {"help", no_argument, NULL, 'h'},
+	        {NULL, 0, NULL, 0},
 	};
 	const char *path = NULL;
 	struct {
@@ -136,7 +136,9 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
-		case OPT_LISTEN: sets[nsets++] = (typeof(sets[0])){"server.listen", optarg, "--listen"}; break;
+		case OPT_LISTEN:
+			sets[nsets++] = (typeof(sets[0])){"server.listen", optarg, "--listen"};
+			break;
 		case OPT_DATABASE_URL:
 			sets[nsets++] = (typeof(sets[0])){"database.url", optarg, "--database-url"};
 			break;
@@ -175,7 +177,7 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 		for (size_t i = 0; i < errs.n; i++)
 			fprintf(stderr, "stagelined: %s\n", errs.msgs[i]);
 		fprintf(stderr, "stagelined: %zu configuration error%s\n", errs.n,
-			errs.n == 1 ? "" : "s");
+		        errs.n == 1 ? "" : "s");
 		config_errors_clear(&errs);
 		config_free(cfg);
 		return 1;
@@ -187,7 +189,7 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 static void log_metrics_overflow_cb(const char *name, size_t max_series, void *arg)
 {
 	log_warn("metrics.overflow", "label combinations past the cap are dropped",
-		 LF_STR("metric", name), LF_UINT("max_series", max_series));
+	         LF_STR("metric", name), LF_UINT("max_series", max_series));
 }
 
 static bool daemon_routes(struct daemon *d)
@@ -220,12 +222,12 @@ static int daemon_run(struct daemon *d)
 		return 1;
 	}
 	struct http_server_opts hopts = {
-		.max_body_bytes = cfg->limits.max_input_bytes,
-		.max_header_bytes = cfg->limits.max_header_bytes,
-		.max_header_fields = cfg->limits.max_header_fields,
-		.header_timeout_ms = cfg->limits.header_timeout_ms,
-		.idle_timeout_ms = cfg->limits.idle_timeout_ms,
-		.instance_id = d->app.instance_id,
+	        .max_body_bytes = cfg->limits.max_input_bytes,
+	        .max_header_bytes = cfg->limits.max_header_bytes,
+	        .max_header_fields = cfg->limits.max_header_fields,
+	        .header_timeout_ms = cfg->limits.header_timeout_ms,
+	        .idle_timeout_ms = cfg->limits.idle_timeout_ms,
+	        .instance_id = d->app.instance_id,
 	};
 	d->http = http_server_new(d->app.base, d->router, &hopts);
 	char *err = NULL;
@@ -237,7 +239,8 @@ static int daemon_run(struct daemon *d)
 	if (d->metrics_router) {
 		d->metrics_http = http_server_new(d->app.base, d->metrics_router, &hopts);
 		if (!http_server_listen(d->metrics_http, cfg->server.metrics_listen, &err)) {
-			log_error("server.start", err, LF_STR("metrics_listen", cfg->server.metrics_listen));
+			log_error("server.start", err,
+			          LF_STR("metrics_listen", cfg->server.metrics_listen));
 			free(err);
 			return 1;
 		}
@@ -253,9 +256,10 @@ static int daemon_run(struct daemon *d)
 	evsignal_add(d->sig_hup, NULL);
 
 	log_info("server.start", "stagelined is listening", LF_STR("version", app_version),
-		 LF_STR("listen", http_server_address(d->http)),
-		 LF_STR("metrics_listen", d->metrics_http ? http_server_address(d->metrics_http) : ""),
-		 LF_STR("instance_id", d->app.instance_id), LF_INT("pid", getpid()));
+	         LF_STR("listen", http_server_address(d->http)),
+	         LF_STR("metrics_listen",
+	                d->metrics_http ? http_server_address(d->metrics_http) : ""),
+	         LF_STR("instance_id", d->app.instance_id), LF_INT("pid", getpid()));
 	event_base_dispatch(d->app.base);
 	return 0;
 }
@@ -302,7 +306,7 @@ int main(int argc, char **argv)
 	}
 	if (!log_open(cfg->log.file, fmt, lvl)) {
 		fprintf(stderr, "stagelined: cannot open log file %s: %s\n", cfg->log.file,
-			strerror(errno));
+		        strerror(errno));
 		config_free(cfg);
 		return 1;
 	}
@@ -316,8 +320,8 @@ int main(int argc, char **argv)
 	int code = daemon_run(&d);
 	daemon_free(&d);
 	log_info("server.stop", code ? "stagelined stopped on an error" : "stagelined stopped",
-		 LF_STR("version", app_version), LF_STR("listen", cfg->server.listen),
-		 LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
+	         LF_STR("version", app_version), LF_STR("listen", cfg->server.listen),
+	         LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
 	event_base_free(d.app.base);
 	config_free(cfg);
 	metrics_default_free();

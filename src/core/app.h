@@ -15,8 +15,8 @@ struct app {
 	struct event_base *base;
 	struct config *cfg;
 	char instance_id[APP_INSTANCE_ID_LEN + 1]; /* random per boot */
-	int64_t started_us;                         /* wall clock at boot */
-	bool stopping;                              /* SIGTERM seen: drain */
+	int64_t started_us; /* wall clock at boot */
+	bool stopping; /* SIGTERM seen: drain */
 };
 
 /* Fills the identity fields; base and cfg are the caller's. */

@@ -111,7 +111,8 @@ void buf_add_json_str(struct buf *b, const char *s, size_t n)
 	while (i < n) {
 		size_t run = i;
 		/* Copy the longest run of plain bytes in one go. */
-		while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+		while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' &&
+		       p[run] != '\\')
 			run++;
 		if (run > i) {
 			buf_add(b, p + i, run - i);

@@ -36,7 +36,7 @@ size_t clock_fmt_rfc3339_us(char *out, size_t size, int64_t epoch_us)
 	long frac;
 	split(epoch_us, &tm, &frac);
 	int n = snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 	return n < 0 ? 0 : (size_t)n;
 }
 
@@ -46,6 +46,6 @@ size_t clock_fmt_log_ms(char *out, size_t size, int64_t epoch_us)
 	long frac;
 	split(epoch_us, &tm, &frac);
 	int n = snprintf(out, size, "%04d-%02d-%02d %02d:%02d:%02d.%03ld", tm.tm_year + 1900,
-			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac / 1000);
+	                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac / 1000);
 	return n < 0 ? 0 : (size_t)n;
 }

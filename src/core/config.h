@@ -20,18 +20,18 @@ struct config_errors {
 };
 
 void config_errors_add(struct config_errors *e, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+        __attribute__((format(printf, 2, 3)));
 void config_errors_clear(struct config_errors *e);
 
 struct config {
 	char *path; /* the config file, NULL when none */
-	char *dir;  /* its directory: relative paths resolve against it (cwd when no file) */
+	char *dir; /* its directory: relative paths resolve against it (cwd when no file) */
 
 	struct {
-		char *listen;           /* "127.0.0.1:8080" or "unix:/path" */
+		char *listen; /* "127.0.0.1:8080" or "unix:/path" */
 		int64_t shutdown_grace_ms;
-		char *metrics_listen;   /* "" = off */
-		bool metrics;           /* false: metric updates are no-ops */
+		char *metrics_listen; /* "" = off */
+		bool metrics; /* false: metric updates are no-ops */
 	} server;
 	struct {
 		char *url;
@@ -54,8 +54,8 @@ struct config {
 	} store;
 	struct {
 		char *format; /* json | text */
-		char *level;  /* debug | info | warn | error */
-		char *file;   /* "" = stderr */
+		char *level; /* debug | info | warn | error */
+		char *file; /* "" = stderr */
 	} log;
 	struct {
 		bool enabled;
@@ -102,19 +102,19 @@ void config_free(struct config *cfg);
  * empty file is valid. Sets path and dir, and replaces doc, modules and
  * pipelines (the doc's libfyaml diag is silenced: report through errors). */
 bool config_load_file(struct config *cfg, const char *path, struct config_errors *errs)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 /* Applies STAGELINE_* variables from envp (NULL-terminated "K=V" strings).
  * STAGELINE_URL and STAGELINE_API_KEY belong to the CLI and are ignored;
  * an unknown STAGELINE_<SECTION>_* name for a known section is an error. */
 bool config_apply_env(struct config *cfg, char *const *envp, struct config_errors *errs)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 /* Sets one scalar by dotted key from text (a flag or an env value); origin
  * names it in errors ("--listen", "STAGELINE_SERVER_LISTEN"). */
 bool config_set(struct config *cfg, const char *key, const char *value, const char *origin,
-		struct config_errors *errs) __attribute__((warn_unused_result));
+                struct config_errors *errs) __attribute__((warn_unused_result));
 /* Cross-field checks after all layers (enums, ranges, listen syntax). */
 bool config_validate(struct config *cfg, struct config_errors *errs)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 /* Resolves a path from the config against cfg->dir; caller frees. */
 char *config_resolve_path(const struct config *cfg, const char *path);
 

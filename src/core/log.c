@@ -30,9 +30,9 @@ static struct {
 	struct buf line;
 	struct buf foreign; /* a partial line written to the stdio stderr stream */
 } logger = {
-	.fd = STDERR_FILENO,
-	.format = LOG_FMT_JSON,
-	.level = LOG_LVL_INFO,
+        .fd = STDERR_FILENO,
+        .format = LOG_FMT_JSON,
+        .level = LOG_LVL_INFO,
 };
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -173,7 +173,8 @@ static void put_str(struct buf *b, const char *key, const char *s, size_t n, boo
 	} else {
 		bool quote = vn == 0;
 		for (size_t i = 0; i < vn && !quote; i++)
-			quote = v[i] == ' ' || v[i] == '"' || v[i] == '=' || (unsigned char)v[i] < 0x20;
+			quote = v[i] == ' ' || v[i] == '"' || v[i] == '=' ||
+			        (unsigned char)v[i] < 0x20;
 		if (quote)
 			buf_add_json_str(b, v, vn);
 		else
@@ -234,12 +235,8 @@ static void put_json(struct buf *b, const json_t *j, int depth)
 	case JSON_STRING:
 		put_str(b, NULL, json_string_value(j), json_string_length(j), true);
 		break;
-	case JSON_INTEGER:
-		buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(j));
-		break;
-	case JSON_REAL:
-		put_double(b, json_real_value(j));
-		break;
+	case JSON_INTEGER: buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(j)); break;
+	case JSON_REAL: put_double(b, json_real_value(j)); break;
 	case JSON_TRUE: buf_adds(b, "true"); break;
 	case JSON_FALSE: buf_adds(b, "false"); break;
 	case JSON_NULL: buf_adds(b, "null"); break;
@@ -256,12 +253,8 @@ static void put_field(struct buf *b, const struct log_field *f, bool json)
 {
 	bool secret = redact_key_is_secret(f->key, strlen(f->key));
 	switch (f->type) {
-	case LF_T_STR:
-		put_str(b, f->key, f->v.s, f->v.s ? strlen(f->v.s) : 0, json);
-		break;
-	case LF_T_STRN:
-		put_str(b, f->key, f->v.s, f->n, json);
-		break;
+	case LF_T_STR: put_str(b, f->key, f->v.s, f->v.s ? strlen(f->v.s) : 0, json); break;
+	case LF_T_STRN: put_str(b, f->key, f->v.s, f->n, json); break;
 	case LF_T_INT:
 		if (secret)
 			put_str(b, f->key, "", 0, json);
@@ -280,9 +273,7 @@ static void put_field(struct buf *b, const struct log_field *f, bool json)
 		else
 			put_double(b, f->v.d);
 		break;
-	case LF_T_BOOL:
-		buf_adds(b, f->v.b ? "true" : "false");
-		break;
+	case LF_T_BOOL: buf_adds(b, f->v.b ? "true" : "false"); break;
 	case LF_T_JSON:
 		if (secret && f->v.j && !json_is_null(f->v.j)) {
 			put_str(b, f->key, "", 0, json);
@@ -295,8 +286,7 @@ static void put_field(struct buf *b, const struct log_field *f, bool json)
 			buf_free(&tmp);
 		}
 		break;
-	case LF_T_END:
-		break;
+	case LF_T_END: break;
 	}
 }
 
@@ -310,7 +300,8 @@ void log_emit(enum log_level level, const char *event, const char *msg, ...)
 	clock_fmt_rfc3339_us(ts, sizeof ts, clock_now_us());
 	buf_reset(b);
 	if (json) {
-		buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts, log_level_name(level));
+		buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts,
+		           log_level_name(level));
 		buf_add_json_str(b, event, strlen(event));
 		buf_adds(b, ",\"msg\":");
 		put_str(b, NULL, msg, strlen(msg), true);
@@ -355,7 +346,8 @@ static void strip_ansi(struct buf *out, const char *s, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		if (s[i] == '\033' && i + 1 < n && s[i + 1] == '[') {
 			i += 2;
-			while (i < n && !((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z')))
+			while (i < n &&
+			       !((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z')))
 				i++;
 			continue;
 		}
@@ -373,8 +365,8 @@ static void foreign_line(const char *s, size_t n)
 	}
 	/* libevhtp reports every pipelined request this way; the requests are
 	 * served correctly (server.c re-triggers the read), so it is not news. */
-	enum log_level lvl = strstr(clean.data, "resuming when not paused") ? LOG_LVL_DEBUG
-									     : LOG_LVL_WARN;
+	enum log_level lvl =
+	        strstr(clean.data, "resuming when not paused") ? LOG_LVL_DEBUG : LOG_LVL_WARN;
 	log_emit(lvl, "lib.stderr", clean.data, LF_END);
 	buf_free(&clean);
 }

@@ -14,7 +14,16 @@ struct json_t;
 enum log_level { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERROR };
 enum log_format { LOG_FMT_JSON, LOG_FMT_TEXT };
 
-enum log_field_type { LF_T_END, LF_T_STR, LF_T_STRN, LF_T_INT, LF_T_UINT, LF_T_DBL, LF_T_BOOL, LF_T_JSON };
+enum log_field_type {
+	LF_T_END,
+	LF_T_STR,
+	LF_T_STRN,
+	LF_T_INT,
+	LF_T_UINT,
+	LF_T_DBL,
+	LF_T_BOOL,
+	LF_T_JSON
+};
 
 struct log_field {
 	const char *key;
@@ -31,9 +40,11 @@ struct log_field {
 };
 
 #define LF_STR(k, x) ((struct log_field){.key = (k), .type = LF_T_STR, .v.s = (x)})
-#define LF_STRN(k, x, len) ((struct log_field){.key = (k), .type = LF_T_STRN, .v.s = (x), .n = (len)})
+#define LF_STRN(k, x, len) \
+	((struct log_field){.key = (k), .type = LF_T_STRN, .v.s = (x), .n = (len)})
 #define LF_INT(k, x) ((struct log_field){.key = (k), .type = LF_T_INT, .v.i = (long long)(x)})
-#define LF_UINT(k, x) ((struct log_field){.key = (k), .type = LF_T_UINT, .v.u = (unsigned long long)(x)})
+#define LF_UINT(k, x) \
+	((struct log_field){.key = (k), .type = LF_T_UINT, .v.u = (unsigned long long)(x)})
 #define LF_DBL(k, x) ((struct log_field){.key = (k), .type = LF_T_DBL, .v.d = (double)(x)})
 #define LF_BOOL(k, x) ((struct log_field){.key = (k), .type = LF_T_BOOL, .v.b = (x)})
 /* A jansson value, written as nested JSON; keys inside it are redacted too. */
@@ -43,7 +54,7 @@ struct log_field {
 /* Open the sink: path NULL or "" means stderr. Returns false (errno set) when
  * the file cannot be opened; the previous sink stays. */
 bool log_open(const char *path, enum log_format format, enum log_level level)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 /* Reopen the file sink (SIGHUP, after rotation). */
 bool log_reopen(void);
 void log_close(void);
@@ -66,9 +77,9 @@ void log_capture_stdio_stderr(void);
 /* Fields end with LF_END; use the macros below, which add it. */
 void log_emit(enum log_level level, const char *event, const char *msg, ...);
 
-#define log_debug(...) \
-	do { \
-		if (log_enabled(LOG_LVL_DEBUG)) \
+#define log_debug(...)                                                \
+	do {                                                          \
+		if (log_enabled(LOG_LVL_DEBUG))                       \
 			log_emit(LOG_LVL_DEBUG, __VA_ARGS__, LF_END); \
 	} while (0)
 #define log_info(...) log_emit(LOG_LVL_INFO, __VA_ARGS__, LF_END)

@@ -14,9 +14,8 @@
 /* Name fragments that mark a field as secret, matched case-insensitively
  * anywhere in the name with '-' and '_' ignored ("X-Api-Key", "db_password"). */
 static const char *const secret_names[] = {
-	"password", "passwd", "secret", "token", "authorization", "apikey",
-	"accesskey", "credential", "signature", "cookie", "privatekey", "dsn",
-	NULL,
+        "password",   "passwd",    "secret", "token",      "authorization", "apikey", "accesskey",
+        "credential", "signature", "cookie", "privatekey", "dsn",           NULL,
 };
 
 bool redact_key_is_secret(const char *key, size_t len)
@@ -38,9 +37,20 @@ bool redact_key_is_secret(const char *key, size_t len)
 
 /* Query or keyword parameters whose value is a secret. */
 static const char *const secret_params[] = {
-	"x-amz-signature", "x-amz-credential", "x-amz-security-token", "sig", "signature",
-	"token", "access_token", "password", "passwd", "secret", "api_key", "apikey",
-	"sslpassword", NULL,
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "sig",
+        "signature",
+        "token",
+        "access_token",
+        "password",
+        "passwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "sslpassword",
+        NULL,
 };
 
 static bool is_secret_param(const char *name, size_t len)

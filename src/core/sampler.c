@@ -96,7 +96,8 @@ static void sampler_sample(struct sampler *s)
 static void sampler_arm(struct sampler *s)
 {
 	s->due_us = clock_mono_us() + s->interval_us;
-	struct timeval tv = {.tv_sec = s->interval_us / 1000000, .tv_usec = s->interval_us % 1000000};
+	struct timeval tv = {.tv_sec = s->interval_us / 1000000,
+	                     .tv_usec = s->interval_us % 1000000};
 	evtimer_add(s->timer, &tv);
 }
 
@@ -104,20 +105,20 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sampler *s = arg;
 	int64_t lag = clock_mono_us() - s->due_us;
-	metric_observe(metrics_default_get(M_EVENT_LOOP_LAG_MS), lag > 0 ? (double)lag / 1000.0 : 0);
+	metric_observe(metrics_default_get(M_EVENT_LOOP_LAG_MS),
+	               lag > 0 ? (double)lag / 1000.0 : 0);
 	sampler_sample(s);
 	sampler_arm(s);
 }
 
-struct sampler *sampler_start(struct event_base *base, const char *scratch_dir,
-			      int64_t interval_ms)
+struct sampler *sampler_start(struct event_base *base, const char *scratch_dir, int64_t interval_ms)
 {
 	struct sampler *s = xcalloc(1, sizeof *s);
 	s->scratch_dir = xstrdup(scratch_dir ? scratch_dir : ".");
 	s->interval_us = (interval_ms > 0 ? interval_ms : 1000) * 1000;
 	s->timer = evtimer_new(base, sampler_tick_cb, s);
 	metric_set(metrics_default_get(M_PROCESS_START_TIME_SECONDS),
-		   (double)clock_now_us() / 1000000.0);
+	           (double)clock_now_us() / 1000000.0);
 	sampler_sample(s);
 	sampler_arm(s);
 	return s;

@@ -13,7 +13,7 @@ struct sampler;
  * directory whose file system is watched (it need not exist yet: its nearest
  * existing parent is measured). Freed with sampler_free(). */
 struct sampler *sampler_start(struct event_base *base, const char *scratch_dir,
-			      int64_t interval_ms);
+                              int64_t interval_ms);
 void sampler_free(struct sampler *s);
 
 /* Pure readers, exposed for tests. */

@@ -22,6 +22,7 @@
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/redact.h"
 #include "core/xmalloc.h"
 
@@ -43,20 +44,21 @@ struct pg_prep {
 struct pg_query_stmt {
 	pg_result_cb cb;
 	void *arg;
-	PGresult *res;        /* held until the batch's sync */
+	PGresult *res; /* held until the batch's sync */
 	struct pg_prep *prep; /* named statement, or NULL */
-	bool prep_sent;       /* a Parse went out just before it */
+	bool prep_sent; /* a Parse went out just before it */
 };
 
 struct pg_query {
 	TAILQ_ENTRY(pg_query) entry;
+	int64_t start_us; /* submission, for db.query_latency_ms */
 	int64_t deadline_us; /* 0 = no timeout */
 	bool cancelled;
 	bool timed_out;
 	/* Receive cursor: the item the next PQgetResult belongs to. */
-	size_t cur;   /* statement index; n = the sync */
+	size_t cur; /* statement index; n = the sync */
 	bool at_prep; /* cur's Parse, before its execution */
-	bool seen;    /* a result arrived for the current item (a NULL ends it) */
+	bool seen; /* a result arrived for the current item (a NULL ends it) */
 	/* The first failure: a statement index, n for the commit, or
 	 * PG_NO_FAILURE. Never-sent batches carry fail_kind and fail_msg only. */
 	size_t fail_at;
@@ -78,21 +80,21 @@ struct pg_conn {
 	struct pg_conn_opts opts;
 	enum pg_conn_state state;
 	PGconn *pg;
-	uint64_t gen;      /* session number: bumps on every successful connect */
+	uint64_t gen; /* session number: bumps on every successful connect */
 	unsigned failures; /* failed connects in a row */
 	int64_t connect_start_us;
 
-	struct event *io_ev;     /* connect phase: one-shot, re-created after every poll */
-	struct event *read_ev;   /* connected: persistent */
-	struct event *write_ev;  /* connected: armed while libpq has unsent output */
-	struct event *timer_ev;  /* backoff in DISCONNECTED, connect timeout in CONNECTING */
+	struct event *io_ev; /* connect phase: one-shot, re-created after every poll */
+	struct event *read_ev; /* connected: persistent */
+	struct event *write_ev; /* connected: armed while libpq has unsent output */
+	struct event *timer_ev; /* backoff in DISCONNECTED, connect timeout in CONNECTING */
 	struct event *qtimer_ev; /* the oldest batch's query timeout */
-	struct event *defer_ev;  /* delivers never-sent batches and a deferred drop */
+	struct event *defer_ev; /* delivers never-sent batches and a deferred drop */
 	bool write_armed;
 
-	struct pg_query_list queue;   /* sent, in pipeline order */
+	struct pg_query_list queue; /* sent, in pipeline order */
 	size_t nqueue;
-	struct pg_query_list failed;  /* never sent, waiting for defer_ev */
+	struct pg_query_list failed; /* never sent, waiting for defer_ev */
 	struct pg_query_list failing; /* never sent, being delivered now */
 
 	struct pg_prep **preps;
@@ -100,10 +102,10 @@ struct pg_conn {
 
 	char *last_error;
 	char *server_fatal; /* a FATAL the server sent before closing */
-	char *broken_msg;   /* a send failed inside an API call: drop from the loop */
+	char *broken_msg; /* a send failed inside an API call: drop from the loop */
 	bool broken;
 
-	int depth;        /* loop callbacks of this conn on the stack */
+	int depth; /* loop callbacks of this conn on the stack */
 	bool free_pending;
 	bool constructing;
 };
@@ -111,23 +113,23 @@ struct pg_conn {
 #define PG_LF_NAME(c) LF_STR("name", (c)->name)
 
 static const char *const pg_state_names[] = {
-	[PG_CONN_DISCONNECTED] = "disconnected",
-	[PG_CONN_CONNECTING] = "connecting",
-	[PG_CONN_READY] = "ready",
-	[PG_CONN_BUSY] = "busy",
-	[PG_CONN_CLOSED] = "closed",
+        [PG_CONN_DISCONNECTED] = "disconnected",
+        [PG_CONN_CONNECTING] = "connecting",
+        [PG_CONN_READY] = "ready",
+        [PG_CONN_BUSY] = "busy",
+        [PG_CONN_CLOSED] = "closed",
 };
 
 #define PG_NSTATES (PG_CONN_CLOSED + 1)
 
 static const bool pg_state_edges[PG_NSTATES][PG_NSTATES] = {
-	[PG_CONN_DISCONNECTED] = {[PG_CONN_CONNECTING] = true, [PG_CONN_CLOSED] = true},
-	[PG_CONN_CONNECTING] = {[PG_CONN_READY] = true, [PG_CONN_DISCONNECTED] = true,
-	                        [PG_CONN_CLOSED] = true},
-	[PG_CONN_READY] = {[PG_CONN_BUSY] = true, [PG_CONN_DISCONNECTED] = true,
-	                   [PG_CONN_CLOSED] = true},
-	[PG_CONN_BUSY] = {[PG_CONN_READY] = true, [PG_CONN_DISCONNECTED] = true,
-	                  [PG_CONN_CLOSED] = true},
+        [PG_CONN_DISCONNECTED] = {[PG_CONN_CONNECTING] = true, [PG_CONN_CLOSED] = true},
+        [PG_CONN_CONNECTING] =
+                {[PG_CONN_READY] = true, [PG_CONN_DISCONNECTED] = true, [PG_CONN_CLOSED] = true},
+        [PG_CONN_READY] =
+                {[PG_CONN_BUSY] = true, [PG_CONN_DISCONNECTED] = true, [PG_CONN_CLOSED] = true},
+        [PG_CONN_BUSY] =
+                {[PG_CONN_READY] = true, [PG_CONN_DISCONNECTED] = true, [PG_CONN_CLOSED] = true},
 };
 
 const char *pg_conn_state_name(enum pg_conn_state state)
@@ -233,6 +235,19 @@ static bool pg_conn_set_state(struct pg_conn *c, enum pg_conn_state to)
 		          LF_STR("from", pg_conn_state_name(from)),
 		          LF_STR("to", pg_conn_state_name(to)));
 	c->state = to;
+	/* db.connections{state}: up (ready or busy), connecting, down. */
+	static const char *const gauge_state[] = {
+	        [PG_CONN_DISCONNECTED] = "down", [PG_CONN_CONNECTING] = "connecting",
+	        [PG_CONN_READY] = "up",          [PG_CONN_BUSY] = "up",
+	        [PG_CONN_CLOSED] = NULL,
+	};
+	struct metric *gauge = metrics_default_get(M_DB_CONNECTIONS);
+	if (gauge_state[from] != gauge_state[to]) {
+		if (gauge_state[from])
+			metric_dec(gauge, 1, gauge_state[from]);
+		if (gauge_state[to])
+			metric_inc(gauge, 1, gauge_state[to]);
+	}
 	log_debug("db.conn.state", "state change", PG_LF_NAME(c),
 	          LF_STR("from", pg_conn_state_name(from)), LF_STR("to", pg_conn_state_name(to)));
 	bool quiet = c->constructing || to == PG_CONN_CLOSED ||
@@ -263,11 +278,37 @@ static void pg_query_list_free(struct pg_query_list *l)
 
 /* Calls statement i's callback unless the batch or the conn went away; res
  * is cleared unless the callback keeps it. False when the conn was freed. */
+static const char *const pg_error_kind_names[] = {
+        [PG_ERR_QUERY] = "query",
+        [PG_ERR_ABORTED] = "aborted",
+        [PG_ERR_CONN_LOST] = "conn_lost",
+        [PG_ERR_TIMEOUT] = "timeout",
+        [PG_ERR_UNAVAILABLE] = "unavailable",
+        [PG_ERR_USAGE] = "usage",
+};
+
+/* db.* metrics, one observation per statement. op is the prepared
+ * statement's name, or the conn's name for ad-hoc SQL: both are bounded. */
+static void pg_query_count(struct pg_conn *c, struct pg_query *q, size_t i,
+                           const struct pg_error *err)
+{
+	const struct pg_query_stmt *s = &q->stmts[i];
+	const char *op = s->prep ? s->prep->name : c->name;
+	const char *outcome = err ? pg_error_kind_names[err->kind] : "ok";
+	metric_inc(metrics_default_get(M_DB_QUERIES_TOTAL), 1, op, outcome);
+	if (err)
+		metric_inc(metrics_default_get(M_DB_ERRORS_TOTAL), 1, outcome);
+	if (q->start_us)
+		metric_observe(metrics_default_get(M_DB_QUERY_LATENCY_MS),
+		               (double)(clock_mono_us() - q->start_us) / 1000.0, op);
+}
+
 static bool pg_query_deliver(struct pg_conn *c, struct pg_query *q, size_t i, PGresult *res,
                              const struct pg_error *err)
 {
 	struct pg_query_stmt *s = &q->stmts[i];
 	bool keep = false;
+	pg_query_count(c, q, i, err);
 	if (!q->cancelled && !c->free_pending && s->cb)
 		keep = s->cb(res, err, s->arg);
 	if (res && !keep)
@@ -438,12 +479,8 @@ static void pg_conn_poll(struct pg_conn *c)
 		if (!pg_conn_arm_io(c, EV_WRITE))
 			pg_conn_connect_failed(c, "cannot watch the connection's socket");
 		return;
-	case PGRES_POLLING_OK:
-		pg_conn_connected(c);
-		return;
-	default:
-		pg_conn_connect_failed(c, PQerrorMessage(c->pg));
-		return;
+	case PGRES_POLLING_OK: pg_conn_connected(c); return;
+	default: pg_conn_connect_failed(c, PQerrorMessage(c->pg)); return;
 	}
 }
 
@@ -554,14 +591,14 @@ static void pg_conn_lost(struct pg_conn *c, const char *why)
 		return;
 
 	char *lost = xasprintf("connection lost: %s", c->last_error);
-	char *timeout = xasprintf("query timeout after %u ms (connection reset)",
-	                          c->opts.query_timeout_ms);
+	char *timeout =
+	        xasprintf("query timeout after %u ms (connection reset)", c->opts.query_timeout_ms);
 	struct pg_query *q;
 	while ((q = TAILQ_FIRST(&c->queue)) != NULL) {
 		struct pg_error err = {
-			.kind = q->timed_out ? PG_ERR_TIMEOUT : PG_ERR_CONN_LOST,
-			.sqlstate = "",
-			.message = q->timed_out ? timeout : lost,
+		        .kind = q->timed_out ? PG_ERR_TIMEOUT : PG_ERR_CONN_LOST,
+		        .sqlstate = "",
+		        .message = q->timed_out ? timeout : lost,
 		};
 		if (!pg_query_deliver_all(c, q, &err))
 			break;
@@ -619,15 +656,9 @@ static enum pg_take pg_query_take(struct pg_conn *c, struct pg_query *q, PGresul
 		}
 		q->seen = true;
 		switch (PQresultStatus(res)) {
-		case PGRES_PIPELINE_SYNC:
-			PQclear(res);
-			return PG_TAKE_DONE;
-		case PGRES_FATAL_ERROR:
-			pg_query_fail(c, q, q->n, res);
-			return PG_TAKE_MORE;
-		default:
-			PQclear(res);
-			return PG_TAKE_DESYNC;
+		case PGRES_PIPELINE_SYNC: PQclear(res); return PG_TAKE_DONE;
+		case PGRES_FATAL_ERROR: pg_query_fail(c, q, q->n, res); return PG_TAKE_MORE;
+		default: PQclear(res); return PG_TAKE_DESYNC;
 		}
 	}
 	if (!res) {
@@ -650,14 +681,10 @@ static enum pg_take pg_query_take(struct pg_conn *c, struct pg_query *q, PGresul
 		else
 			PQclear(res);
 		return PG_TAKE_MORE;
-	case PGRES_PIPELINE_ABORTED:
-		PQclear(res);
-		return PG_TAKE_MORE;
+	case PGRES_PIPELINE_ABORTED: PQclear(res); return PG_TAKE_MORE;
 	case PGRES_FATAL_ERROR:
 	case PGRES_NONFATAL_ERROR:
-	case PGRES_BAD_RESPONSE:
-		pg_query_fail(c, q, q->cur, res);
-		return PG_TAKE_MORE;
+	case PGRES_BAD_RESPONSE: pg_query_fail(c, q, q->cur, res); return PG_TAKE_MORE;
 	default: /* a sync too early, COPY (not possible in a pipeline), single-row */
 		PQclear(res);
 		return PG_TAKE_DESYNC;
@@ -673,20 +700,22 @@ static bool pg_conn_complete(struct pg_conn *c, struct pg_query *q)
 		q->stmts[i].res = NULL;
 		bool alive;
 		if (q->fail_at == PG_NO_FAILURE) {
-			struct pg_error none = {.kind = PG_ERR_QUERY, .sqlstate = "",
-			                        .message = "no result"};
+			struct pg_error none = {
+			        .kind = PG_ERR_QUERY, .sqlstate = "", .message = "no result"};
 			alive = pg_query_deliver(c, q, i, res, res ? NULL : &none);
 		} else {
 			PQclear(res);
-			struct pg_error err = {.kind = PG_ERR_QUERY, .sqlstate = q->fail_state,
-			                       .message = q->fail_msg, .detail = q->fail_res};
+			struct pg_error err = {.kind = PG_ERR_QUERY,
+			                       .sqlstate = q->fail_state,
+			                       .message = q->fail_msg,
+			                       .detail = q->fail_res};
 			char *msg = NULL;
 			if (i != q->fail_at && q->fail_at != q->n) {
 				msg = xasprintf("%s: statement %zu of the batch failed: %s",
 				                i < q->fail_at ? "rolled back" : "not run",
 				                q->fail_at + 1, q->fail_msg);
-				err = (struct pg_error){.kind = PG_ERR_ABORTED, .sqlstate = "",
-				                        .message = msg};
+				err = (struct pg_error){
+				        .kind = PG_ERR_ABORTED, .sqlstate = "", .message = msg};
 			}
 			alive = pg_query_deliver(c, q, i, NULL, &err);
 			free(msg);
@@ -718,8 +747,7 @@ static bool pg_conn_drain(struct pg_conn *c)
 		if (PQisBusy(c->pg))
 			break;
 		switch (pg_query_take(c, q, PQgetResult(c->pg))) {
-		case PG_TAKE_MORE:
-			break;
+		case PG_TAKE_MORE: break;
 		case PG_TAKE_DONE:
 			completed = true;
 			if (!pg_conn_complete(c, q))
@@ -790,8 +818,8 @@ static void pg_conn_defer_cb(evutil_socket_t fd, short what, void *arg)
 	TAILQ_CONCAT(&c->failing, &c->failed, entry);
 	struct pg_query *q;
 	while (!c->free_pending && (q = TAILQ_FIRST(&c->failing)) != NULL) {
-		struct pg_error err = {.kind = q->fail_kind, .sqlstate = "",
-		                       .message = q->fail_msg};
+		struct pg_error err = {
+		        .kind = q->fail_kind, .sqlstate = "", .message = q->fail_msg};
 		if (!pg_query_deliver_all(c, q, &err))
 			break;
 		TAILQ_REMOVE(&c->failing, q, entry);
@@ -872,6 +900,7 @@ struct pg_query *pg_conn_batch(struct pg_conn *c, const struct pg_stmt *stmts, s
 		abort();
 	struct pg_query *q = xcalloc(1, sizeof *q + n * sizeof q->stmts[0]);
 	q->n = n;
+	q->start_us = clock_mono_us();
 	q->fail_at = PG_NO_FAILURE;
 	for (size_t i = 0; i < n; i++) {
 		q->stmts[i].cb = stmts[i].cb;
@@ -907,16 +936,16 @@ struct pg_query *pg_conn_batch(struct pg_conn *c, const struct pg_stmt *stmts, s
 struct pg_query *pg_conn_query(struct pg_conn *c, const char *sql, int nparams,
                                const char *const *values, pg_result_cb cb, void *arg)
 {
-	struct pg_stmt st = {.sql = sql, .nparams = nparams, .values = values, .cb = cb,
-	                     .arg = arg};
+	struct pg_stmt st = {
+	        .sql = sql, .nparams = nparams, .values = values, .cb = cb, .arg = arg};
 	return pg_conn_batch(c, &st, 1);
 }
 
 struct pg_query *pg_conn_query_prepared(struct pg_conn *c, const char *name, int nparams,
                                         const char *const *values, pg_result_cb cb, void *arg)
 {
-	struct pg_stmt st = {.name = name, .nparams = nparams, .values = values, .cb = cb,
-	                     .arg = arg};
+	struct pg_stmt st = {
+	        .name = name, .nparams = nparams, .values = values, .cb = cb, .arg = arg};
 	return pg_conn_batch(c, &st, 1);
 }
 
@@ -1016,6 +1045,7 @@ struct pg_conn *pg_conn_new(struct event_base *base, const char *conninfo, const
 	if (!c->opts.connect_timeout_ms)
 		c->opts.connect_timeout_ms = PG_DEFAULT_CONNECT_TIMEOUT_MS;
 	c->state = PG_CONN_DISCONNECTED;
+	metric_inc(metrics_default_get(M_DB_CONNECTIONS), 1, "down");
 	TAILQ_INIT(&c->queue);
 	TAILQ_INIT(&c->failed);
 	TAILQ_INIT(&c->failing);

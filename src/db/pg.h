@@ -26,18 +26,18 @@ enum pg_conn_state {
 };
 
 enum pg_error_kind {
-	PG_ERR_QUERY,       /* the server rejected it: sqlstate and message are the server's */
-	PG_ERR_ABORTED,     /* rolled back or not run: another statement of its batch failed */
-	PG_ERR_CONN_LOST,   /* the connection dropped: it may or may not have committed */
-	PG_ERR_TIMEOUT,     /* query_timeout_ms passed; the connection was reset; outcome unknown */
+	PG_ERR_QUERY, /* the server rejected it: sqlstate and message are the server's */
+	PG_ERR_ABORTED, /* rolled back or not run: another statement of its batch failed */
+	PG_ERR_CONN_LOST, /* the connection dropped: it may or may not have committed */
+	PG_ERR_TIMEOUT, /* query_timeout_ms passed; the connection was reset; outcome unknown */
 	PG_ERR_UNAVAILABLE, /* never sent: there was no connection (callers answer 503) */
-	PG_ERR_USAGE,       /* never sent: bad arguments (unknown statement, parameter count) */
+	PG_ERR_USAGE, /* never sent: bad arguments (unknown statement, parameter count) */
 };
 
 struct pg_error {
 	enum pg_error_kind kind;
-	const char *sqlstate;    /* the 5-character SQLSTATE for PG_ERR_QUERY, else "" */
-	const char *message;     /* never NULL */
+	const char *sqlstate; /* the 5-character SQLSTATE for PG_ERR_QUERY, else "" */
+	const char *message; /* never NULL */
 	/* PG_ERR_QUERY: the server's error result, for PQresultErrorField (constraint,
 	 * detail, ...); valid during the callback. NULL for the other kinds. */
 	const PGresult *detail;
@@ -51,10 +51,10 @@ struct pg_error {
 typedef bool (*pg_result_cb)(PGresult *res, const struct pg_error *err, void *arg);
 
 struct pg_conn_opts {
-	unsigned reconnect_min_ms;   /* 0 = 100 */
-	unsigned reconnect_max_ms;   /* 0 = 5000 */
+	unsigned reconnect_min_ms; /* 0 = 100 */
+	unsigned reconnect_max_ms; /* 0 = 5000 */
 	unsigned connect_timeout_ms; /* 0 = 5000 */
-	unsigned query_timeout_ms;   /* 0 = none; see pg_conn_batch() for what a timeout does */
+	unsigned query_timeout_ms; /* 0 = none; see pg_conn_batch() for what a timeout does */
 	/* Up/down news: every transition except READY <-> BUSY (those are only
 	 * logged), never from inside pg_conn_new() or pg_conn_free(). On READY
 	 * after a reconnect the owner re-issues its LISTENs: they die with the

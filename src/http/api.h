@@ -15,11 +15,10 @@ struct api_ctx {
 };
 
 /* GET /healthz (liveness, no I/O) and GET /readyz (PostgreSQL answers). */
-bool api_health_register(struct router *r, struct api_ctx *ctx)
-	__attribute__((warn_unused_result));
+bool api_health_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
 
 /* GET /metrics and GET /metrics.json. */
 bool api_metrics_register(struct router *r, struct api_ctx *ctx)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 
 #endif

@@ -25,8 +25,8 @@ static void healthz(struct http_req *req, void *arg)
 {
 	struct api_ctx *ctx = arg;
 	json_t *o = json_pack("{s:s, s:s, s:s, s:I}", "status", "ok", "version", app_version,
-			      "instance_id", ctx->app->instance_id, "uptime_seconds",
-			      (json_int_t)((clock_now_us() - ctx->app->started_us) / 1000000));
+	                      "instance_id", ctx->app->instance_id, "uptime_seconds",
+	                      (json_int_t)((clock_now_us() - ctx->app->started_us) / 1000000));
 	http_reply_json(req, 200, o);
 }
 
@@ -51,7 +51,8 @@ static bool readyz_result_cb(PGresult *res, const struct pg_error *err, void *ar
 	if (err) {
 		readyz_unavailable(req, err->message);
 	} else {
-		http_reply_json(req, 200, json_pack("{s:s, s:s}", "status", "ready", "database", "ok"));
+		http_reply_json(req, 200,
+		                json_pack("{s:s, s:s}", "status", "ready", "database", "ok"));
 	}
 	return false;
 }
@@ -74,7 +75,7 @@ static void readyz(struct http_req *req, void *arg)
 	struct api_ctx *ctx = arg;
 	if (ctx->app->stopping) {
 		http_reply_problem(req, 503, "shutting-down", "Shutting down",
-				   "this instance is draining and takes no new work", NULL);
+		                   "this instance is draining and takes no new work", NULL);
 		return;
 	}
 	if (!pg_conn_is_ready(ctx->db_health)) {

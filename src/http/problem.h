@@ -17,6 +17,6 @@ const char *http_status_reason(int status);
  * instance may be NULL; extra (borrowed, may be NULL) adds members but
  * cannot override the five standard ones. Returns a heap string. */
 char *problem_render(int status, const char *slug, const char *title, const char *detail,
-		     const char *instance, const json_t *extra);
+                     const char *instance, const json_t *extra);
 
 #endif

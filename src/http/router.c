@@ -88,8 +88,7 @@ static bool same_shape(const struct route *a, const struct route *b)
 	return true;
 }
 
-bool router_add(struct router *r, unsigned methods, const char *template_, void *handler,
-		void *arg)
+bool router_add(struct router *r, unsigned methods, const char *template_, void *handler, void *arg)
 {
 	struct route rt = {.methods = methods, .handler = handler, .arg = arg};
 	if (!parse_template(&rt, template_)) {
@@ -206,7 +205,7 @@ static int route_score(const struct route *rt, const char **seg, const size_t *s
 }
 
 void router_match(const struct router *r, enum http_method method, const char *path,
-		  struct route_match *m)
+                  struct route_match *m)
 {
 	memset(m, 0, sizeof *m);
 	m->template_ = ROUTER_UNMATCHED;
@@ -286,9 +285,9 @@ static const struct {
 	enum http_method m;
 	const char *name;
 } method_names[] = {
-	{HTTP_M_GET, "GET"},       {HTTP_M_HEAD, "HEAD"},   {HTTP_M_POST, "POST"},
-	{HTTP_M_PUT, "PUT"},       {HTTP_M_DELETE, "DELETE"}, {HTTP_M_PATCH, "PATCH"},
-	{HTTP_M_OPTIONS, "OPTIONS"},
+        {HTTP_M_GET, "GET"},         {HTTP_M_HEAD, "HEAD"},     {HTTP_M_POST, "POST"},
+        {HTTP_M_PUT, "PUT"},         {HTTP_M_DELETE, "DELETE"}, {HTTP_M_PATCH, "PATCH"},
+        {HTTP_M_OPTIONS, "OPTIONS"},
 };
 
 enum http_method http_method_parse(const char *s)

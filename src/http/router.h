@@ -29,13 +29,13 @@ struct router;
 struct route_match {
 	enum router_status status;
 	const char *template_; /* ROUTER_UNMATCHED when not found */
-	void *handler;         /* opaque to the router */
+	void *handler; /* opaque to the router */
 	void *arg;
 	unsigned allow; /* methods the path accepts, for 405's Allow */
 	size_t nparams;
 	struct {
 		const char *name; /* points into the router's template */
-		char *value;      /* percent-decoded, owned by the match */
+		char *value; /* percent-decoded, owned by the match */
 	} params[ROUTER_MAX_PARAMS];
 };
 
@@ -43,12 +43,12 @@ struct router *router_new(void);
 void router_free(struct router *r);
 /* Registers methods (a mask) on a template. Returns false when the template
  * is malformed or the same method is already routed on an equal template. */
-bool router_add(struct router *r, unsigned methods, const char *template_, void *handler,
-		void *arg) __attribute__((warn_unused_result));
+bool router_add(struct router *r, unsigned methods, const char *template_, void *handler, void *arg)
+        __attribute__((warn_unused_result));
 /* Matches path (no query string). Literal segments win over parameters.
  * HEAD matches GET routes. The caller releases m with route_match_clear(). */
 void router_match(const struct router *r, enum http_method method, const char *path,
-		  struct route_match *m);
+                  struct route_match *m);
 void route_match_clear(struct route_match *m);
 const char *route_match_param(const struct route_match *m, const char *name);
 

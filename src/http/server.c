@@ -47,9 +47,9 @@
 
 enum conn_phase {
 	CONN_HEADERS, /* waiting for (the rest of) a request head */
-	CONN_BODY,    /* reading a body */
-	CONN_BUSY,    /* a handler owns the request */
-	CONN_IDLE,    /* keep-alive, between requests */
+	CONN_BODY, /* reading a body */
+	CONN_BUSY, /* a handler owns the request */
+	CONN_IDLE, /* keep-alive, between requests */
 };
 
 struct http_conn {
@@ -57,7 +57,7 @@ struct http_conn {
 	evhtp_connection_t *c;
 	struct event *timer;
 	enum conn_phase phase;
-	bool served;  /* at least one request answered */
+	bool served; /* at least one request answered */
 	size_t hdr_bytes;
 	size_t hdr_fields;
 	uint64_t chunk_total;
@@ -118,7 +118,8 @@ static void http_metrics_request(const char *method, const char *route, int stat
 		snprintf(code, sizeof code, "%d", status);
 		metric_inc(metrics_default_get(M_HTTP_ERRORS_TOTAL), 1, route, code);
 	}
-	metric_observe(metrics_default_get(M_HTTP_REQUEST_LATENCY_MS), (double)dur_us / 1000.0, route);
+	metric_observe(metrics_default_get(M_HTTP_REQUEST_LATENCY_MS), (double)dur_us / 1000.0,
+	               route);
 }
 
 static void conn_arm(struct http_conn *hc, int64_t ms)
@@ -177,7 +178,7 @@ static const char *limit_name(int status)
 
 /* Takes over bev (already detached from libevhtp) and answers status. */
 static void linger_start(struct http_server *srv, struct bufferevent *bev, int status,
-			 const char *detail, const char *peer)
+                         const char *detail, const char *peer)
 {
 	struct http_linger *l = xcalloc(1, sizeof *l);
 	l->srv = srv;
@@ -190,13 +191,14 @@ static void linger_start(struct http_server *srv, struct bufferevent *bev, int s
 	char *body = problem_render(status, limit_name(status), NULL, detail, NULL, NULL);
 	struct evbuffer *in = bufferevent_get_input(bev);
 	evbuffer_drain(in, evbuffer_get_length(in));
-	evbuffer_add_printf(bufferevent_get_output(bev),
-			    "HTTP/1.1 %d %s\r\nContent-Type: " PROBLEM_CONTENT_TYPE
-			    "\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s",
-			    status, http_status_reason(status), strlen(body), id, body);
+	evbuffer_add_printf(
+	        bufferevent_get_output(bev),
+	        "HTTP/1.1 %d %s\r\nContent-Type: " PROBLEM_CONTENT_TYPE
+	        "\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s",
+	        status, http_status_reason(status), strlen(body), id, body);
 	log_info("http.refused", http_status_reason(status), LF_INT("status", status),
-		 LF_STR("limit", limit_name(status)), LF_STR("detail", detail),
-		 LF_STR("request_id", id), LF_STR("peer", peer));
+	         LF_STR("limit", limit_name(status)), LF_STR("detail", detail),
+	         LF_STR("request_id", id), LF_STR("peer", peer));
 	metric_inc(metrics_default_get(M_HTTP_LIMIT_REJECTIONS_TOTAL), 1, limit_name(status));
 	free(body);
 
@@ -246,16 +248,17 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	evhtp_connection_t *c = hc->c;
 	struct http_server *srv = hc->srv;
 	bool partial = hc->phase == CONN_BODY ||
-		       (c->request && !(c->request->flags & EVHTP_REQ_FLAG_FINISHED)) ||
-		       (c->bev && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0);
+	               (c->request && !(c->request->flags & EVHTP_REQ_FLAG_FINISHED)) ||
+	               (c->bev && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0);
 	if (hc->phase == CONN_BUSY)
 		return; /* a handler owns it; not a client stall */
 	if (partial) {
 		char peer[sizeof hc->peer];
 		memcpy(peer, hc->peer, sizeof peer);
-		const char *detail = hc->phase == CONN_BODY
-					     ? "the request body stalled past the deadline"
-					     : "the request head was not complete within the deadline";
+		const char *detail =
+		        hc->phase == CONN_BODY
+		                ? "the request body stalled past the deadline"
+		                : "the request head was not complete within the deadline";
 		struct bufferevent *bev = evhtp_connection_take_ownership(c);
 		conn_forget(hc);
 		evhtp_connection_free(c);
@@ -370,7 +373,8 @@ static int conn_rescue_status(struct http_conn *hc, evhtp_connection_t *c, const
 			*detail = "the request line is too long";
 			return 414;
 		}
-		evhtp_header_t *last = c->request ? TAILQ_LAST(c->request->headers_in, evhtp_kvs) : NULL;
+		evhtp_header_t *last =
+		        c->request ? TAILQ_LAST(c->request->headers_in, evhtp_kvs) : NULL;
 		if (last && last->klen == 14 && strncasecmp(last->key, "content-length", 14) == 0 &&
 		    last->val == NULL) {
 			*detail = "malformed Content-Length";
@@ -441,12 +445,14 @@ static evhtp_res post_accept_cb(evhtp_connection_t *c, void *arg)
 	TAILQ_INSERT_TAIL(&srv->conns, hc, link);
 	srv->nconns++;
 	metric_inc(metrics_default_get(M_HTTP_CONNECTIONS_OPEN), 1);
-	evhtp_connection_set_hook(c, evhtp_hook_on_headers_start, (evhtp_hook)on_headers_start_cb, hc);
+	evhtp_connection_set_hook(c, evhtp_hook_on_headers_start, (evhtp_hook)on_headers_start_cb,
+	                          hc);
 	evhtp_connection_set_hook(c, evhtp_hook_on_header, (evhtp_hook)on_header_cb, hc);
 	evhtp_connection_set_hook(c, evhtp_hook_on_headers, (evhtp_hook)on_headers_cb, hc);
 	evhtp_connection_set_hook(c, evhtp_hook_on_new_chunk, (evhtp_hook)on_new_chunk_cb, hc);
 	evhtp_connection_set_hook(c, evhtp_hook_on_read, (evhtp_hook)on_read_cb, hc);
-	evhtp_connection_set_hook(c, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini_cb, hc);
+	evhtp_connection_set_hook(c, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini_cb,
+	                          hc);
 	conn_arm(hc, srv->opts.header_timeout_ms);
 	return EVHTP_RES_OK;
 }
@@ -459,16 +465,16 @@ static void access_log(struct http_req *req)
 	const char *route = req->match.template_;
 	if (req->replied) {
 		log_info("http.access", "request", LF_STR("method", http_method_name(req->method)),
-			 LF_STR("route", route), LF_INT("status", req->status),
-			 LF_UINT("bytes", req->bytes_out), LF_INT("duration_us", dur),
-			 LF_STR("request_id", req->id),
-			 LF_STR("peer", req->conn ? req->conn->peer : ""));
+		         LF_STR("route", route), LF_INT("status", req->status),
+		         LF_UINT("bytes", req->bytes_out), LF_INT("duration_us", dur),
+		         LF_STR("request_id", req->id),
+		         LF_STR("peer", req->conn ? req->conn->peer : ""));
 		http_metrics_request(http_method_name(req->method), route, req->status, dur);
 	} else {
 		log_info("http.access", "client went away before the response",
-			 LF_STR("method", http_method_name(req->method)), LF_STR("route", route),
-			 LF_INT("status", 499), LF_INT("duration_us", dur),
-			 LF_STR("request_id", req->id));
+		         LF_STR("method", http_method_name(req->method)), LF_STR("route", route),
+		         LF_INT("status", 499), LF_INT("duration_us", dur),
+		         LF_STR("request_id", req->id));
 		http_metrics_request(http_method_name(req->method), route, 499, dur);
 	}
 }
@@ -536,15 +542,16 @@ static void dispatch_cb(evhtp_request_t *r, void *arg)
 {
 	struct http_server *srv = arg;
 	/* Our connection state rides on the hooks we installed at accept. */
-	struct http_conn *hc = r->conn && r->conn->hooks ? r->conn->hooks->on_connection_fini_arg
-							 : NULL;
+	struct http_conn *hc =
+	        r->conn && r->conn->hooks ? r->conn->hooks->on_connection_fini_arg : NULL;
 	struct http_req *req = xcalloc(1, sizeof *req);
 	req->srv = srv;
 	req->conn = hc;
 	req->ev = r;
 	req->method = method_of(r);
 	req->start_us = hc && hc->req_start_us ? hc->req_start_us : clock_mono_us();
-	req->path = xstrdup(r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/");
+	req->path =
+	        xstrdup(r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/");
 	const char *rid = evhtp_header_find(r->headers_in, "X-Request-Id");
 	if (rid && id_request_id_valid(rid, strlen(rid)))
 		snprintf(req->id, sizeof req->id, "%s", rid);
@@ -559,22 +566,20 @@ static void dispatch_cb(evhtp_request_t *r, void *arg)
 
 	router_match(srv->router, req->method, req->path, &req->match);
 	switch (req->match.status) {
-	case ROUTER_FOUND:
-		((http_handler_fn)req->match.handler)(req, req->match.arg);
-		return;
+	case ROUTER_FOUND: ((http_handler_fn)req->match.handler)(req, req->match.arg); return;
 	case ROUTER_NOT_FOUND:
 		http_reply_problem(req, 404, "not-found", NULL, "no resource at this path", NULL);
 		return;
 	case ROUTER_BAD_PATH:
 		http_reply_problem(req, 400, "bad-path", NULL,
-				   "the path has an empty, dot or badly encoded segment", NULL);
+		                   "the path has an empty, dot or badly encoded segment", NULL);
 		return;
 	case ROUTER_METHOD_NOT_ALLOWED: {
 		char allow[96];
 		http_methods_format(req->match.allow, allow, sizeof allow);
 		http_set_header(req, "Allow", allow);
 		char *detail = xasprintf("%s is not allowed here; allowed: %s",
-					 http_method_name(req->method), allow);
+		                         http_method_name(req->method), allow);
 		http_reply_problem(req, 405, "method-not-allowed", NULL, detail, NULL);
 		free(detail);
 		return;
@@ -654,7 +659,7 @@ void http_set_header(struct http_req *req, const char *name, const char *value)
 }
 
 void http_reply(struct http_req *req, int status, const char *content_type, const void *body,
-		size_t len)
+                size_t len)
 {
 	if (req->replied || req->ev == NULL)
 		return;
@@ -679,7 +684,8 @@ void http_reply_json(struct http_req *req, int status, json_t *body)
 	char *s = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(body);
 	if (s == NULL) {
-		http_reply_problem(req, 500, "internal", NULL, "response could not be encoded", NULL);
+		http_reply_problem(req, 500, "internal", NULL, "response could not be encoded",
+		                   NULL);
 		return;
 	}
 	http_set_header(req, "Cache-Control", "no-store");
@@ -688,7 +694,7 @@ void http_reply_json(struct http_req *req, int status, json_t *body)
 }
 
 void http_reply_problem(struct http_req *req, int status, const char *slug, const char *title,
-			const char *detail, const json_t *extra)
+                        const char *detail, const json_t *extra)
 {
 	char *s = problem_render(status, slug, title, detail, req->path, extra);
 	http_set_header(req, "Cache-Control", "no-store");
@@ -697,7 +703,7 @@ void http_reply_problem(struct http_req *req, int status, const char *slug, cons
 }
 
 bool http_route(struct router *r, unsigned methods, const char *template_, http_handler_fn fn,
-		void *arg)
+                void *arg)
 {
 	return router_add(r, methods, template_, (void *)fn, arg);
 }
@@ -705,7 +711,7 @@ bool http_route(struct router *r, unsigned methods, const char *template_, http_
 /* --- Server ------------------------------------------------------------- */
 
 struct http_server *http_server_new(struct event_base *base, struct router *router,
-				    const struct http_server_opts *opts)
+                                    const struct http_server_opts *opts)
 {
 	struct http_server *srv = xcalloc(1, sizeof *srv);
 	srv->base = base;
@@ -759,8 +765,8 @@ bool http_server_listen(struct http_server *srv, const char *addr, char **err)
 		snprintf(host, sizeof host, "%s", addr);
 		unlink(addr + 5);
 	} else if (!split_hostport(addr, host, sizeof host, &port)) {
-		*err = xasprintf("bad listen address '%s' (want host:port, [v6]:port or unix:/path)",
-				 addr);
+		*err = xasprintf(
+		        "bad listen address '%s' (want host:port, [v6]:port or unix:/path)", addr);
 		return false;
 	}
 	if (evhtp_bind_socket(srv->htp, host, (uint16_t)port, 1024) != 0) {

@@ -33,11 +33,11 @@ typedef void (*http_drained_fn)(void *arg);
 
 /* The server borrows router (the caller frees it after the server). */
 struct http_server *http_server_new(struct event_base *base, struct router *router,
-				    const struct http_server_opts *opts);
+                                    const struct http_server_opts *opts);
 /* Binds "host:port", "[v6]:port" or "unix:/path"; port 0 picks a free one.
  * On failure *err gets a heap message. */
 bool http_server_listen(struct http_server *srv, const char *addr, char **err)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 /* The bound address ("127.0.0.1:43211"), valid after a successful listen. */
 const char *http_server_address(const struct http_server *srv);
 /* Stops accepting, closes idle connections, lets in-flight requests answer
@@ -49,7 +49,7 @@ void http_server_free(struct http_server *srv);
 
 /* Registers a handler: a convenience over router_add that types the handler. */
 bool http_route(struct router *r, unsigned methods, const char *template_, http_handler_fn fn,
-		void *arg) __attribute__((warn_unused_result));
+                void *arg) __attribute__((warn_unused_result));
 
 /* --- For handlers (src/http/api_*.c) --------------------------------- */
 
@@ -72,11 +72,11 @@ void http_req_on_abort(struct http_req *req, http_abort_fn fn, void *arg);
 void http_set_header(struct http_req *req, const char *name, const char *value);
 /* Every reply ends the handler's use of req. */
 void http_reply(struct http_req *req, int status, const char *content_type, const void *body,
-		size_t len);
+                size_t len);
 /* Takes the reference to body. */
 void http_reply_json(struct http_req *req, int status, json_t *body);
 /* RFC 9457: slug names the problem type (see problem.h). extra is borrowed. */
 void http_reply_problem(struct http_req *req, int status, const char *slug, const char *title,
-			const char *detail, const json_t *extra);
+                        const char *detail, const json_t *extra);
 
 #endif
