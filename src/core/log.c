@@ -183,12 +183,19 @@ static void put_str(struct buf *b, const char *key, const char *s, size_t n, boo
 	buf_free(&tmp);
 }
 
+/* A double stays a JSON real even when whole ("2.0", not "2"), so log
+ * stores that infer field types see one type per field. */
 static void put_double(struct buf *b, double d)
 {
-	if (isfinite(d))
-		buf_printf(b, "%.17g", d);
-	else
+	if (!isfinite(d)) {
 		buf_adds(b, "null");
+		return;
+	}
+	char tmp[40];
+	snprintf(tmp, sizeof tmp, "%.17g", d);
+	buf_adds(b, tmp);
+	if (strpbrk(tmp, ".eE") == NULL)
+		buf_adds(b, ".0");
 }
 
 /* Writes a jansson value as JSON, masking secret keys and embedded secrets. */

@@ -10,6 +10,9 @@
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
+#include <stdlib.h>
+
+#include "core/xmalloc.h"
 
 /* Name fragments that mark a field as secret, matched case-insensitively
  * anywhere in the name with '-' and '_' ignored ("X-Api-Key", "db_password"). */
@@ -20,19 +23,22 @@ static const char *const secret_names[] = {
 
 bool redact_key_is_secret(const char *key, size_t len)
 {
-	char norm[128];
+	char small[128];
+	char *norm = len < sizeof small ? small : xmalloc(len + 1);
 	size_t n = 0;
-	for (size_t i = 0; i < len && n < sizeof norm - 1; i++) {
+	for (size_t i = 0; i < len; i++) {
 		char c = key[i];
 		if (c == '-' || c == '_' || c == '.' || c == ' ')
 			continue;
 		norm[n++] = (char)tolower((unsigned char)c);
 	}
 	norm[n] = '\0';
-	for (const char *const *p = secret_names; *p; p++)
-		if (strstr(norm, *p))
-			return true;
-	return false;
+	bool secret = false;
+	for (const char *const *p = secret_names; *p && !secret; p++)
+		secret = strstr(norm, *p) != NULL;
+	if (norm != small)
+		free(norm);
+	return secret;
 }
 
 /* Query or keyword parameters whose value is a secret. */
@@ -53,12 +59,14 @@ static const char *const secret_params[] = {
         NULL,
 };
 
+/* A parameter is secret when it is one of the known names or its name says
+ * so by the same fragments as a field name (client_secret, refresh_token). */
 static bool is_secret_param(const char *name, size_t len)
 {
 	for (const char *const *p = secret_params; *p; p++)
 		if (strlen(*p) == len && strncasecmp(name, *p, len) == 0)
 			return true;
-	return false;
+	return redact_key_is_secret(name, len);
 }
 
 static bool is_param_char(char c)
@@ -78,17 +86,20 @@ static bool is_token_end(char c)
 	       c == '\'' || c == '<' || c == '>' || c == '`';
 }
 
-/* At s[i] == ':' after "scheme://user": mask the password up to '@'. Returns
- * the index where the password ends ('@'), or 0 when this isn't userinfo. */
+/* At s[i] == ':' after "scheme://user": the password runs to the LAST '@'
+ * before the authority ends (a raw '@' inside a password is common even
+ * though RFC 3986 wants it encoded). Returns that index, or 0 when this
+ * isn't userinfo. */
 static size_t userinfo_password_end(const char *s, size_t len, size_t i)
 {
+	size_t at = 0;
 	for (size_t j = i + 1; j < len && !is_token_end(s[j]); j++) {
 		if (s[j] == '@')
-			return j;
-		if (s[j] == '/' || s[j] == '?' || s[j] == '#')
-			return 0;
+			at = j;
+		else if (s[j] == '/' || s[j] == '?' || s[j] == '#')
+			break;
 	}
-	return 0;
+	return at;
 }
 
 /* True when s[0..i) ends with "scheme://user" (user without '/', '@'). */
@@ -137,7 +148,8 @@ static size_t api_key_len(const char *s, size_t len, size_t i)
 static bool match_param(const char *s, size_t len, size_t i, size_t *from, size_t *end)
 {
 	char c = s[i];
-	bool sep = c == '?' || c == '&' || c == ' ' || c == ';';
+	bool sep = c == '?' || c == '&' || c == ' ' || c == ';' || c == '\t' || c == '\n' ||
+	           c == '\r' || c == '#' || c == '\'' || c == '"' || c == ',' || c == '(';
 	if (!sep && i != 0)
 		return false;
 	size_t ns = sep ? i + 1 : i;

@@ -285,6 +285,7 @@ static const char *const pg_error_kind_names[] = {
         [PG_ERR_TIMEOUT] = "timeout",
         [PG_ERR_UNAVAILABLE] = "unavailable",
         [PG_ERR_USAGE] = "usage",
+        [PG_ERR_POOL_FULL] = "pool_full",
 };
 
 /* db.* metrics, one observation per statement. op is the prepared

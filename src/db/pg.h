@@ -32,6 +32,7 @@ enum pg_error_kind {
 	PG_ERR_TIMEOUT, /* query_timeout_ms passed; the connection was reset; outcome unknown */
 	PG_ERR_UNAVAILABLE, /* never sent: there was no connection (callers answer 503) */
 	PG_ERR_USAGE, /* never sent: bad arguments (unknown statement, parameter count) */
+	PG_ERR_POOL_FULL, /* never sent: db/pool.h had no free connection (callers answer 503) */
 };
 
 struct pg_error {

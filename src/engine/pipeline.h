@@ -97,7 +97,7 @@ struct pipeline_set {
  * stage positions 0-based); on any problem returns NULL. The caller frees
  * the set with pipeline_set_free(); it borrows nothing from cfg. */
 struct pipeline_set *pipeline_set_load(const struct config *cfg, struct config_errors *errs)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 void pipeline_set_free(struct pipeline_set *set);
 
 /* Lookups by name; NULL when there is none. */
@@ -123,7 +123,7 @@ json_t *pipeline_to_json(const struct pipeline *p);
  * first, then unknown keys sorted) for a 422 problem's "errors", and sets
  * *effective to NULL. Pure. */
 json_t *pipeline_check_params(const struct pipeline *p, const json_t *params, json_t **effective)
-	__attribute__((warn_unused_result));
+        __attribute__((warn_unused_result));
 
 /* What a stage receives as params: a copy of the stage's defaults with each
  * top-level key of job_params (may be NULL) put over it — the job wins, an

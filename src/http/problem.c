@@ -53,6 +53,20 @@ const char *http_status_reason(int status)
 	return "Unknown";
 }
 
+/* json_string() refuses invalid UTF-8: keep the text, with U+FFFD for the
+ * bad bytes, rather than drop the member. */
+static json_t *lossy_string(const char *s)
+{
+	json_t *j = json_string(s);
+	if (j)
+		return j;
+	struct buf b = BUF_INIT;
+	buf_add_json_str(&b, s, strlen(s));
+	j = json_loads(b.data, JSON_DECODE_ANY, NULL);
+	buf_free(&b);
+	return j ? j : json_string("");
+}
+
 static bool is_standard_member(const char *k)
 {
 	return strcmp(k, "type") == 0 || strcmp(k, "title") == 0 || strcmp(k, "status") == 0 ||
@@ -64,27 +78,14 @@ char *problem_render(int status, const char *slug, const char *title, const char
 {
 	json_t *o = json_object();
 	char *type = slug ? xasprintf(PROBLEM_TYPE_PREFIX "%s", slug) : xstrdup("about:blank");
-	json_object_set_new(o, "type", json_string(type));
+	json_object_set_new(o, "type", lossy_string(type));
 	free(type);
-	json_object_set_new(o, "title", json_string(title ? title : http_status_reason(status)));
+	json_object_set_new(o, "title", lossy_string(title ? title : http_status_reason(status)));
 	json_object_set_new(o, "status", json_integer(status));
-	/* json_string() refuses invalid UTF-8; fall back to a lossless-enough copy. */
-	if (detail) {
-		json_t *d = json_string(detail);
-		if (d == NULL) {
-			struct buf b = BUF_INIT;
-			buf_add_json_str(&b, detail, strlen(detail));
-			d = json_loads(b.data, JSON_DECODE_ANY, NULL);
-			buf_free(&b);
-		}
-		if (d)
-			json_object_set_new(o, "detail", d);
-	}
-	if (instance) {
-		json_t *in = json_string(instance);
-		if (in)
-			json_object_set_new(o, "instance", in);
-	}
+	if (detail)
+		json_object_set_new(o, "detail", lossy_string(detail));
+	if (instance)
+		json_object_set_new(o, "instance", lossy_string(instance));
 	if (extra && json_is_object(extra)) {
 		const char *k;
 		json_t *v;

@@ -165,20 +165,9 @@ static void linger_event_cb(struct bufferevent *bev, short what, void *arg)
 	linger_free(arg);
 }
 
-static const char *limit_name(int status)
-{
-	switch (status) {
-	case 408: return "header_timeout";
-	case 413: return "body_size";
-	case 414: return "uri_size";
-	case 431: return "header_size";
-	default: return "malformed";
-	}
-}
-
 /* Takes over bev (already detached from libevhtp) and answers status. */
 static void linger_start(struct http_server *srv, struct bufferevent *bev, int status,
-                         const char *detail, const char *peer)
+                         const char *limit, const char *detail, const char *peer)
 {
 	struct http_linger *l = xcalloc(1, sizeof *l);
 	l->srv = srv;
@@ -188,7 +177,7 @@ static void linger_start(struct http_server *srv, struct bufferevent *bev, int s
 
 	char id[ID_UUID_LEN + 1];
 	id_uuid7(id);
-	char *body = problem_render(status, limit_name(status), NULL, detail, NULL, NULL);
+	char *body = problem_render(status, limit, NULL, detail, NULL, NULL);
 	struct evbuffer *in = bufferevent_get_input(bev);
 	evbuffer_drain(in, evbuffer_get_length(in));
 	evbuffer_add_printf(
@@ -197,9 +186,9 @@ static void linger_start(struct http_server *srv, struct bufferevent *bev, int s
 	        "\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s",
 	        status, http_status_reason(status), strlen(body), id, body);
 	log_info("http.refused", http_status_reason(status), LF_INT("status", status),
-	         LF_STR("limit", limit_name(status)), LF_STR("detail", detail),
-	         LF_STR("request_id", id), LF_STR("peer", peer));
-	metric_inc(metrics_default_get(M_HTTP_LIMIT_REJECTIONS_TOTAL), 1, limit_name(status));
+	         LF_STR("limit", limit), LF_STR("detail", detail), LF_STR("request_id", id),
+	         LF_STR("peer", peer));
+	metric_inc(metrics_default_get(M_HTTP_LIMIT_REJECTIONS_TOTAL), 1, limit);
 	free(body);
 
 	struct timeval tv = {.tv_sec = LINGER_MAX_US / 1000000};
@@ -226,7 +215,8 @@ static void req_finish(struct http_req *req);
 
 /* Refuse from inside a parser hook (technique A): detach the socket from
  * libevhtp, answer on it, and tell the parser to stop. */
-static evhtp_res conn_refuse(struct http_conn *hc, int status, const char *detail)
+static evhtp_res conn_refuse(struct http_conn *hc, int status, const char *limit,
+                             const char *detail)
 {
 	struct http_server *srv = hc->srv;
 	char peer[sizeof hc->peer];
@@ -237,7 +227,7 @@ static evhtp_res conn_refuse(struct http_conn *hc, int status, const char *detai
 		req_finish(hc->req);
 	conn_forget(hc);
 	if (bev)
-		linger_start(srv, bev, status, detail, peer);
+		linger_start(srv, bev, status, limit, detail, peer);
 	server_maybe_drained(srv);
 	return EVHTP_RES_ERROR;
 }
@@ -263,7 +253,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		conn_forget(hc);
 		evhtp_connection_free(c);
 		if (bev)
-			linger_start(srv, bev, 408, detail, peer);
+			linger_start(srv, bev, 408, "header_timeout", detail, peer);
 	} else {
 		/* Idle keep-alive (or never spoke): close quietly. */
 		evhtp_connection_free(c); /* runs conn fini, which frees hc */
@@ -290,9 +280,9 @@ static evhtp_res on_header_cb(evhtp_request_t *r, evhtp_header_t *h, void *arg)
 	hc->hdr_fields++;
 	hc->hdr_bytes += h->klen + h->vlen + 4;
 	if ((int64_t)hc->hdr_fields > hc->srv->opts.max_header_fields)
-		return conn_refuse(hc, 431, "too many header fields");
+		return conn_refuse(hc, 431, "header_fields", "too many header fields");
 	if ((int64_t)hc->hdr_bytes > hc->srv->opts.max_header_bytes)
-		return conn_refuse(hc, 431, "the request head is too large");
+		return conn_refuse(hc, 431, "header_size", "the request head is too large");
 	return EVHTP_RES_OK;
 }
 
@@ -313,20 +303,23 @@ static evhtp_res on_headers_cb(evhtp_request_t *r, evhtp_headers_t *hdrs, void *
 		}
 	}
 	if (ncl && nte)
-		return conn_refuse(hc, 400, "Content-Length and Transfer-Encoding together");
+		return conn_refuse(hc, 400, "framing",
+		                   "Content-Length and Transfer-Encoding together");
 	if (ncl > 1)
-		return conn_refuse(hc, 400, "more than one Content-Length");
+		return conn_refuse(hc, 400, "framing", "more than one Content-Length");
 	if (nte > 1 || (te && strcasecmp(te, "chunked") != 0))
-		return conn_refuse(hc, 400, "only Transfer-Encoding: chunked is supported");
+		return conn_refuse(hc, 400, "framing",
+		                   "only Transfer-Encoding: chunked is supported");
 	bool body = nte == 1;
 	if (cl) {
 		char *end;
 		errno = 0;
 		unsigned long long n = strtoull(cl, &end, 10);
 		if (errno || end == cl || *end || cl[0] == '-' || cl[0] == '+')
-			return conn_refuse(hc, 400, "malformed Content-Length");
+			return conn_refuse(hc, 400, "framing", "malformed Content-Length");
 		if ((int64_t)n > hc->srv->opts.max_body_bytes || n > (unsigned long long)INT64_MAX)
-			return conn_refuse(hc, 413, "the request body exceeds the size limit");
+			return conn_refuse(hc, 413, "body_size",
+			                   "the request body exceeds the size limit");
 		body = n > 0;
 	}
 	if (body) {
@@ -344,7 +337,8 @@ static evhtp_res on_new_chunk_cb(evhtp_request_t *r, uint64_t len, void *arg)
 	hc->chunk_total += len;
 	if (len > (uint64_t)hc->srv->opts.max_body_bytes ||
 	    hc->chunk_total > (uint64_t)hc->srv->opts.max_body_bytes)
-		return conn_refuse(hc, 413, "the chunked request body exceeds the size limit");
+		return conn_refuse(hc, 413, "body_size",
+		                   "the chunked request body exceeds the size limit");
 	return EVHTP_RES_OK;
 }
 
@@ -357,9 +351,12 @@ static evhtp_res on_read_cb(evhtp_request_t *r, struct evbuffer *buf, void *arg)
 }
 
 /* Errors libevhtp found itself end up here (technique B): answer them. */
-static int conn_rescue_status(struct http_conn *hc, evhtp_connection_t *c, const char **detail)
+static int conn_rescue_status(struct http_conn *hc, evhtp_connection_t *c, const char **limit,
+                              const char **detail)
 {
+	*limit = "malformed";
 	if (c->request && c->request->status == EVHTP_RES_DATA_TOO_LONG) {
+		*limit = "body_size";
 		*detail = "the request body exceeds the size limit";
 		return 413;
 	}
@@ -370,16 +367,18 @@ static int conn_rescue_status(struct http_conn *hc, evhtp_connection_t *c, const
 		return 0;
 	if (e == htparse_error_too_big) {
 		if (c->request == NULL || hc->req_start_us == 0) {
+			*limit = "uri_size";
 			*detail = "the request line is too long";
 			return 414;
 		}
-		evhtp_header_t *last =
-		        c->request ? TAILQ_LAST(c->request->headers_in, evhtp_kvs) : NULL;
+		evhtp_header_t *last = TAILQ_LAST(c->request->headers_in, evhtp_kvs);
 		if (last && last->klen == 14 && strncasecmp(last->key, "content-length", 14) == 0 &&
 		    last->val == NULL) {
+			*limit = "framing";
 			*detail = "malformed Content-Length";
 			return 400;
 		}
+		*limit = "header_size";
 		*detail = "a header field is too large";
 		return 431;
 	}
@@ -393,8 +392,8 @@ static evhtp_res on_conn_fini_cb(evhtp_connection_t *c, void *arg)
 {
 	struct http_conn *hc = arg;
 	struct http_server *srv = hc->srv;
-	const char *detail = NULL;
-	int status = c->bev ? conn_rescue_status(hc, c, &detail) : 0;
+	const char *detail = NULL, *limit = NULL;
+	int status = c->bev ? conn_rescue_status(hc, c, &limit, &detail) : 0;
 	if (status && !(hc->req && hc->req->replied)) {
 		char peer[sizeof hc->peer];
 		memcpy(peer, hc->peer, sizeof peer);
@@ -403,7 +402,7 @@ static evhtp_res on_conn_fini_cb(evhtp_connection_t *c, void *arg)
 		struct bufferevent *bev = evhtp_connection_take_ownership(c);
 		conn_forget(hc);
 		if (bev)
-			linger_start(srv, bev, status, detail, peer);
+			linger_start(srv, bev, status, limit, detail, peer);
 	} else {
 		conn_forget(hc);
 	}

@@ -158,17 +158,17 @@ static void test_json_escapes(void **state)
 static void test_json_utf8_valid(void **state)
 {
 	static const char *const ok[] = {
-		"\xc2\xa9",                 /* U+00A9 */
-		"\xdf\xbf",                 /* U+07FF */
-		"\xe0\xa0\x80",             /* U+0800 */
-		"\xe2\x82\xac",             /* U+20AC euro */
-		"\xed\x9f\xbf",             /* U+D7FF, just below the surrogates */
-		"\xee\x80\x80",             /* U+E000, just above */
-		"\xef\xbf\xbf",             /* U+FFFF */
-		"\xf0\x90\x80\x80",         /* U+10000 */
-		"\xf0\x9f\x98\x80",         /* U+1F600 */
-		"\xf4\x8f\xbf\xbf",         /* U+10FFFF */
-		"h\xc3\xa9llo w\xc3\xb6rld", /* mixed */
+	        "\xc2\xa9", /* U+00A9 */
+	        "\xdf\xbf", /* U+07FF */
+	        "\xe0\xa0\x80", /* U+0800 */
+	        "\xe2\x82\xac", /* U+20AC euro */
+	        "\xed\x9f\xbf", /* U+D7FF, just below the surrogates */
+	        "\xee\x80\x80", /* U+E000, just above */
+	        "\xef\xbf\xbf", /* U+FFFF */
+	        "\xf0\x90\x80\x80", /* U+10000 */
+	        "\xf0\x9f\x98\x80", /* U+1F600 */
+	        "\xf4\x8f\xbf\xbf", /* U+10FFFF */
+	        "h\xc3\xa9llo w\xc3\xb6rld", /* mixed */
 	};
 	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
 		size_t n = strlen(ok[i]);
@@ -192,23 +192,23 @@ static void test_json_utf8_invalid(void **state)
 		size_t n;
 		const char *want;
 	} cases[] = {
-		{"\x80", 1, "\"\\ufffd\""},                           /* lone continuation */
-		{"a\xbf" "b", 3, "\"a\\ufffdb\""},                    /* lone continuation */
-		{"\xc0\x80", 2, "\"\\ufffd\\ufffd\""},                /* overlong NUL */
-		{"\xc1\xbf", 2, "\"\\ufffd\\ufffd\""},                /* overlong */
-		{"\xe0\x80\xaf", 3, "\"\\ufffd\\ufffd\\ufffd\""},     /* overlong 3-byte */
-		{"\xf0\x80\x80\xaf", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* overlong 4-byte */
-		{"\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""},     /* U+D800 surrogate */
-		{"\xed\xbf\xbf", 3, "\"\\ufffd\\ufffd\\ufffd\""},     /* U+DFFF surrogate */
-		{"\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* U+110000 */
-		{"\xf5\x80\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* F5 lead */
-		{"\xff", 1, "\"\\ufffd\""},
-		{"\xfe", 1, "\"\\ufffd\""},
-		{"x\xe2\x82", 3, "\"x\\ufffd\\ufffd\""},              /* truncated at end */
-		{"\xf0\x9f\x98", 3, "\"\\ufffd\\ufffd\\ufffd\""},     /* truncated 4-byte */
-		{"\xc3", 1, "\"\\ufffd\""},                           /* truncated 2-byte */
-		{"\xc3" "A", 2, "\"\\ufffdA\""},                      /* bad continuation */
-		{"\xe2\x82" "\"", 3, "\"\\ufffd\\ufffd\\\"\""},       /* quote after junk */
+	        {"\x80", 1, "\"\\ufffd\""}, /* lone continuation */
+	        {"a\277b", 3, "\"a\\ufffdb\""}, /* lone continuation */
+	        {"\xc0\x80", 2, "\"\\ufffd\\ufffd\""}, /* overlong NUL */
+	        {"\xc1\xbf", 2, "\"\\ufffd\\ufffd\""}, /* overlong */
+	        {"\xe0\x80\xaf", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* overlong 3-byte */
+	        {"\xf0\x80\x80\xaf", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* overlong 4-byte */
+	        {"\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* U+D800 surrogate */
+	        {"\xed\xbf\xbf", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* U+DFFF surrogate */
+	        {"\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* U+110000 */
+	        {"\xf5\x80\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* F5 lead */
+	        {"\xff", 1, "\"\\ufffd\""},
+	        {"\xfe", 1, "\"\\ufffd\""},
+	        {"x\xe2\x82", 3, "\"x\\ufffd\\ufffd\""}, /* truncated at end */
+	        {"\xf0\x9f\x98", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* truncated 4-byte */
+	        {"\xc3", 1, "\"\\ufffd\""}, /* truncated 2-byte */
+	        {"\303A", 2, "\"\\ufffdA\""}, /* bad continuation */
+	        {"\xe2\x82\x22", 3, "\"\\ufffd\\ufffd\\\"\""}, /* quote after junk */
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		assert_json_of(cases[i].in, cases[i].n, cases[i].want);
@@ -228,16 +228,17 @@ static void test_json_utf8_invalid(void **state)
  * was valid UTF-8 with no NUL. */
 static void test_json_random_roundtrip(void **state)
 {
-	static const unsigned char special[] = {0x00, 0x01, 0x0a, 0x0d, 0x09, 0x1f, '"', '\\',
-						0x7f, 0x80, 0xbf, 0xc0, 0xc2, 0xdf, 0xe0, 0xed,
-						0xef, 0xf0, 0xf4, 0xf5, 0xff};
+	static const unsigned char special[] = {0x00, 0x01, 0x0a, 0x0d, 0x09, 0x1f, '"',
+	                                        '\\', 0x7f, 0x80, 0xbf, 0xc0, 0xc2, 0xdf,
+	                                        0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff};
 	rng_state = 0x9e3779b97f4a7c15ull;
 	unsigned char in[64];
 	for (int iter = 0; iter < 20000; iter++) {
 		size_t n = rng_next() % sizeof in;
 		for (size_t i = 0; i < n; i++) {
 			uint32_t r = rng_next();
-			in[i] = (r & 3) == 0 ? special[(r >> 2) % sizeof special] : (unsigned char)(r >> 8);
+			in[i] = (r & 3) == 0 ? special[(r >> 2) % sizeof special]
+			                     : (unsigned char)(r >> 8);
 		}
 		struct buf b = BUF_INIT;
 		buf_adds(&b, "junk before:");
@@ -247,7 +248,7 @@ static void test_json_random_roundtrip(void **state)
 		json_t *root = json_loads(b.data + start, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
 		if (root == NULL) {
 			print_message("iter %d: jansson rejected %s: %s\n", iter, b.data + start,
-				      err.text);
+			              err.text);
 			fail();
 		}
 		assert_true(json_is_string(root));
@@ -311,15 +312,15 @@ static void test_steal_reset_free(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_grow_and_terminate),
-		cmocka_unit_test(test_reserve),
-		cmocka_unit_test(test_printf_short),
-		cmocka_unit_test(test_printf_long),
-		cmocka_unit_test(test_json_escapes),
-		cmocka_unit_test(test_json_utf8_valid),
-		cmocka_unit_test(test_json_utf8_invalid),
-		cmocka_unit_test(test_json_random_roundtrip),
-		cmocka_unit_test(test_steal_reset_free),
+	        cmocka_unit_test(test_grow_and_terminate),
+	        cmocka_unit_test(test_reserve),
+	        cmocka_unit_test(test_printf_short),
+	        cmocka_unit_test(test_printf_long),
+	        cmocka_unit_test(test_json_escapes),
+	        cmocka_unit_test(test_json_utf8_valid),
+	        cmocka_unit_test(test_json_utf8_invalid),
+	        cmocka_unit_test(test_json_random_roundtrip),
+	        cmocka_unit_test(test_steal_reset_free),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -56,7 +56,7 @@ static void assert_uuid7_shape(const char *u)
 static void test_uuid7_format(void **state)
 {
 	static const uint64_t times[] = {0, 1, 1700000000000ull, 1767225600123ull,
-					 0xffffffffffffull};
+	                                 0xffffffffffffull};
 	for (size_t t = 0; t < sizeof times / sizeof times[0]; t++) {
 		for (int k = 0; k < 200; k++) {
 			char u[ID_UUID_LEN + 1];
@@ -107,7 +107,7 @@ static int cmp_str(const void *a, const void *b)
 static void test_uuid7_unique(void **state)
 {
 	enum { N = 10000 };
-	char (*ids)[ID_UUID_LEN + 1] = malloc(N * sizeof *ids);
+	char(*ids)[ID_UUID_LEN + 1] = malloc(N * sizeof *ids);
 	/* All in the same millisecond, so only the random bits differ. */
 	for (int i = 0; i < N; i++)
 		id_uuid7_at(ids[i], 1767225600000ull);
@@ -130,22 +130,22 @@ static void test_uuid_valid(void **state)
 	assert_true(id_uuid_valid("00000000-0000-0000-0000-000000000000"));
 
 	static const char *const bad[] = {
-		NULL,
-		"",
-		"01890a5d-ac96-774b-bcce-b302099a805",   /* 35 chars */
-		"01890a5d-ac96-774b-bcce-b302099a80577", /* 37 chars */
-		"01890a5dac96774bbccab302099a8057",      /* no dashes */
-		"01890a5da-c96-774b-bcce-b302099a8057",  /* dash moved right */
-		"01890a5-dac96-774b-bcce-b302099a8057",  /* dash moved left */
-		"01890a5d-ac96-774b-bcceb-302099a8057",  /* fourth dash misplaced */
-		"01890a5d-ac96-774b-bcce-b302099a805g",  /* non-hex */
-		"01890a5d-ac96-774b-bcce-b302099a805 ",  /* space */
-		"01890a5d_ac96_774b_bcce_b302099a8057",  /* underscores */
-		"{1890a5d-ac96-774b-bcce-b302099a805}",  /* braces */
-		"01890a5d-ac96-774b-bcce-b30209\xc3\xa9" "a805", /* non-ASCII, 36 bytes */
-		"01890a5d-ac96-774b-bcce-b302099a8057\n",
-		"-1890a5d-ac96-774b-bcce-b302099a8057",
-	};
+	        NULL,
+	        "",
+	        "01890a5d-ac96-774b-bcce-b302099a805", /* 35 chars */
+	        "01890a5d-ac96-774b-bcce-b302099a80577", /* 37 chars */
+	        "01890a5dac96774bbccab302099a8057", /* no dashes */
+	        "01890a5da-c96-774b-bcce-b302099a8057", /* dash moved right */
+	        "01890a5-dac96-774b-bcce-b302099a8057", /* dash moved left */
+	        "01890a5d-ac96-774b-bcceb-302099a8057", /* fourth dash misplaced */
+	        "01890a5d-ac96-774b-bcce-b302099a805g", /* non-hex */
+	        "01890a5d-ac96-774b-bcce-b302099a805 ", /* space */
+	        "01890a5d_ac96_774b_bcce_b302099a8057", /* underscores */
+	        "{1890a5d-ac96-774b-bcce-b302099a805}", /* braces */
+	        "01890a5d-ac96-774b-bcce-b30209\xc3\xa9"
+	        "a805", /* non-ASCII, 36 bytes */
+	        "01890a5d-ac96-774b-bcce-b302099a8057\n",
+	        "-1890a5d-ac96-774b-bcce-b302099a8057"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		if (id_uuid_valid(bad[i]))
 			print_message("accepted: %s\n", bad[i] ? bad[i] : "(null)");
@@ -208,10 +208,17 @@ static void test_random_bytes(void **state)
 
 static void test_request_id_valid(void **state)
 {
-	static const char *const good[] = {
-		"a", "Z", "0", ".", "_", ":", "-", "req-123", "01890a5d-ac96-774b-bcce-b302099a8057",
-		"trace:span.v1_x", "ABCxyz0189._:-",
-	};
+	static const char *const good[] = {"a",
+	                                   "Z",
+	                                   "0",
+	                                   ".",
+	                                   "_",
+	                                   ":",
+	                                   "-",
+	                                   "req-123",
+	                                   "01890a5d-ac96-774b-bcce-b302099a8057",
+	                                   "trace:span.v1_x",
+	                                   "ABCxyz0189._:-"};
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
 		assert_true(id_request_id_valid(good[i], strlen(good[i])));
 
@@ -225,9 +232,9 @@ static void test_request_id_valid(void **state)
 	assert_false(id_request_id_valid(NULL, 5));
 
 	static const char *const bad[] = {
-		"a b", " a", "a ", "a\r", "a\n", "a\r\nX-Evil: 1", "a\"b", "a'b", "a\tb", "a/b",
-		"a;b", "a,b", "a=b", "a\\b", "<a>", "a%0d", "caf\xc3\xa9", "a\x7f", "a+b", "a@b",
-	};
+	        "a b",         " a",    "a ",  "a\r", "a\n", "a\r\nX-Evil: 1", "a\"b", "a'b",
+	        "a\tb",        "a/b",   "a;b", "a,b", "a=b", "a\\b",           "<a>",  "a%0d",
+	        "caf\xc3\xa9", "a\x7f", "a+b", "a@b"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		if (id_request_id_valid(bad[i], strlen(bad[i])))
 			print_message("accepted: %s\n", bad[i]);
@@ -243,15 +250,11 @@ static void test_request_id_valid(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_uuid7_format),
-		cmocka_unit_test(test_uuid7_now),
-		cmocka_unit_test(test_uuid7_time_ordering),
-		cmocka_unit_test(test_uuid7_unique),
-		cmocka_unit_test(test_uuid_valid),
-		cmocka_unit_test(test_uuid_version),
-		cmocka_unit_test(test_random_hex),
-		cmocka_unit_test(test_random_bytes),
-		cmocka_unit_test(test_request_id_valid),
+	        cmocka_unit_test(test_uuid7_format),        cmocka_unit_test(test_uuid7_now),
+	        cmocka_unit_test(test_uuid7_time_ordering), cmocka_unit_test(test_uuid7_unique),
+	        cmocka_unit_test(test_uuid_valid),          cmocka_unit_test(test_uuid_version),
+	        cmocka_unit_test(test_random_hex),          cmocka_unit_test(test_random_bytes),
+	        cmocka_unit_test(test_request_id_valid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

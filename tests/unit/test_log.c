@@ -2,7 +2,8 @@
  * typed fields, reserved names), level filtering, redaction through every
  * path a value can take (field name, msg, string/int/uint/double/JSON fields,
  * nested objects and arrays, both formats), line integrity against CR/LF, the
- * text format, the parsers, and the file sink with reopen after rotation. */
+ * text format, stdio stderr capture, the parsers, and the file sink with
+ * reopen after rotation. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -154,15 +155,15 @@ static void test_json_shape(void **state)
 
 static void test_json_field_types(void **state)
 {
-	json_t *nested = json_pack("{s:i,s:[i,s,b,n],s:{s:f}}", "n", 3, "arr", 1, "two", 1, "o",
-				   "x", 0.25);
+	json_t *nested =
+	        json_pack("{s:i,s:[i,s,b,n],s:{s:f}}", "n", 3, "arr", 1, "two", 1, "o", "x", 0.25);
 	log_capture_start();
 	log_info("types", "typed fields", LF_STR("s", "text"), LF_STRN("sn", "abcdef", 3),
-		 LF_STRN("snul", "a\0b", 3), LF_INT("i", -42), LF_INT("imin", LLONG_MIN),
-		 LF_INT("imax", LLONG_MAX), LF_UINT("u", 4000000000u), LF_DBL("d", 1.5),
-		 LF_DBL("dneg", -0.001), LF_DBL("nan", NAN), LF_DBL("inf", INFINITY),
-		 LF_BOOL("bt", true), LF_BOOL("bf", false), LF_JSON("j", nested),
-		 LF_JSON("jnull", NULL), LF_STR("null_str", NULL), LF_STR("empty", ""));
+	         LF_STRN("snul", "a\0b", 3), LF_INT("i", -42), LF_INT("imin", LLONG_MIN),
+	         LF_INT("imax", LLONG_MAX), LF_UINT("u", 4000000000u), LF_DBL("d", 1.5),
+	         LF_DBL("dneg", -0.001), LF_DBL("nan", NAN), LF_DBL("inf", INFINITY),
+	         LF_BOOL("bt", true), LF_BOOL("bf", false), LF_JSON("j", nested),
+	         LF_JSON("jnull", NULL), LF_STR("null_str", NULL), LF_STR("empty", ""));
 	char *out = log_capture_take();
 	json_t *j = parse_line(out);
 
@@ -223,7 +224,7 @@ static void test_json_reserved_names(void **state)
 {
 	log_capture_start();
 	log_info("real.event", "real msg", LF_STR("msg", "fake msg"), LF_STR("level", "debug"),
-		 LF_STR("ts", "1970"), LF_STR("event", "fake.event"), LF_INT("n", 1));
+	         LF_STR("ts", "1970"), LF_STR("event", "fake.event"), LF_INT("n", 1));
 	char *out = log_capture_take();
 	json_t *j = parse_line(out); /* JSON_REJECT_DUPLICATES: no second "msg" */
 	assert_string_equal(str_member(j, "msg"), "real msg");
@@ -243,7 +244,7 @@ static void test_json_escaping(void **state)
 {
 	log_capture_start();
 	log_info("esc", "say \"hi\"\\ \x01 caf\xc3\xa9 bad\xff\xc0", LF_STR("k\"ey\n", "v\"al"),
-		 LF_STR("utf8", "\xe2\x82\xac"), LF_STR("bad", "\xed\xa0\x80"));
+	         LF_STR("utf8", "\xe2\x82\xac"), LF_STR("bad", "\xed\xa0\x80"));
 	char *out = log_capture_take();
 	json_t *j = parse_line(out);
 	const char *m = str_member(j, "msg");
@@ -304,23 +305,23 @@ static void test_level_filtering(void **state)
 static void test_redact_secret_field_names(void **state)
 {
 	json_t *obj = json_pack("{s:s}", "inner", "JsonSecretValue1");
-	static const char *const secrets[] = {"StrSecret1", "StrnSecret2", "987654321",
-					      "424242424242", "0.123456789", "JsonSecretValue1",
-					      "AuthzSecret3", "CookieSecret4", "KeySecret5"};
+	static const char *const secrets[] = {"StrSecret1",   "StrnSecret2",   "987654321",
+	                                      "424242424242", "0.123456789",   "JsonSecretValue1",
+	                                      "AuthzSecret3", "CookieSecret4", "KeySecret5"};
 	log_capture_start();
 	log_info("creds", "fields", LF_STR("password", "StrSecret1"),
-		 LF_STRN("db_token", "StrnSecret2xx", 11), LF_INT("password", 987654321),
-		 LF_UINT("token", 424242424242ull), LF_DBL("secret_ratio", 0.123456789),
-		 LF_JSON("api_key", obj), LF_STR("Authorization", "Bearer AuthzSecret3"),
-		 LF_STR("Cookie", "sid=CookieSecret4"), LF_STR("X-Api-Key", "KeySecret5"),
-		 LF_STR("status", "ok"));
+	         LF_STRN("db_token", "StrnSecret2xx", 11), LF_INT("password", 987654321),
+	         LF_UINT("token", 424242424242ull), LF_DBL("secret_ratio", 0.123456789),
+	         LF_JSON("api_key", obj), LF_STR("Authorization", "Bearer AuthzSecret3"),
+	         LF_STR("Cookie", "sid=CookieSecret4"), LF_STR("X-Api-Key", "KeySecret5"),
+	         LF_STR("status", "ok"));
 	char *out = take_checked(secrets, sizeof secrets / sizeof secrets[0]);
 	/* Two "password" fields: parse without the duplicate check. */
 	json_error_t err;
 	json_t *j = json_loads(out, 0, &err);
 	assert_non_null(j);
-	static const char *const keys[] = {"password", "db_token", "token", "secret_ratio",
-					   "api_key", "Authorization", "Cookie", "X-Api-Key"};
+	static const char *const keys[] = {"password", "db_token",      "token",  "secret_ratio",
+	                                   "api_key",  "Authorization", "Cookie", "X-Api-Key"};
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
 		assert_string_equal(str_member(j, keys[i]), "[REDACTED]");
 	assert_string_equal(str_member(j, "status"), "ok");
@@ -331,21 +332,21 @@ static void test_redact_secret_field_names(void **state)
 
 static void test_redact_embedded(void **state)
 {
-	static const char *const secrets[] = {"MsgDsnPw1", "FieldDsnPw2", "KwDsnPw3",
-					      "PresignSig4", "PresignTok5", "BearerTok6",
-					      "ApiKeySecret7"};
+	static const char *const secrets[] = {"MsgDsnPw1",    "FieldDsnPw2", "KwDsnPw3",
+	                                      "PresignSig4",  "PresignTok5", "BearerTok6",
+	                                      "ApiKeySecret7"};
 	log_capture_start();
 	log_error("db.connect_failed", "cannot connect to postgresql://app:MsgDsnPw1@db/jobs",
-		  LF_STR("conninfo", "postgres://app:FieldDsnPw2@db:5432/jobs"),
-		  LF_STR("kw", "host=db user=app password=KwDsnPw3 dbname=jobs"),
-		  LF_STR("url", "https://b.s3.amazonaws.com/k?X-Amz-Signature=PresignSig4"
-				"&X-Amz-Security-Token=PresignTok5&X-Amz-Expires=60"),
-		  LF_STRN("hdr", "Bearer BearerTok6", 17),
-		  LF_STR("key", "sl_AbCdEf12_ApiKeySecret7xxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+	          LF_STR("conninfo", "postgres://app:FieldDsnPw2@db:5432/jobs"),
+	          LF_STR("kw", "host=db user=app password=KwDsnPw3 dbname=jobs"),
+	          LF_STR("url", "https://b.s3.amazonaws.com/k?X-Amz-Signature=PresignSig4"
+	                        "&X-Amz-Security-Token=PresignTok5&X-Amz-Expires=60"),
+	          LF_STRN("hdr", "Bearer BearerTok6", 17),
+	          LF_STR("key", "sl_AbCdEf12_ApiKeySecret7xxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
 	char *out = take_checked(secrets, sizeof secrets / sizeof secrets[0]);
 	json_t *j = parse_line(out);
 	assert_string_equal(str_member(j, "msg"),
-			    "cannot connect to postgresql://app:[REDACTED]@db/jobs");
+	                    "cannot connect to postgresql://app:[REDACTED]@db/jobs");
 	assert_string_equal(str_member(j, "conninfo"), "postgres://app:[REDACTED]@db:5432/jobs");
 	assert_non_null(strstr(str_member(j, "url"), "X-Amz-Expires=60"));
 	assert_string_equal(str_member(j, "key"), "sl_AbCdEf12_[REDACTED]");
@@ -356,12 +357,12 @@ static void test_redact_embedded(void **state)
 static void test_redact_nested_json(void **state)
 {
 	json_t *v = json_pack("{s:{s:s,s:s},s:[{s:s},{s:i},s],s:s,s:{s:{s:s}},s:i,s:n}", "auth",
-			      "api_key", "NestedApiKey1", "user", "alice", "list", "password",
-			      "NestedPw2", "token", 55667788, "postgresql://u:NestedDsnPw3@h/d",
-			      "url", "https://h/p?X-Amz-Signature=NestedSig4&a=1", "deep", "x",
-			      "client_secret", "NestedSecret5", "count", 7, "secret");
-	static const char *const secrets[] = {"NestedApiKey1", "NestedPw2", "55667788",
-					      "NestedDsnPw3", "NestedSig4", "NestedSecret5"};
+	                      "api_key", "NestedApiKey1", "user", "alice", "list", "password",
+	                      "NestedPw2", "token", 55667788, "postgresql://u:NestedDsnPw3@h/d",
+	                      "url", "https://h/p?X-Amz-Signature=NestedSig4&a=1", "deep", "x",
+	                      "client_secret", "NestedSecret5", "count", 7, "secret");
+	static const char *const secrets[] = {"NestedApiKey1", "NestedPw2",  "55667788",
+	                                      "NestedDsnPw3",  "NestedSig4", "NestedSecret5"};
 	log_capture_start();
 	log_info("job.params", "params", LF_JSON("params", v));
 	char *out = take_checked(secrets, sizeof secrets / sizeof secrets[0]);
@@ -378,7 +379,7 @@ static void test_redact_nested_json(void **state)
 	assert_string_equal(str_member(json_array_get(list, 0), "password"), "[REDACTED]");
 	assert_string_equal(str_member(json_array_get(list, 1), "token"), "[REDACTED]");
 	assert_string_equal(json_string_value(json_array_get(list, 2)),
-			    "postgresql://u:[REDACTED]@h/d");
+	                    "postgresql://u:[REDACTED]@h/d");
 	assert_string_equal(str_member(p, "url"), "https://h/p?X-Amz-Signature=[REDACTED]&a=1");
 	json_t *x = json_object_get(json_object_get(p, "deep"), "x");
 	assert_string_equal(str_member(x, "client_secret"), "[REDACTED]");
@@ -408,7 +409,7 @@ static void test_line_integrity_json(void **state)
 	json_t *v = json_pack("{s:s}", "a\nb", "c\r\nd");
 	log_capture_start();
 	log_info("crlf", "line1\nline2\r\n{\"level\":\"error\"}", LF_STR("f", "x\ny\rz"),
-		 LF_STRN("g", "p\nq", 3), LF_JSON("j", v), LF_STR("k\n", "v"));
+	         LF_STRN("g", "p\nq", 3), LF_JSON("j", v), LF_STR("k\n", "v"));
 	log_info("second", "ok");
 	log_warn("third", "\n\n\n");
 	char *out = log_capture_take();
@@ -429,9 +430,9 @@ static void test_text_format(void **state)
 {
 	log_capture_start();
 	log_info("job.done", "job finished ok", LF_STR("job_id", "0189"), LF_INT("n", -5),
-		 LF_UINT("u", 7), LF_BOOL("ok", true), LF_DBL("d", 0.5), LF_STR("sp", "a b"),
-		 LF_STR("eq", "k=v"), LF_STR("q", "say \"x\""), LF_STR("nul", NULL),
-		 LF_STR("empty", ""));
+	         LF_UINT("u", 7), LF_BOOL("ok", true), LF_DBL("d", 0.5), LF_STR("sp", "a b"),
+	         LF_STR("eq", "k=v"), LF_STR("q", "say \"x\""), LF_STR("nul", NULL),
+	         LF_STR("empty", ""));
 	char *out = log_capture_take();
 	assert_int_equal(count_char(out, '\n'), 1);
 	assert_int_equal(out[strlen(out) - 1], '\n');
@@ -440,8 +441,8 @@ static void test_text_format(void **state)
 	ts[27] = '\0';
 	assert_true(matches(TS_RE, ts));
 	static const char *const want =
-		" info  job.done: job finished ok job_id=0189 n=-5 u=7 ok=true d=0.5 sp=\"a b\" "
-		"eq=\"k=v\" q=\"say \\\"x\\\"\" nul=- empty=\"\"\n";
+	        " info  job.done: job finished ok job_id=0189 n=-5 u=7 ok=true d=0.5 sp=\"a b\" "
+	        "eq=\"k=v\" q=\"say \\\"x\\\"\" nul=- empty=\"\"\n";
 	if (strcmp(out + 27, want) != 0)
 		print_message("got:  %s\nwant: %s", out + 27, want);
 	assert_string_equal(out + 27, want);
@@ -458,12 +459,12 @@ static void test_text_line_integrity_and_redaction(void **state)
 {
 	json_t *v = json_pack("{s:s,s:s}", "password", "TextJsonPw1", "x", "line\nbreak");
 	static const char *const secrets[] = {"TextMsgPw2", "TextFieldPw3", "TextTok4",
-					      "TextJsonPw1", "TextSig5"};
+	                                      "TextJsonPw1", "TextSig5"};
 	log_capture_start();
 	log_error("db", "connect postgresql://u:TextMsgPw2@h/d\nFAKE error line\r\n",
-		  LF_STR("kw", "host=h password=TextFieldPw3"), LF_STR("token", "TextTok4"),
-		  LF_JSON("j", v), LF_STR("url", "https://h/?sig=TextSig5"),
-		  LF_STR("multi", "a\nb\r\nc"));
+	          LF_STR("kw", "host=h password=TextFieldPw3"), LF_STR("token", "TextTok4"),
+	          LF_JSON("j", v), LF_STR("url", "https://h/?sig=TextSig5"),
+	          LF_STR("multi", "a\nb\r\nc"));
 	char *out = take_checked(secrets, sizeof secrets / sizeof secrets[0]);
 	assert_int_equal(count_char(out, '\n'), 1);
 	assert_null(strchr(out, '\r'));
@@ -473,6 +474,67 @@ static void test_text_line_integrity_and_redaction(void **state)
 	assert_non_null(strstr(out, " multi=\"a\\nb\\r\\nc\""));
 	free(out);
 	json_decref(v);
+}
+
+/* Library writes to the stdio stderr stream become lib.stderr lines: whole
+ * lines only, colour codes stripped, secrets redacted, libevhtp's pipelining
+ * chatter demoted to debug, and an endless line flushed past 4 KiB. */
+static void test_stdio_stderr_capture(void **state)
+{
+	FILE *saved = stderr;
+	log_capture_stdio_stderr();
+	bool swapped = stderr != saved;
+	log_capture_start();
+	fprintf(stderr, "[ERROR] evhtp: \033[1;31mbad\033[0m thing postgresql://u:StdPw1@h/d\n");
+	fputs("partial ", stderr);
+	fputs("line\nsecond ", stderr);
+	fputs("line\n", stderr);
+	fputs("[WARN] resuming when not paused\n", stderr);
+	fputs("no newline yet", stderr);
+	char *out = log_capture_take();
+	log_capture_start();
+	for (int i = 0; i < 100; i++)
+		fputs("0123456789012345678901234567890123456789012345678", stderr);
+	char *flood = log_capture_take();
+	FILE *cookie = stderr;
+	stderr = saved;
+	if (swapped)
+		fclose(cookie);
+
+	assert_true(swapped);
+	bool leaked = strstr(out, "StdPw1") != NULL;
+	size_t lines = count_char(out, '\n');
+	bool esc = strchr(out, '\033') != NULL;
+	char *nl = strchr(out, '\n');
+	if (nl)
+		*nl = '\0';
+	json_t *j = json_loads(out, 0, NULL);
+	json_t *j2 = nl ? json_loads(nl + 1, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+	bool resumed = nl && strstr(nl + 1, "resuming") != NULL;
+	bool pending = nl && strstr(nl + 1, "no newline") != NULL;
+	size_t flood_lines = count_char(flood, '\n');
+	json_t *jf = json_loads(flood, JSON_DISABLE_EOF_CHECK, NULL);
+	free(out);
+	free(flood);
+
+	assert_false(leaked);
+	assert_false(esc);
+	assert_false(resumed);
+	assert_false(pending);
+	assert_int_equal(lines, 3);
+	assert_non_null(j);
+	assert_string_equal(str_member(j, "level"), "warn");
+	assert_string_equal(str_member(j, "event"), "lib.stderr");
+	assert_string_equal(str_member(j, "msg"),
+	                    "[ERROR] evhtp: bad thing postgresql://u:[REDACTED]@h/d");
+	assert_non_null(j2);
+	assert_string_equal(str_member(j2, "msg"), "partial line");
+	assert_int_equal(flood_lines, 1);
+	assert_non_null(jf);
+	assert_true(strlen(str_member(jf, "msg")) > 4096);
+	json_decref(j);
+	json_decref(j2);
+	json_decref(jf);
 }
 
 static void test_parsers(void **state)
@@ -596,21 +658,24 @@ static void test_file_sink_and_reopen(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_json_shape, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_json_field_types, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_json_double_whole_number, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_json_reserved_names, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_json_escaping, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_level_filtering, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_redact_secret_field_names, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_redact_embedded, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_redact_nested_json, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_line_integrity_json, setup_json, teardown),
-		cmocka_unit_test_setup_teardown(test_text_format, setup_text, teardown),
-		cmocka_unit_test_setup_teardown(test_text_line_integrity_and_redaction, setup_text,
-						teardown),
-		cmocka_unit_test(test_parsers),
-		cmocka_unit_test_setup_teardown(test_file_sink_and_reopen, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_json_shape, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_json_field_types, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_json_double_whole_number, setup_json,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_json_reserved_names, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_json_escaping, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_level_filtering, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_redact_secret_field_names, setup_json,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_redact_embedded, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_redact_nested_json, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_line_integrity_json, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_text_format, setup_text, teardown),
+	        cmocka_unit_test_setup_teardown(test_text_line_integrity_and_redaction, setup_text,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_stdio_stderr_capture, setup_json, teardown),
+	        cmocka_unit_test(test_parsers),
+	        cmocka_unit_test_setup_teardown(test_file_sink_and_reopen, setup_json, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -73,16 +73,43 @@ static void assert_hides(const char *s, const char *secret)
 
 static void test_key_is_secret(void **state)
 {
-	static const char *const secret[] = {
-		"password", "PASSWORD", "Password", "db_password", "DB_PASSWORD", "passwd",
-		"secret", "client_secret", "token", "access_token", "refresh_token",
-		"Authorization", "authorization", "Proxy-Authorization", "X-Api-Key", "x-api-key",
-		"api_key", "apikey", "API_KEY", "api.key", "api key", "aws_secret_access_key",
-		"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "aws_session_token", "cookie",
-		"Set-Cookie", "dsn", "database_dsn", "PG_DSN", "private_key", "credentials",
-		"x-amz-signature", "X-Amz-Security-Token", "s3.secret_key", "new_password",
-		"passwordHash",
-	};
+	static const char *const secret[] = {"password",
+	                                     "PASSWORD",
+	                                     "Password",
+	                                     "db_password",
+	                                     "DB_PASSWORD",
+	                                     "passwd",
+	                                     "secret",
+	                                     "client_secret",
+	                                     "token",
+	                                     "access_token",
+	                                     "refresh_token",
+	                                     "Authorization",
+	                                     "authorization",
+	                                     "Proxy-Authorization",
+	                                     "X-Api-Key",
+	                                     "x-api-key",
+	                                     "api_key",
+	                                     "apikey",
+	                                     "API_KEY",
+	                                     "api.key",
+	                                     "api key",
+	                                     "aws_secret_access_key",
+	                                     "AWS_SECRET_ACCESS_KEY",
+	                                     "AWS_ACCESS_KEY_ID",
+	                                     "aws_session_token",
+	                                     "cookie",
+	                                     "Set-Cookie",
+	                                     "dsn",
+	                                     "database_dsn",
+	                                     "PG_DSN",
+	                                     "private_key",
+	                                     "credentials",
+	                                     "x-amz-signature",
+	                                     "X-Amz-Security-Token",
+	                                     "s3.secret_key",
+	                                     "new_password",
+	                                     "passwordHash"};
 	for (size_t i = 0; i < sizeof secret / sizeof secret[0]; i++) {
 		if (!key_secret(secret[i]))
 			print_message("not secret: %s\n", secret[i]);
@@ -94,10 +121,9 @@ static void test_key_is_secret(void **state)
 	assert_true(key_secret("token_count"));
 
 	static const char *const plain[] = {
-		"status", "route", "job_id", "method", "duration_us", "path", "host", "user",
-		"username", "attempt", "bytes", "request_id", "event", "msg", "level", "task_id",
-		"port", "dbname", "url", "error", "",
-	};
+	        "status", "route",    "job_id",  "method", "duration_us", "path",  "host",
+	        "user",   "username", "attempt", "bytes",  "request_id",  "event", "msg",
+	        "level",  "task_id",  "port",    "dbname", "url",         "error", ""};
 	for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
 		if (key_secret(plain[i]))
 			print_message("secret: %s\n", plain[i]);
@@ -125,9 +151,10 @@ static void test_key_is_secret_long_name(void **state)
 static void test_userinfo_password(void **state)
 {
 	assert_redacts_to("postgresql://user:hunter2@host/db",
-			  "postgresql://user:" REDACT_MASK "@host/db");
+	                  "postgresql://user:" REDACT_MASK "@host/db");
 	assert_redacts_to("postgres://app_rw:hunter2@db.internal:5432/jobs?sslmode=require",
-			  "postgres://app_rw:" REDACT_MASK "@db.internal:5432/jobs?sslmode=require");
+	                  "postgres://app_rw:" REDACT_MASK
+	                  "@db.internal:5432/jobs?sslmode=require");
 	assert_redacts_to("mysql://u:p%40ss@h", "mysql://u:" REDACT_MASK "@h");
 	/* No user, as redis URLs usually are. */
 	assert_redacts_to("redis://:hunter2@cache:6379/0", "redis://:" REDACT_MASK "@cache:6379/0");
@@ -135,11 +162,11 @@ static void test_userinfo_password(void **state)
 	assert_redacts_to("amqp://guest:a:b:c@mq/", "amqp://guest:" REDACT_MASK "@mq/");
 	/* Inside text, and in an https URL. */
 	assert_redacts_to("connect to postgresql://u:hunter2@h failed: timeout",
-			  "connect to postgresql://u:" REDACT_MASK "@h failed: timeout");
+	                  "connect to postgresql://u:" REDACT_MASK "@h failed: timeout");
 	assert_redacts_to("GET https://alice:hunter2@example.com/x",
-			  "GET https://alice:" REDACT_MASK "@example.com/x");
+	                  "GET https://alice:" REDACT_MASK "@example.com/x");
 	assert_redacts_to("dsn=\"postgresql://u:hunter2@h/d\"",
-			  "dsn=\"postgresql://u:" REDACT_MASK "@h/d\"");
+	                  "dsn=\"postgresql://u:" REDACT_MASK "@h/d\"");
 	assert_hides("POSTGRESQL://USER:Hunter2Secret@HOST/DB", "Hunter2Secret");
 }
 
@@ -154,13 +181,13 @@ static void test_userinfo_password_raw_at(void **state)
 static void test_keyword_dsn(void **state)
 {
 	assert_redacts_to("host=/tmp user=x password=hunter2 dbname=y",
-			  "host=/tmp user=x password=" REDACT_MASK " dbname=y");
+	                  "host=/tmp user=x password=" REDACT_MASK " dbname=y");
 	assert_redacts_to("password=hunter2 host=h", "password=" REDACT_MASK " host=h");
 	assert_redacts_to("host=h PASSWORD=hunter2", "host=h PASSWORD=" REDACT_MASK);
 	assert_redacts_to("host=h password = hunter2 port=5432",
-			  "host=h password = " REDACT_MASK " port=5432");
+	                  "host=h password = " REDACT_MASK " port=5432");
 	assert_redacts_to("host=h password='quoted secret \\' with quote' dbname=y",
-			  "host=h password=" REDACT_MASK " dbname=y");
+	                  "host=h password=" REDACT_MASK " dbname=y");
 	assert_hides("host=h password='quoted secret \\' with quote' dbname=y", "with quote");
 	assert_hides("host=h password='quoted secret \\' with quote' dbname=y", "quoted secret");
 	/* Unterminated quote: everything after it is masked. */
@@ -184,18 +211,29 @@ static void test_keyword_dsn_other_separators(void **state)
 
 static void test_query_params(void **state)
 {
-	static const char *const names[] = {
-		"X-Amz-Signature", "x-amz-signature", "X-AMZ-SIGNATURE", "X-Amz-Credential",
-		"X-Amz-Security-Token", "x-amz-security-token", "sig", "SIG", "Signature",
-		"token", "Token", "access_token", "password", "api_key", "apikey", "secret",
-	};
+	static const char *const names[] = {"X-Amz-Signature",
+	                                    "x-amz-signature",
+	                                    "X-AMZ-SIGNATURE",
+	                                    "X-Amz-Credential",
+	                                    "X-Amz-Security-Token",
+	                                    "x-amz-security-token",
+	                                    "sig",
+	                                    "SIG",
+	                                    "Signature",
+	                                    "token",
+	                                    "Token",
+	                                    "access_token",
+	                                    "password",
+	                                    "api_key",
+	                                    "apikey",
+	                                    "secret"};
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		const char *n = names[i];
 		char in[512], want[512];
 		/* First position. */
 		snprintf(in, sizeof in, "https://b.s3.amazonaws.com/k?%s=S3cr3tValue&a=1", n);
 		snprintf(want, sizeof want, "https://b.s3.amazonaws.com/k?%s=" REDACT_MASK "&a=1",
-			 n);
+		         n);
 		assert_redacts_to(in, want);
 		/* Middle. */
 		snprintf(in, sizeof in, "https://h/k?a=1&%s=S3cr3tValue&b=2", n);
@@ -204,17 +242,17 @@ static void test_query_params(void **state)
 		/* Last, followed by text. */
 		snprintf(in, sizeof in, "fetch https://h/k?a=1&b=2&%s=S3cr3tValue failed", n);
 		snprintf(want, sizeof want, "fetch https://h/k?a=1&b=2&%s=" REDACT_MASK " failed",
-			 n);
+		         n);
 		assert_redacts_to(in, want);
 	}
 	/* A full presigned URL loses all three secret parameters at once. */
 	const char *url = "https://bucket.s3.us-east-1.amazonaws.com/logs/job.log"
-			  "?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-			  "&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
-			  "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900"
-			  "&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLETOKEN"
-			  "&X-Amz-SignedHeaders=host"
-			  "&X-Amz-Signature=0123456789abcdef0123456789abcdefSIG";
+	                  "?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+	                  "&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
+	                  "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900"
+	                  "&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLETOKEN"
+	                  "&X-Amz-SignedHeaders=host"
+	                  "&X-Amz-Signature=0123456789abcdef0123456789abcdefSIG";
 	char *got = redact(url, NULL);
 	assert_null(strstr(got, "AKIAEXAMPLE"));
 	assert_null(strstr(got, "IQoJb3JpZ2luX2VjEXAMPLETOKEN"));
@@ -232,9 +270,9 @@ static void test_query_params(void **state)
 static void test_query_params_secret_fragment(void **state)
 {
 	assert_hides("POST /oauth/token grant_type=client_credentials&client_secret=CsEcReT1",
-		     "CsEcReT1");
+	             "CsEcReT1");
 	assert_hides("https://idp/token?refresh_token=RtOkEn22&grant_type=refresh_token",
-		     "RtOkEn22");
+	             "RtOkEn22");
 	assert_hides("https://h/setup?db_password=DbPaSs33", "DbPaSs33");
 	assert_hides("https://gitlab/api?private_token=GlPaT44", "GlPaT44");
 	assert_hides("https://h/x?id_token=IdTok55", "IdTok55");
@@ -243,12 +281,13 @@ static void test_query_params_secret_fragment(void **state)
 static void test_bearer(void **state)
 {
 	assert_redacts_to("Bearer abc.def.ghi", "Bearer " REDACT_MASK);
-	assert_redacts_to("Authorization: Bearer abc.def.ghi", "Authorization: Bearer " REDACT_MASK);
+	assert_redacts_to("Authorization: Bearer abc.def.ghi",
+	                  "Authorization: Bearer " REDACT_MASK);
 	assert_redacts_to("upstream said 401 for bearer eyJhbGciOi.eyJzdWIi.c2ln, retrying",
-			  "upstream said 401 for bearer " REDACT_MASK ", retrying");
+	                  "upstream said 401 for bearer " REDACT_MASK ", retrying");
 	assert_redacts_to("auth=BEARER tok123 next", "auth=BEARER " REDACT_MASK " next");
 	assert_hides("header \"Authorization: Bearer ya29.a0AfH6SMBx-_~+/=\" sent",
-		     "ya29.a0AfH6SMBx");
+	             "ya29.a0AfH6SMBx");
 	/* A word that merely ends in "bearer" is not a scheme. */
 	char *got = redact("the cupbearer stood", NULL);
 	assert_string_equal(got, "the cupbearer stood");
@@ -273,12 +312,13 @@ static void test_api_key(void **state)
 
 static void test_several_secrets(void **state)
 {
-	const char *in = "job 7 url=postgresql://u:pw1secret@db/x then GET "
-			 "https://s3/b?X-Amz-Signature=sig2secret&X-Amz-Credential=cred3secret "
-			 "with Bearer tok4secret and sl_AbCdEf12_key5secret0123456789012345678901234 "
-			 "finally host=h password=pw6secret";
-	static const char *const planted[] = {"pw1secret", "sig2secret", "cred3secret",
-					       "tok4secret", "key5secret", "pw6secret"};
+	const char *in =
+	        "job 7 url=postgresql://u:pw1secret@db/x then GET "
+	        "https://s3/b?X-Amz-Signature=sig2secret&X-Amz-Credential=cred3secret "
+	        "with Bearer tok4secret and sl_AbCdEf12_key5secret0123456789012345678901234 "
+	        "finally host=h password=pw6secret";
+	static const char *const planted[] = {"pw1secret",  "sig2secret", "cred3secret",
+	                                      "tok4secret", "key5secret", "pw6secret"};
 	bool masked;
 	char *got = redact(in, &masked);
 	assert_true(masked);
@@ -299,24 +339,23 @@ static void test_several_secrets(void **state)
 static void test_no_secret_unchanged(void **state)
 {
 	static const char *const plain[] = {
-		"",
-		"job 0189 finished in 12.5s",
-		"https://example.com/path?a=1&b=2#frag",
-		"see http://host:8080/x and mail user@example.com",
-		"http://host:8080",
-		"http://host:8080?x=a@b",
-		"postgresql://user@host/db",
-		"postgresql://host:5432/db",
-		"host=/tmp user=x dbname=y sslmode=disable",
-		"the token bucket refilled; password policy ok; secret santa",
-		"count=5 state=ok&retries=3",
-		"Bearer",
-		"bearer ",
-		"sl_short_key sl_AbCdEf12_abc sl__x",
-		"caf\xc3\xa9 \xff\xfe bytes",
-		"a:b@c d://e",
-		"x://",
-	};
+	        "",
+	        "job 0189 finished in 12.5s",
+	        "https://example.com/path?a=1&b=2#frag",
+	        "see http://host:8080/x and mail user@example.com",
+	        "http://host:8080",
+	        "http://host:8080?x=a@b",
+	        "postgresql://user@host/db",
+	        "postgresql://host:5432/db",
+	        "host=/tmp user=x dbname=y sslmode=disable",
+	        "the token bucket refilled; password policy ok; secret santa",
+	        "count=5 state=ok&retries=3",
+	        "Bearer",
+	        "bearer ",
+	        "sl_short_key sl_AbCdEf12_abc sl__x",
+	        "caf\xc3\xa9 \xff\xfe bytes",
+	        "a:b@c d://e",
+	        "x://"};
 	for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
 		bool masked = true;
 		char *got = redact(plain[i], &masked);
@@ -367,7 +406,8 @@ static void rand_alnum(char *out, size_t n)
 /* Random words of letters, digits and light punctuation. */
 static void rand_text(struct buf *b, size_t words)
 {
-	static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!()";
+	static const char chars[] =
+	        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!()";
 	for (size_t w = 0; w < words; w++) {
 		size_t n = 1 + rng_next() % 12;
 		for (size_t i = 0; i < n; i++)
@@ -380,12 +420,13 @@ static void rand_text(struct buf *b, size_t words)
 static void rand_template(struct buf *b, int which, const char *s)
 {
 	char tmp[64];
-	static const char *const qnames[] = {"X-Amz-Signature", "x-amz-credential",
-					     "X-AMZ-SECURITY-TOKEN", "sig", "token",
-					     "Access_Token", "signature"};
+	static const char *const qnames[] = {
+	        "X-Amz-Signature", "x-amz-credential", "X-AMZ-SECURITY-TOKEN", "sig", "token",
+	        "Access_Token",    "signature"};
 	switch (which) {
-	case 0: buf_printf(b, "postgresql://user%u:%s@db%u.internal:5432/app", rng_next() % 100, s,
-			   rng_next() % 10);
+	case 0:
+		buf_printf(b, "postgresql://user%u:%s@db%u.internal:5432/app", rng_next() % 100, s,
+		           rng_next() % 10);
 		break;
 	case 1: buf_printf(b, "mysql://root:%s@10.0.0.%u/db", s, rng_next() % 255); break;
 	case 2: buf_printf(b, "redis://:%s@cache:6379", s); break;
@@ -441,7 +482,7 @@ static void test_randomized_never_leaks(void **state)
 		bool masked = redact_value(&out, in.data, in.len);
 		if (!masked || strstr(out.data, secret) != NULL)
 			print_message("iter %d template %d LEAK\nin:  %s\nout: %s\n", iter, which,
-				      in.data, out.data);
+			              in.data, out.data);
 		assert_true(masked);
 		assert_null(strstr(out.data, secret));
 		/* No 8-char piece of the secret survives either. */
@@ -459,20 +500,20 @@ static void test_randomized_never_leaks(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_key_is_secret),
-		cmocka_unit_test(test_key_is_secret_long_name),
-		cmocka_unit_test(test_userinfo_password),
-		cmocka_unit_test(test_userinfo_password_raw_at),
-		cmocka_unit_test(test_keyword_dsn),
-		cmocka_unit_test(test_keyword_dsn_other_separators),
-		cmocka_unit_test(test_query_params),
-		cmocka_unit_test(test_query_params_secret_fragment),
-		cmocka_unit_test(test_bearer),
-		cmocka_unit_test(test_api_key),
-		cmocka_unit_test(test_several_secrets),
-		cmocka_unit_test(test_no_secret_unchanged),
-		cmocka_unit_test(test_appends_and_len),
-		cmocka_unit_test(test_randomized_never_leaks),
+	        cmocka_unit_test(test_key_is_secret),
+	        cmocka_unit_test(test_key_is_secret_long_name),
+	        cmocka_unit_test(test_userinfo_password),
+	        cmocka_unit_test(test_userinfo_password_raw_at),
+	        cmocka_unit_test(test_keyword_dsn),
+	        cmocka_unit_test(test_keyword_dsn_other_separators),
+	        cmocka_unit_test(test_query_params),
+	        cmocka_unit_test(test_query_params_secret_fragment),
+	        cmocka_unit_test(test_bearer),
+	        cmocka_unit_test(test_api_key),
+	        cmocka_unit_test(test_several_secrets),
+	        cmocka_unit_test(test_no_secret_unchanged),
+	        cmocka_unit_test(test_appends_and_len),
+	        cmocka_unit_test(test_randomized_never_leaks),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,99 @@
+/* auth: the API-key check every protected handler runs first. It owns the
+ * in-memory key cache, the lookups in flight (coalesced per key prefix, each
+ * cancellable) and the throttled last_used_at updates, and it answers every
+ * failure itself (401, 403, 503), so a handler only ever sees a principal.
+ *
+ * Cache and revocation: a key row is cached by prefix for cache_ttl_ms
+ * (10 s by default, at most cache_max entries, least recently used evicted).
+ * A revocation or expiry made elsewhere therefore takes effect on this
+ * instance within the TTL (expires_at itself is checked on every request
+ * against the clock); auth_forget() makes one take effect here at once and
+ * is what this instance's own revoke path calls.
+ *
+ * Disabled auth (auth.enabled: false): every request is project "default"
+ * with every scope, no header is read and nothing is looked up; the project
+ * row "default" must exist for anything that writes. */
+#ifndef SL_HTTP_AUTH_H
+#define SL_HTTP_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/apikey.h"
+
+struct auth;
+struct http_req;
+struct pg_pool;
+
+#define AUTH_DEFAULT_PROJECT "default"
+#define AUTH_PROJECT_MAX 63 /* projects.id is [a-z0-9-]{1,63} */
+
+/* Who is calling. Valid only during the done callback: copy what you keep. */
+struct auth_principal {
+	char project_id[AUTH_PROJECT_MAX + 1];
+	char key_prefix[APIKEY_PREFIX_LEN + 1]; /* "" when auth is disabled */
+	unsigned scopes; /* APIKEY_SCOPE_* */
+};
+
+/* Called once, and only when the request is authenticated and has every
+ * scope asked for. It may run before auth_require() returns (a cache hit,
+ * disabled auth) or later from the loop. req is the handler's again: it
+ * must answer it (or register its own abort) as usual. */
+typedef void (*auth_done_fn)(struct http_req *req, const struct auth_principal *p, void *arg);
+
+struct auth_opts {
+	bool enabled;
+	int64_t cache_ttl_ms; /* 0 = 10000; < 0 = no cache (every request asks the DB) */
+	size_t cache_max; /* 0 = 10000 entries */
+	int64_t touch_interval_ms; /* last_used_at at most this often per key; 0 = 60000 */
+};
+
+/* Borrows pool (which must outlive the auth) and prepares its statements on
+ * it. opts may be NULL (enabled, defaults). Returns NULL only when the
+ * statements cannot be registered on the pool (logged). The caller frees the
+ * auth with auth_free() AFTER the HTTP server, whose freeing aborts the
+ * requests still waiting here. */
+struct auth *auth_new(struct pg_pool *pool, const struct auth_opts *opts)
+        __attribute__((warn_unused_result));
+/* Cancels every lookup and last_used_at update in flight; no callback fires
+ * afterwards. Requests still waiting (there should be none, see auth_new)
+ * are forgotten without an answer. Not from inside a done callback. NULL is
+ * a no-op. */
+void auth_free(struct auth *a);
+
+/* Authenticates req and checks that its key holds every scope in
+ * scope_mask, then calls done. On failure it answers req itself and done
+ * never runs:
+ *   401 urn:stageline:problem:unauthorized, byte-for-byte the same body for
+ *       a missing header, another scheme, a malformed key, a bad checksum,
+ *       an unknown prefix, a wrong secret, a revoked or an expired key
+ *       (the log line says which), with WWW-Authenticate: Bearer
+ *       realm="stageline";
+ *   403 urn:stageline:problem:forbidden naming the missing scopes;
+ *   503 urn:stageline:problem:db-unavailable when the key can't be looked up.
+ * If the client goes away while the lookup is pending, the lookup is
+ * cancelled (when no other request waits for the same key) and nothing
+ * fires. The token is never logged; only its public prefix is. */
+void auth_require(struct auth *a, struct http_req *req, unsigned scope_mask, auth_done_fn done,
+                  void *arg);
+
+/* Drops the cached entry for prefix (8 characters, or "sl_<prefix>_..."), so
+ * the next request reads the row again: call it after revoking or changing
+ * a key through this instance. */
+void auth_forget(struct auth *a, const char *prefix);
+
+/* Counters, for tests and /metrics.json wiring. */
+struct auth_stats {
+	uint64_t cache_hits;
+	uint64_t cache_misses;
+	uint64_t db_lookups; /* queries sent (coalesced waiters share one) */
+	uint64_t coalesced; /* requests that joined a lookup already in flight */
+	uint64_t evictions;
+	uint64_t touches; /* last_used_at updates sent */
+	size_t cache_entries;
+	size_t lookups_in_flight;
+};
+void auth_stats(const struct auth *a, struct auth_stats *out);
+
+#endif
