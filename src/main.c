@@ -16,7 +16,12 @@
 #include "core/metrics.h"
 #include "core/sampler.h"
 #include "core/xmalloc.h"
+#include "db/migrate.h"
 #include "db/pg.h"
+#include "db/pool.h"
+#include "engine/engine.h"
+#include "engine/pipeline.h"
+#include "http/auth.h"
 #include "http/api.h"
 #include "http/router.h"
 #include "http/server.h"
@@ -33,6 +38,7 @@ static void usage(FILE *f)
 	           "      --log-format FMT     json (default) or text\n"
 	           "      --log-level LEVEL    debug, info, warn or error\n"
 	           "      --check-config       validate the configuration, list every error, exit\n"
+	           "      --migrate-only       apply the database migrations and exit\n"
 	           "      --version            print the version and exit\n"
 	           "  -h, --help               this text\n"
 	           "\n"
@@ -46,8 +52,11 @@ enum {
 	OPT_LOG_FORMAT,
 	OPT_LOG_LEVEL,
 	OPT_CHECK_CONFIG,
+	OPT_MIGRATE_ONLY,
 	OPT_VERSION,
 };
+
+enum run_mode { RUN_DAEMON, RUN_CHECK_CONFIG, RUN_MIGRATE_ONLY };
 
 struct daemon {
 	struct app app;
@@ -57,7 +66,14 @@ struct daemon {
 	struct http_server *metrics_http;
 	struct sampler *sampler;
 	struct pg_conn *db_health;
+	struct pg_pool *pool;
+	struct pg_migrate *migrate;
+	struct pipeline_set *pipelines;
+	struct engine *engine;
+	struct auth *auth;
 	struct api_ctx api;
+	enum run_mode mode;
+	struct event *migrate_deadline;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *grace;
 	int64_t stop_started_us;
@@ -113,7 +129,8 @@ static void on_hup_cb(evutil_socket_t sig, short what, void *arg)
 		          LF_STR("error", strerror(errno)));
 }
 
-static int load_config(int argc, char **argv, struct config **out, bool *check_only)
+static int load_config(int argc, char **argv, struct config **out, struct pipeline_set **pipes,
+		       enum run_mode *mode)
 {
 	static const struct option opts[] = {
 	        {"config", required_argument, NULL, 'c'},
@@ -122,6 +139,7 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 	        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
 	        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
 	        {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+	        {"migrate-only", no_argument, NULL, OPT_MIGRATE_ONLY},
 	        {"version", no_argument, NULL, OPT_VERSION},
 	        {"help", no_argument, NULL, 'h'},
 	        {NULL, 0, NULL, 0},
@@ -132,7 +150,7 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 	} sets[8];
 	size_t nsets = 0;
 	int c;
-	*check_only = false;
+	*mode = RUN_DAEMON;
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
@@ -148,7 +166,8 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 		case OPT_LOG_LEVEL:
 			sets[nsets++] = (typeof(sets[0])){"log.level", optarg, "--log-level"};
 			break;
-		case OPT_CHECK_CONFIG: *check_only = true; break;
+		case OPT_CHECK_CONFIG: *mode = RUN_CHECK_CONFIG; break;
+		case OPT_MIGRATE_ONLY: *mode = RUN_MIGRATE_ONLY; break;
 		case OPT_VERSION: printf("stagelined %s\n", app_version); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -173,12 +192,18 @@ static int load_config(int argc, char **argv, struct config **out, bool *check_o
 	for (size_t i = 0; i < nsets; i++)
 		ok = config_set(cfg, sets[i].key, sets[i].value, sets[i].origin, &errs) && ok;
 	ok = config_validate(cfg, &errs) && ok;
+	/* Pipelines are part of the configuration: --check-config lists their
+	 * errors with the rest. */
+	*pipes = pipeline_set_load(cfg, &errs);
+	ok = *pipes != NULL && ok;
 	if (!ok || errs.n) {
 		for (size_t i = 0; i < errs.n; i++)
 			fprintf(stderr, "stagelined: %s\n", errs.msgs[i]);
 		fprintf(stderr, "stagelined: %zu configuration error%s\n", errs.n,
 		        errs.n == 1 ? "" : "s");
 		config_errors_clear(&errs);
+		pipeline_set_free(*pipes);
+		*pipes = NULL;
 		config_free(cfg);
 		return 1;
 	}
@@ -197,7 +222,10 @@ static bool daemon_routes(struct daemon *d)
 	d->router = router_new();
 	d->api.app = &d->app;
 	d->api.db_health = d->db_health;
-	bool ok = api_health_register(d->router, &d->api);
+	d->api.engine = d->engine;
+	d->api.auth = d->auth;
+	d->api.pipelines = d->pipelines;
+	bool ok = api_health_register(d->router, &d->api) && api_jobs_register(d->router, &d->api);
 	if (*d->app.cfg->server.metrics_listen) {
 		/* A separate listener serves only the metrics (and health). */
 		d->metrics_router = router_new();
@@ -209,14 +237,91 @@ static bool daemon_routes(struct daemon *d)
 	return ok;
 }
 
+static bool default_project_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	if (err)
+		log_error("server.start", "cannot create the default project",
+		          LF_STR("error", err->message));
+	return false;
+}
+
+static void migrate_done_cb(bool ok, const char *error, void *arg)
+{
+	struct daemon *d = arg;
+	pg_migrate_free(d->migrate);
+	d->migrate = NULL;
+	if (d->migrate_deadline)
+		evtimer_del(d->migrate_deadline);
+	if (!ok) {
+		/* A schema this binary doesn't know how to run against: refuse. */
+		log_error("db.migrate.failed", "the database schema cannot be used",
+		          LF_STR("error", error));
+		d->exit_code = 1;
+		event_base_loopexit(d->app.base, NULL);
+		return;
+	}
+	if (d->mode == RUN_MIGRATE_ONLY) {
+		event_base_loopexit(d->app.base, NULL);
+		return;
+	}
+	d->api.migrated = true;
+	if (!d->app.cfg->auth.enabled) {
+		/* Without auth every request acts for this project (auth.h). */
+		const char *v[1] = {AUTH_DEFAULT_PROJECT};
+		(void)pg_pool_query(d->pool,
+		                    "INSERT INTO projects (id, name) VALUES ($1, 'Default project') "
+		                    "ON CONFLICT (id) DO NOTHING",
+		                    1, v, default_project_cb, d);
+	}
+}
+
+static void migrate_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	log_error("db.migrate.failed", "the database did not become reachable in time",
+	          LF_STR("error", pg_conn_last_error(d->db_health)));
+	d->exit_code = 1;
+	event_base_loopexit(d->app.base, NULL);
+}
+
+static int daemon_migrate_only(struct daemon *d)
+{
+	struct config *cfg = d->app.cfg;
+	d->migrate = pg_migrate_start(d->app.base, cfg->database.url, NULL, migrate_done_cb, d);
+	if (d->migrate == NULL)
+		return 1;
+	/* Only --migrate-only gives up: a daemon waits for its database. */
+	d->migrate_deadline = evtimer_new(d->app.base, migrate_deadline_cb, d);
+	struct timeval tv = {.tv_sec = 60};
+	evtimer_add(d->migrate_deadline, &tv);
+	d->db_health = pg_conn_new(d->app.base, cfg->database.url, "health", NULL);
+	event_base_dispatch(d->app.base);
+	return d->exit_code;
+}
+
 static int daemon_run(struct daemon *d)
 {
 	struct config *cfg = d->app.cfg;
+	if (d->mode == RUN_MIGRATE_ONLY)
+		return daemon_migrate_only(d);
 	d->db_health = pg_conn_new(d->app.base, cfg->database.url, "health", NULL);
 	if (d->db_health == NULL) {
 		log_error("server.start", "database.url cannot be parsed");
 		return 1;
 	}
+	d->pool = pg_pool_new(d->app.base, cfg->database.url, (size_t)cfg->database.pool, NULL);
+	d->engine = engine_new(&d->app, d->pool, d->pipelines, NULL);
+	struct auth_opts aopts = {.enabled = cfg->auth.enabled};
+	d->auth = auth_new(d->pool, &aopts);
+	if (d->pool == NULL || d->auth == NULL || !engine_prepare(d->engine)) {
+		log_error("server.start", "cannot set up the database statements");
+		return 1;
+	}
+	/* The API listens at once (so /healthz answers); DB-backed routes and
+	 * /readyz wait for the schema. */
+	d->migrate = pg_migrate_start(d->app.base, cfg->database.url, NULL, migrate_done_cb, d);
+	if (d->migrate == NULL)
+		return 1;
 	if (!daemon_routes(d)) {
 		log_error("server.start", "route table is inconsistent");
 		return 1;
@@ -261,19 +366,25 @@ static int daemon_run(struct daemon *d)
 	                d->metrics_http ? http_server_address(d->metrics_http) : ""),
 	         LF_STR("instance_id", d->app.instance_id), LF_INT("pid", getpid()));
 	event_base_dispatch(d->app.base);
-	return 0;
+	return d->exit_code;
 }
 
 static void daemon_free(struct daemon *d)
 {
 	/* Holders of pending work go before what they hold: the HTTP servers
-	 * abort their requests, which cancel their queries on a live conn. */
+	 * abort their requests, which cancel engine operations and queries on
+	 * live connections; the engine and auth go before the pool. */
 	sampler_free(d->sampler);
 	http_server_free(d->http);
 	http_server_free(d->metrics_http);
+	engine_free(d->engine);
+	auth_free(d->auth);
+	pg_migrate_free(d->migrate);
+	pg_pool_free(d->pool);
 	pg_conn_free(d->db_health);
 	router_free(d->router);
 	router_free(d->metrics_router);
+	pipeline_set_free(d->pipelines);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)
@@ -282,18 +393,22 @@ static void daemon_free(struct daemon *d)
 		event_free(d->sig_hup);
 	if (d->grace)
 		event_free(d->grace);
+	if (d->migrate_deadline)
+		event_free(d->migrate_deadline);
 }
 
 int main(int argc, char **argv)
 {
 	struct config *cfg = NULL;
-	bool check_only;
-	int rc = load_config(argc, argv, &cfg, &check_only);
+	struct pipeline_set *pipes = NULL;
+	enum run_mode mode;
+	int rc = load_config(argc, argv, &cfg, &pipes, &mode);
 	if (rc >= 0)
 		return rc;
-	if (check_only) {
+	if (mode == RUN_CHECK_CONFIG) {
 		printf("stagelined: configuration OK%s%s\n", cfg->path ? ": " : "",
 		       cfg->path ? cfg->path : "");
+		pipeline_set_free(pipes);
 		config_free(cfg);
 		return 0;
 	}
@@ -301,12 +416,14 @@ int main(int argc, char **argv)
 	enum log_level lvl;
 	if (!log_format_parse(cfg->log.format, &fmt) || !log_level_parse(cfg->log.level, &lvl)) {
 		fprintf(stderr, "stagelined: bad log settings\n");
+		pipeline_set_free(pipes);
 		config_free(cfg);
 		return 1;
 	}
 	if (!log_open(cfg->log.file, fmt, lvl)) {
 		fprintf(stderr, "stagelined: cannot open log file %s: %s\n", cfg->log.file,
 		        strerror(errno));
+		pipeline_set_free(pipes);
 		config_free(cfg);
 		return 1;
 	}
@@ -317,11 +434,18 @@ int main(int argc, char **argv)
 	metrics_set_enabled(metrics_default(), cfg->server.metrics);
 	struct daemon d = {0};
 	app_init(&d.app, event_base_new(), cfg);
+	d.mode = mode;
+	d.pipelines = pipes;
 	int code = daemon_run(&d);
 	daemon_free(&d);
-	log_info("server.stop", code ? "stagelined stopped on an error" : "stagelined stopped",
-	         LF_STR("version", app_version), LF_STR("listen", cfg->server.listen),
-	         LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
+	if (mode == RUN_MIGRATE_ONLY)
+		log_info("db.migrate.exit", code ? "migrations failed" : "migrations applied",
+		         LF_INT("exit_code", code));
+	else
+		log_info("server.stop",
+		         code ? "stagelined stopped on an error" : "stagelined stopped",
+		         LF_STR("version", app_version), LF_STR("listen", cfg->server.listen),
+		         LF_STR("instance_id", d.app.instance_id), LF_INT("exit_code", code));
 	event_base_free(d.app.base);
 	config_free(cfg);
 	metrics_default_free();

@@ -145,8 +145,12 @@ static bool all_base62(const char *s, size_t n)
 
 enum apikey_result apikey_parse(const char *s, size_t len, struct apikey *out)
 {
-	enum { PFX = APIKEY_TAG_LEN, SEP = PFX + APIKEY_PREFIX_LEN, SEC = SEP + 1,
-	       CHK = SEC + APIKEY_SECRET_LEN };
+	enum {
+		PFX = APIKEY_TAG_LEN,
+		SEP = PFX + APIKEY_PREFIX_LEN,
+		SEC = SEP + 1,
+		CHK = SEC + APIKEY_SECRET_LEN
+	};
 	if (s == NULL || len != APIKEY_LEN || memcmp(s, APIKEY_TAG, APIKEY_TAG_LEN) != 0 ||
 	    s[SEP] != '_' || !all_base62(s + PFX, APIKEY_PREFIX_LEN) ||
 	    !all_base62(s + SEC, APIKEY_SECRET_LEN) || !all_base62(s + CHK, APIKEY_CHECK_LEN))

@@ -143,7 +143,8 @@ static void pool_stmt_copy(struct pg_stmt *dst, const struct pg_stmt *src)
 		if (!v)
 			continue;
 		if (src->formats && src->formats[i]) {
-			size_t len = src->lengths && src->lengths[i] > 0 ? (size_t)src->lengths[i] : 0;
+			size_t len =
+			        src->lengths && src->lengths[i] > 0 ? (size_t)src->lengths[i] : 0;
 			values[i] = xmalloc(len ? len : 1);
 			memcpy(values[i], v, len);
 		} else {
@@ -337,8 +338,7 @@ static void pool_count_refusal(struct pg_pool *p, enum pg_error_kind kind)
 		p->saturated = true;
 		log_warn("db.pool.saturated", "database pool saturated: refusing batches",
 		         LF_UINT("waiting", p->nwaiting), LF_UINT("max_waiters", p->max_waiters),
-		         LF_UINT("connections", p->size),
-		         LF_UINT("max_inflight", p->max_inflight));
+		         LF_UINT("connections", p->size), LF_UINT("max_inflight", p->max_inflight));
 	}
 }
 
@@ -348,11 +348,12 @@ static void pool_deliver_failing(struct pg_pool *p)
 {
 	struct pg_pool_query *q;
 	while (!p->free_pending && (q = TAILQ_FIRST(&p->failing)) != NULL) {
-		struct pg_error err = {.kind = q->fail_kind, .sqlstate = "", .message = q->fail_msg};
+		struct pg_error err = {
+		        .kind = q->fail_kind, .sqlstate = "", .message = q->fail_msg};
 		const char *kind = pool_kind_name(q->fail_kind);
 		for (size_t i = 0; i < q->n && !p->free_pending; i++) {
-			metric_inc(metrics_default_get(M_DB_QUERIES_TOTAL), 1,
-			           q->copy && q->copy[i].name ? q->copy[i].name : "pool", kind);
+			/* op "pool": like pg.c's conn name for ad-hoc SQL, bounded. */
+			metric_inc(metrics_default_get(M_DB_QUERIES_TOTAL), 1, "pool", kind);
 			metric_inc(metrics_default_get(M_DB_ERRORS_TOTAL), 1, kind);
 			if (!q->cancelled && q->stmts[i].cb)
 				(void)q->stmts[i].cb(NULL, &err, q->stmts[i].arg);
@@ -393,7 +394,8 @@ static void pool_pump(struct pg_pool *p)
 			log_debug("db.pool.down", "no connection up: failing the waiting batches",
 			          LF_UINT("waiting", p->nwaiting));
 			while ((q = TAILQ_FIRST(&p->waiting)) != NULL)
-				pool_fail_waiting(p, q, PG_ERR_UNAVAILABLE, pool_unavailable_msg(p));
+				pool_fail_waiting(p, q, PG_ERR_UNAVAILABLE,
+				                  pool_unavailable_msg(p));
 			pool_deliver_failing(p);
 		}
 		break;
@@ -485,10 +487,11 @@ struct pg_pool *pg_pool_new(struct event_base *base, const char *conninfo, size_
 	struct pg_pool *p = xcalloc(1, sizeof *p);
 	p->base = base;
 	p->size = size;
-	p->max_inflight = opts && opts->max_inflight ? opts->max_inflight : POOL_DEFAULT_MAX_INFLIGHT;
+	p->max_inflight =
+	        opts && opts->max_inflight ? opts->max_inflight : POOL_DEFAULT_MAX_INFLIGHT;
 	p->max_waiters = opts && opts->max_waiters ? opts->max_waiters : POOL_DEFAULT_MAX_WAITERS;
-	p->wait_timeout_ms =
-	        opts && opts->wait_timeout_ms ? opts->wait_timeout_ms : POOL_DEFAULT_WAIT_TIMEOUT_MS;
+	p->wait_timeout_ms = opts && opts->wait_timeout_ms ? opts->wait_timeout_ms
+	                                                   : POOL_DEFAULT_WAIT_TIMEOUT_MS;
 	TAILQ_INIT(&p->waiting);
 	TAILQ_INIT(&p->sent);
 	TAILQ_INIT(&p->rejected);
@@ -592,8 +595,7 @@ struct pg_pool_query *pg_pool_query(struct pg_pool *p, const char *sql, int npar
 }
 
 struct pg_pool_query *pg_pool_query_prepared(struct pg_pool *p, const char *name, int nparams,
-                                             const char *const *values, pg_result_cb cb,
-                                             void *arg)
+                                             const char *const *values, pg_result_cb cb, void *arg)
 {
 	struct pg_stmt st = {
 	        .name = name, .nparams = nparams, .values = values, .cb = cb, .arg = arg};

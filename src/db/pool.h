@@ -57,8 +57,7 @@ struct pg_pool_query *pg_pool_batch(struct pg_pool *p, const struct pg_stmt *stm
 struct pg_pool_query *pg_pool_query(struct pg_pool *p, const char *sql, int nparams,
                                     const char *const *values, pg_result_cb cb, void *arg);
 struct pg_pool_query *pg_pool_query_prepared(struct pg_pool *p, const char *name, int nparams,
-                                             const char *const *values, pg_result_cb cb,
-                                             void *arg);
+                                             const char *const *values, pg_result_cb cb, void *arg);
 
 /* No callback of q fires afterwards, whether it was waiting (it is dropped
  * at once) or sent (its statements may still run; the results are thrown

@@ -6,16 +6,26 @@
 #include <stdbool.h>
 
 struct app;
+struct auth;
+struct engine;
 struct pg_conn;
+struct pipeline_set;
 struct router;
 
 struct api_ctx {
 	struct app *app;
 	struct pg_conn *db_health; /* a dedicated connection for /readyz */
+	struct engine *engine;
+	struct auth *auth;
+	const struct pipeline_set *pipelines;
+	bool migrated; /* the schema is current: DB-backed routes may serve */
 };
 
 /* GET /healthz (liveness, no I/O) and GET /readyz (PostgreSQL answers). */
 bool api_health_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
+
+/* POST/GET /v1/jobs, GET /v1/jobs/{id}, GET /v1/pipelines. */
+bool api_jobs_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
 
 /* GET /metrics and GET /metrics.json. */
 bool api_metrics_register(struct router *r, struct api_ctx *ctx)

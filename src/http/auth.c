@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/xmalloc.h"
@@ -232,20 +233,26 @@ static void reply_unauthorized(struct http_req *req, const char *reason, const c
 
 static void reply_forbidden(struct http_req *req, const char *prefix, unsigned missing)
 {
-	char names[APIKEY_SCOPES_MAX_TEXT];
-	apikey_scopes_format(missing, names, sizeof names);
 	json_t *list = json_array();
-	for (unsigned bit = 1; bit <= APIKEY_SCOPE_ALL; bit <<= 1)
-		if ((missing & bit) && apikey_scope_name(bit))
-			json_array_append_new(list, json_string(apikey_scope_name(bit)));
-	bool plural = json_array_size(list) > 1;
-	char *detail = xasprintf("this API key lacks the scope%s %s", plural ? "s" : "", names);
+	struct buf names = BUF_INIT;
+	for (unsigned bit = 1; bit <= APIKEY_SCOPE_ALL; bit <<= 1) {
+		const char *name = apikey_scope_name(bit);
+		if (!(missing & bit) || name == NULL)
+			continue;
+		json_array_append_new(list, json_string(name));
+		buf_printf(&names, "%s%s", names.len ? ", " : "", name);
+	}
+	char *detail =
+	        xasprintf("this API key lacks the scope%s %s", json_array_size(list) > 1 ? "s" : "",
+	                  names.data ? names.data : "");
 	json_t *extra = json_pack("{s:o}", "missing_scopes", list);
 	log_info("auth.forbidden", "API key lacks a scope", LF_STR("key_prefix", prefix),
-	         LF_STR("missing_scopes", names), LF_STR("request_id", http_req_id(req)));
+	         LF_STR("missing_scopes", names.data ? names.data : ""),
+	         LF_STR("request_id", http_req_id(req)));
 	http_reply_problem(req, 403, "forbidden", "Forbidden", detail, extra);
 	json_decref(extra);
 	free(detail);
+	buf_free(&names);
 }
 
 static void reply_unavailable(struct http_req *req)
@@ -299,7 +306,8 @@ static void maybe_touch(struct auth *a, struct key_row *row, int64_t now_us)
 	t->q = pg_pool_query_prepared(a->pool, STMT_TOUCH, 2, values, touch_result_cb, t);
 	if (t->q == NULL) {
 		log_warn("auth.touch_failed", "could not update the key's last_used_at",
-		         LF_STR("key_prefix", t->prefix), LF_STR("error", "no database connection"));
+		         LF_STR("key_prefix", t->prefix),
+		         LF_STR("error", "no database connection"));
 		free(t);
 		return;
 	}
@@ -316,8 +324,7 @@ static void maybe_touch(struct auth *a, struct key_row *row, int64_t now_us)
  * it must not be a cache entry when done can reach auth_forget(), so the
  * lookup path passes a copy. */
 static void decide(struct auth *a, struct http_req *req, struct key_row *row,
-                   const uint8_t hash[APIKEY_HASH_LEN], unsigned need, auth_done_fn done,
-                   void *arg)
+                   const uint8_t hash[APIKEY_HASH_LEN], unsigned need, auth_done_fn done, void *arg)
 {
 	if (!apikey_hash_equal(row->hash, hash)) {
 		reply_unauthorized(req, "wrong_secret", row->prefix);
@@ -478,7 +485,9 @@ static bool lookup_result_cb(PGresult *res, const struct pg_error *err, void *ar
 		switch (outcome) {
 		case FAILED: reply_unavailable(mine.req); break;
 		case NOT_FOUND: reply_unauthorized(mine.req, "unknown_key", l->prefix); break;
-		case FOUND: decide(a, mine.req, &row, mine.hash, mine.need, mine.done, mine.arg); break;
+		case FOUND:
+			decide(a, mine.req, &row, mine.hash, mine.need, mine.done, mine.arg);
+			break;
 		}
 	}
 	free(l);
@@ -515,7 +524,8 @@ static void lookup_join(struct auth *a, struct http_req *req, const char *prefix
 		if (l->q == NULL) {
 			free(l);
 			log_warn("auth.lookup_failed", "the API key lookup could not be sent",
-			         LF_STR("key_prefix", prefix), LF_STR("error", "no database connection"));
+			         LF_STR("key_prefix", prefix),
+			         LF_STR("error", "no database connection"));
 			reply_unavailable(req);
 			return;
 		}

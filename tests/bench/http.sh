@@ -146,6 +146,7 @@ figs=$(wrk_figures "$tmp/wrk-stageline.txt") || {
 	cat "$tmp/wrk-stageline.txt" >&2
 	exit 1
 }
+# shellcheck disable=SC2086 # "rps p99": split on purpose
 set -- $figs
 sl_rps=$1
 echo "stageline_healthz_rps $1"
@@ -200,6 +201,7 @@ figs=$(wrk_figures "$tmp/wrk-nginx.txt") || {
 	cat "$tmp/wrk-nginx.txt" >&2
 	exit 1
 }
+# shellcheck disable=SC2086 # "rps p99": split on purpose
 set -- $figs
 echo "nginx_healthz_rps $1"
 echo "nginx_healthz_p99_ms $2"

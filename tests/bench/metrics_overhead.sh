@@ -13,8 +13,9 @@
 # Environment: STAGELINED (default build/release/stagelined; use an
 # optimised build without sanitizers), DURATION (wrk seconds, default 5),
 # RUNS (pairs, default 3), PORT (default: a free port above 60999, outside
-# the ephemeral range). Bounded: every wrk and daemon start has a deadline,
-# and everything started here is stopped on exit.
+# the ephemeral range), PIN=1 (pin daemon and wrk to separate CPUs).
+# Bounded: every wrk and daemon start has a deadline, and everything started
+# here is stopped on exit.
 set -eu
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -51,10 +52,11 @@ for p in range(61000, 65536):
 EOF
 }
 
-# Two cores or more: the daemon on CPU 0 and wrk on CPU 1, so they don't
-# trade places between runs (less variance between on and off).
+# PIN=1 (two cores or more): the daemon on CPU 0 and wrk on CPU 1, so they
+# don't trade places between runs; only useful on an otherwise idle machine.
 pin_daemon="" pin_wrk=""
-if command -v taskset >/dev/null 2>&1 && [ "$(nproc 2>/dev/null || echo 1)" -ge 2 ]; then
+if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1 &&
+	[ "$(nproc 2>/dev/null || echo 1)" -ge 2 ]; then
 	pin_daemon="taskset -c 0"
 	pin_wrk="taskset -c 1"
 fi

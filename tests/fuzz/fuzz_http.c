@@ -358,8 +358,9 @@ static const char *head_value(const char *h, size_t hl, const char *name, size_t
 
 static bool is_limit_refusal(int status, const char *body, size_t bl)
 {
-	static const char *const slugs[] = {"header_timeout", "body_size", "uri_size",
-	                                    "header_size", "malformed"};
+	static const char *const slugs[] = {"header_timeout", "body_size",   "uri_size",
+	                                    "header_fields",  "header_size", "framing",
+	                                    "malformed"};
 	if (status == 408 || status == 413 || status == 414 || status == 431)
 		return true;
 	for (size_t i = 0; i < sizeof slugs / sizeof slugs[0]; i++) {
@@ -469,16 +470,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		shutdown(cl.fd, SHUT_WR);
 	while (!cl.eof && !expired)
 		event_base_loop(fz.base, EVLOOP_ONCE);
+	if (fz.dump)
+		fprintf(fz_err, "--- %s, %zu bytes in, %zu out%s\n%.*s\n---\n",
+		        stall ? "stall" : "normal", len, cl.in_len, cl.eof ? "" : " (no EOF)",
+		        (int)cl.in_len, cl.in);
 	if (!stall || fz.strict)
 		CHECK(cl.eof);
 	event_free(cl.rev);
 	event_free(cl.wev);
 	close(cl.fd);
 
-	if (fz.dump)
-		fprintf(fz_err, "--- %s, %zu bytes in, %zu out%s\n%.*s\n---\n",
-		        stall ? "stall" : "normal", len, cl.in_len, cl.eof ? "" : " (no EOF)",
-		        (int)cl.in_len, cl.in);
 	check_responses(cl.in, cl.in_len);
 	free(cl.in);
 

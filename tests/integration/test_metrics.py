@@ -9,6 +9,7 @@ dashboard) checked against what the daemon really exposes.
 promtool comes from build/tools/promtool, which contrib/promtool provides;
 the tests that need it are skipped (saying so) when it is missing."""
 
+import http.client
 import json
 import math
 import os
@@ -21,11 +22,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from slhelpers import assert_refused, free_port, http_request
+from slhelpers import assert_refused, free_port, http_request, wait_for
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROMTOOL = os.path.join(TOP, "build", "tools", "promtool")
 METRICS_H = os.path.join(TOP, "src", "core", "metrics.h")
+METRICS_MD = os.path.join(TOP, "docs", "metrics.md")
 ALERTS = os.path.join(TOP, "contrib", "prometheus", "alerts.yml")
 ALERTS_TEST = os.path.join(TOP, "contrib", "prometheus", "alerts_test.yml")
 DASHBOARD = os.path.join(TOP, "contrib", "grafana", "stageline.json")
@@ -326,6 +328,9 @@ LIMIT_CASES = [
      400, "framing"),
     ("header_timeout", {"limits.header_timeout": "1s"}, b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
      408, "header_timeout"),
+    ("uri_size", {}, head_request(path="/healthz?q=" + "a" * 9000), 414, "uri_size"),
+    ("malformed", {}, b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon in this line\r\n\r\n",
+     400, "malformed"),
 ]
 
 
@@ -342,6 +347,14 @@ def test_limit_rejection_counted_exactly_once(daemon, case):
              if k.startswith(name + "|") and v != s1["counters"].get(k, 0)}
     assert moved == {jkey(name, limit=limit): 1}, \
         f"a {status} refusal should count limit={limit!r} exactly once; moved: {moved}"
+    # refused connections are not left behind in the open-connections gauge
+    # (1: the connection of the scrape itself)
+    wait_for(lambda: scrape_json(d)["gauges"]["http.connections_open"] == 1, 3.0, 0.05,
+             "http.connections_open back to 1")
+    # and the label is one docs/metrics.md lists
+    with open(METRICS_MD) as f:
+        row = next(ln for ln in f if ln.startswith("| `http.limit_rejections_total`"))
+    assert f"`{limit}`" in row, f"limit={limit!r} is emitted but not documented: {row}"
 
 
 # --------------------------------------------------------------------------
@@ -404,19 +417,23 @@ def test_prometheus_exposition_format_and_names(sl):
 
 def test_promtool_check_metrics_clean_under_load(sl):
     promtool_or_skip()
-    threads_n, per_thread = 16, 25
+    # 16 keep-alive clients hammer the server (at least 25 requests each, a
+    # few hundred in all) for as long as the scrapes take, so every scrape is
+    # rendered while requests are being counted.
+    threads_n, min_per_thread, max_per_thread, n_scrapes = 16, 25, 3000, 6
     paths = ["/healthz", "/no/such/path", "/healthz", "/v1/jobs/0190aaaa-bbbb-7ccc-8ddd-eeeeffff0000"]
     sent = {}
     errors = []
     lock = threading.Lock()
-    start = threading.Event()
-    import http.client
+    start, stop = threading.Event(), threading.Event()
+    done_min = threading.Semaphore(0)
 
     def worker(i):
         start.wait()
         conn = http.client.HTTPConnection(sl.host, sl.port, timeout=10)
         try:
-            for j in range(per_thread):
+            j = 0
+            while j < max_per_thread and (j < min_per_thread or not stop.is_set()):
                 path = paths[(i + j) % len(paths)]
                 method = "POST" if j % 7 == 6 else "GET"
                 conn.request(method, path, body=b"" if method == "POST" else None)
@@ -424,9 +441,13 @@ def test_promtool_check_metrics_clean_under_load(sl):
                 r.read()
                 with lock:
                     sent[(method, path, r.status)] = sent.get((method, path, r.status), 0) + 1
+                j += 1
+                if j == min_per_thread:
+                    done_min.release()
         except Exception as exc:  # noqa: BLE001
             with lock:
                 errors.append(repr(exc))
+            done_min.release()
         finally:
             conn.close()
 
@@ -435,15 +456,21 @@ def test_promtool_check_metrics_clean_under_load(sl):
     for t in threads:
         t.start()
     start.set()
-    scrapes = []
-    while any(t.is_alive() for t in threads) or len(scrapes) < 5:
+    scrapes, under_load = [], 0
+    for _ in range(n_scrapes):
+        busy = all(t.is_alive() for t in threads)
         scrapes.append(scrape_prom(sl)[1])
-        if len(scrapes) >= 5 and not any(t.is_alive() for t in threads):
-            break
+        under_load += busy and all(t.is_alive() for t in threads)
+        time.sleep(0.02)
+    for _ in range(threads_n):
+        assert done_min.acquire(timeout=60), "clients did not finish their requests"
+    stop.set()
     for t in threads:
-        t.join(30)
+        t.join(60)
     assert not errors, errors
-    assert sum(sent.values()) == threads_n * per_thread
+    total_sent = sum(sent.values())
+    assert total_sent >= threads_n * min_per_thread
+    assert under_load == n_scrapes, f"only {under_load} of {n_scrapes} scrapes overlapped the load"
     s2 = scrape_json(sl)
 
     for i, text in enumerate(scrapes):
@@ -455,11 +482,14 @@ def test_promtool_check_metrics_clean_under_load(sl):
     rq = "http.requests_total|"
     delta = sum(v for k, v in s2["counters"].items() if k.startswith(rq)) - \
         sum(v for k, v in s1["counters"].items() if k.startswith(rq))
-    assert delta == threads_n * per_thread + len(scrapes) + 1, (delta, len(scrapes), sent)
+    assert delta == total_sent + len(scrapes) + 1, (delta, len(scrapes), sent)
     prom_scrapes = counter(s2, "http.requests_total", method="GET", route="/metrics",
                            code_class="2xx") - \
         counter(s1, "http.requests_total", method="GET", route="/metrics", code_class="2xx")
     assert prom_scrapes == len(scrapes)
+    # every load connection is closed: the gauge is back to the scraper's own
+    wait_for(lambda: scrape_json(sl)["gauges"]["http.connections_open"] == 1, 5.0, 0.05,
+             "http.connections_open back to 1 after the load")
     healthz = sum(v for (m, p, st), v in sent.items() if m == "GET" and p == "/healthz")
     assert counter(s2, "http.requests_total", method="GET", route="/healthz", code_class="2xx") - \
         counter(s1, "http.requests_total", method="GET", route="/healthz", code_class="2xx") == healthz
@@ -664,6 +694,42 @@ def test_json_shape(sl):
     h = snap["histograms"][jkey("http.request_latency_ms", route="/healthz")]
     assert h["count"] >= 1
     assert "0.1" in h["buckets"] and "60000" in h["buckets"], h["buckets"].keys()
+
+
+def documented_buckets():
+    """{reference name: [bounds in ms]} from the bucket table of docs/metrics.md."""
+    out = {}
+    with open(METRICS_MD) as f:
+        for ln in f:
+            m = re.match(r"^\|\s*[a-z]+\s*\|([^|]*)\|\s*([0-9][0-9., ]*)\|\s*$", ln)
+            if not m:
+                continue
+            bounds = [float(x) for x in m.group(2).replace(" ", "").split(",") if x]
+            for name in re.findall(r"`([a-z_.]+)`", m.group(1)):
+                out[name] = bounds
+    return out
+
+
+def test_histogram_buckets_match_the_documentation(daemon):
+    d = daemon(wait_ready=True)  # with a database, so DB query latency has series
+    d.http("GET", "/healthz")
+    d.http("GET", "/readyz")
+    time.sleep(1.1)  # a sampler tick
+    snap = scrape_json(d)
+    docs = documented_buckets()
+    hist = {c for c, v in CATALOG.items() if v["type"] == "histogram"}
+    assert set(docs) == hist, f"bucket table vs catalog histograms: {set(docs) ^ hist}"
+    seen, wrong = set(), {}
+    for key, h in snap["histograms"].items():
+        name = key.split("|")[0]
+        bounds = [float(b) for b in h["buckets"] if b != "+Inf"]
+        if bounds != docs[name]:
+            wrong[name] = f"daemon {bounds} != documented {docs[name]}"
+        seen.add(name)
+    assert {"http.request_latency_ms", "event_loop.lag_ms", "jobs.total_latency_ms",
+            "db.query_latency_ms"} <= seen, seen
+    assert not wrong, "histogram buckets differ from docs/metrics.md:\n" + \
+        "\n".join(f"  {k}: {v}" for k, v in sorted(wrong.items()))
 
 
 def test_db_connections_gauge_by_state(daemon):

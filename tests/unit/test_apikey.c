@@ -68,7 +68,9 @@ static void test_base62_decode(void **state)
 	assert_false(apikey_base62_decode("", 0, &v));
 	assert_false(apikey_base62_decode("12-4", 4, &v));
 	assert_false(apikey_base62_decode("12_4", 4, &v));
-	assert_false(apikey_base62_decode("12\0" "4", 4, &v));
+	assert_false(apikey_base62_decode("12\0"
+	                                  "4",
+	                                  4, &v));
 }
 
 static void test_base62_round_trip(void **state)
@@ -90,8 +92,8 @@ static void test_base62_round_trip(void **state)
 		assert_true(back == x);
 	}
 	for (int c = 0; c < 256; c++) {
-		bool want = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
-		            (c >= 'a' && c <= 'z');
+		bool want =
+		        (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
 		assert_int_equal(apikey_is_base62((char)c), want);
 	}
 }
@@ -197,8 +199,8 @@ static void test_parse_malformed_shapes(void **state)
 
 static void test_parse_non_base62_everywhere(void **state)
 {
-	static const unsigned char bad[] = {'-', '_', '+', '/', '=', ' ', '\t', '\0', '.',
-	                                    '%', 0x7f, 0x80, 0xc3, 0xff};
+	static const unsigned char bad[] = {'-',  '_', '+', '/',  '=',  ' ',  '\t',
+	                                    '\0', '.', '%', 0x7f, 0x80, 0xc3, 0xff};
 	for (size_t pos = 3; pos < APIKEY_LEN; pos++) {
 		if (pos == 11)
 			continue;

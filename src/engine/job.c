@@ -1,0 +1,1128 @@
+/* Jobs: the state tables, the submission batcher, reads and listing.
+ *
+ * Submissions arriving in the same loop pass are written by ONE statement
+ * (data-modifying CTEs over jsonb_to_recordset): the jobs, their tasks and
+ * their first events, so a burst of N requests costs one commit instead of
+ * N (TOOLCHAIN.md §10). Idempotency keys are settled inside it with ON
+ * CONFLICT DO NOTHING and a second statement of the same transaction that
+ * reads the rows that won. Only after the commit are the events logged,
+ * counted and published, so nothing is announced that might roll back.
+ *
+ * Reads fetch the job row with its tasks aggregated in the same statement
+ * (one snapshot) and build the representation here (job_to_json, pure). */
+#include "engine/job.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/app.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/xmalloc.h"
+#include "db/pool.h"
+#include "engine/engine_int.h"
+#include "engine/events.h"
+#include "engine/pipeline.h"
+
+/* --- State machines ------------------------------------------------------ */
+
+static const char *const job_status_names[JOB_NSTATUS] = {
+	"pending", "queued", "running", "completed", "failed", "cancelled",
+};
+
+static const char *const task_status_names[TASK_NSTATUS] = {
+	"pending", "ready", "running", "completed", "failed", "skipped", "cancelled",
+};
+
+/* ARCHITECTURE §4: pending → queued → running → completed | failed |
+ * cancelled; terminal → queued only through retry; cancel from any
+ * non-terminal state. */
+static const bool job_edges[JOB_NSTATUS][JOB_NSTATUS] = {
+	[JOB_PENDING] = {[JOB_QUEUED] = true, [JOB_CANCELLED] = true},
+	[JOB_QUEUED] = {[JOB_RUNNING] = true, [JOB_CANCELLED] = true, [JOB_FAILED] = true},
+	[JOB_RUNNING] = {[JOB_COMPLETED] = true,
+			 [JOB_FAILED] = true,
+			 [JOB_CANCELLED] = true,
+			 [JOB_QUEUED] = true},
+	[JOB_COMPLETED] = {[JOB_QUEUED] = true},
+	[JOB_FAILED] = {[JOB_QUEUED] = true},
+	[JOB_CANCELLED] = {[JOB_QUEUED] = true},
+};
+
+/* pending → ready → running → completed | failed | skipped | cancelled; a
+ * retryable failure goes running → ready; pending and ready tasks can be
+ * skipped or cancelled; retry-from-stage resets settled tasks to pending. */
+static const bool task_edges[TASK_NSTATUS][TASK_NSTATUS] = {
+	[TASK_PENDING] = {[TASK_READY] = true, [TASK_SKIPPED] = true, [TASK_CANCELLED] = true},
+	[TASK_READY] = {[TASK_RUNNING] = true,
+			[TASK_SKIPPED] = true,
+			[TASK_CANCELLED] = true,
+			[TASK_PENDING] = true},
+	[TASK_RUNNING] = {[TASK_COMPLETED] = true,
+			  [TASK_FAILED] = true,
+			  [TASK_READY] = true,
+			  [TASK_CANCELLED] = true},
+	[TASK_COMPLETED] = {[TASK_PENDING] = true},
+	[TASK_FAILED] = {[TASK_PENDING] = true},
+	[TASK_SKIPPED] = {[TASK_PENDING] = true},
+	[TASK_CANCELLED] = {[TASK_PENDING] = true},
+};
+
+const char *job_status_name(enum job_status s)
+{
+	return s < JOB_NSTATUS ? job_status_names[s] : "unknown";
+}
+
+bool job_status_parse(const char *s, enum job_status *out)
+{
+	for (int i = 0; i < JOB_NSTATUS; i++) {
+		if (strcmp(s, job_status_names[i]) == 0) {
+			*out = (enum job_status)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool job_status_terminal(enum job_status s)
+{
+	return s == JOB_COMPLETED || s == JOB_FAILED || s == JOB_CANCELLED;
+}
+
+bool job_status_edge_ok(enum job_status from, enum job_status to)
+{
+	return from < JOB_NSTATUS && to < JOB_NSTATUS && job_edges[from][to];
+}
+
+const char *task_status_name(enum task_status s)
+{
+	return s < TASK_NSTATUS ? task_status_names[s] : "unknown";
+}
+
+bool task_status_parse(const char *s, enum task_status *out)
+{
+	for (int i = 0; i < TASK_NSTATUS; i++) {
+		if (strcmp(s, task_status_names[i]) == 0) {
+			*out = (enum task_status)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool task_status_edge_ok(enum task_status from, enum task_status to)
+{
+	return from < TASK_NSTATUS && to < TASK_NSTATUS && task_edges[from][to];
+}
+
+const char *job_lifecycle_kind(enum job_status from, enum job_status to)
+{
+	if (!job_status_edge_ok(from, to))
+		return NULL;
+	switch (to) {
+	case JOB_QUEUED: return from == JOB_PENDING ? "job.lifecycle.enqueue" : "job.lifecycle.retry";
+	case JOB_RUNNING: return "job.lifecycle.start";
+	case JOB_COMPLETED: return "job.lifecycle.complete";
+	case JOB_FAILED: return "job.lifecycle.fail";
+	case JOB_CANCELLED: return "job.lifecycle.cancel";
+	default: return NULL;
+	}
+}
+
+/* --- The revision cache (cheap conditional GETs) ------------------------- */
+
+struct rev_entry {
+	char id[ID_UUID_LEN + 1]; /* "" = empty slot */
+	char project[64];
+	int64_t rev;
+};
+
+struct rev_cache {
+	struct rev_entry *slots;
+	size_t cap; /* a power of two, twice the entry limit */
+	size_t n;
+	size_t max;
+};
+
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static struct rev_cache *rev_cache_new(size_t max)
+{
+	struct rev_cache *c = xcalloc(1, sizeof *c);
+	c->max = max;
+	c->cap = 16;
+	while (c->cap < max * 2)
+		c->cap *= 2;
+	c->slots = xcalloc(c->cap, sizeof *c->slots);
+	return c;
+}
+
+static void rev_cache_free(struct rev_cache *c)
+{
+	if (c == NULL)
+		return;
+	free(c->slots);
+	free(c);
+}
+
+static struct rev_entry *rev_cache_slot(struct rev_cache *c, const char *id)
+{
+	size_t i = (size_t)fnv1a(id) & (c->cap - 1);
+	while (c->slots[i].id[0] && strcmp(c->slots[i].id, id) != 0)
+		i = (i + 1) & (c->cap - 1);
+	return &c->slots[i];
+}
+
+/* Remembers (or, with only_known, refreshes) a job's revision. A full cache
+ * starts over: it is an optimisation, losing it costs one query each. */
+static void rev_cache_put(struct rev_cache *c, const char *id, const char *project, int64_t rev,
+			  bool only_known)
+{
+	if (strlen(id) != ID_UUID_LEN || strlen(project) >= sizeof c->slots[0].project)
+		return;
+	struct rev_entry *s = rev_cache_slot(c, id);
+	if (s->id[0] == '\0') {
+		if (only_known)
+			return;
+		if (c->n >= c->max) {
+			memset(c->slots, 0, c->cap * sizeof *c->slots);
+			c->n = 0;
+			s = rev_cache_slot(c, id);
+		}
+		memcpy(s->id, id, ID_UUID_LEN + 1);
+		snprintf(s->project, sizeof s->project, "%s", project);
+		c->n++;
+	}
+	if (rev > s->rev)
+		s->rev = rev;
+}
+
+bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id, int64_t *rev)
+{
+	if (strlen(job_id) != ID_UUID_LEN)
+		return false;
+	struct rev_entry *s = rev_cache_slot(e->revs, job_id);
+	if (s->id[0] == '\0' || strcmp(s->project, project_id) != 0)
+		return false;
+	*rev = s->rev;
+	return true;
+}
+
+static void rev_on_event_cb(const struct sl_event *ev, void *arg)
+{
+	struct engine *e = arg;
+	if (ev->rev > 0)
+		rev_cache_put(e->revs, ev->job_id, ev->project_id, ev->rev, true);
+}
+
+/* --- Representation ------------------------------------------------------ */
+
+static json_t *ts_json(int64_t us)
+{
+	if (us <= 0)
+		return json_null();
+	char b[40];
+	clock_fmt_rfc3339_us(b, sizeof b, us);
+	return json_string(b);
+}
+
+static int64_t json_us(const json_t *o, const char *key)
+{
+	const json_t *v = json_object_get(o, key);
+	return json_is_integer(v) ? json_integer_value(v) : 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int64_t job_total_wait_ms(const int64_t *ready_us, const int64_t *started_us, size_t n,
+			  int64_t now_us)
+{
+	/* Intervals [ready, started or now), sorted by start, merged. */
+	int64_t(*iv)[2] = xcalloc(n ? n : 1, sizeof *iv);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (ready_us[i] <= 0)
+			continue;
+		int64_t end = started_us[i] > 0 ? started_us[i] : now_us;
+		if (end > ready_us[i]) {
+			iv[k][0] = ready_us[i];
+			iv[k][1] = end;
+			k++;
+		}
+	}
+	qsort(iv, k, sizeof *iv, cmp_i64);
+	int64_t total = 0, cs = 0, ce = 0;
+	for (size_t i = 0; i < k; i++) {
+		if (i == 0 || iv[i][0] > ce) {
+			total += ce - cs;
+			cs = iv[i][0];
+			ce = iv[i][1];
+		} else if (iv[i][1] > ce) {
+			ce = iv[i][1];
+		}
+	}
+	total += ce - cs;
+	free(iv);
+	return total / 1000;
+}
+
+static json_t *jnull_or_str(const char *s)
+{
+	return s && *s ? json_string(s) : json_null();
+}
+
+json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_string(j->id));
+	json_object_set_new(o, "pipeline", json_string(j->pipeline));
+	json_object_set_new(o, "status", json_string(j->status));
+	json_object_set_new(o, "progress", json_real(j->progress));
+	json_object_set_new(o, "current_stage", jnull_or_str(j->current_stage));
+	json_object_set_new(o, "attempt", json_integer(j->attempt));
+	json_object_set_new(o, "created_at", ts_json(j->created_us));
+	json_object_set_new(o, "queued_at", ts_json(j->queued_us));
+	json_object_set_new(o, "started_at", ts_json(j->started_us));
+	json_object_set_new(o, "completed_at", ts_json(j->completed_us));
+	if (j->started_us > 0)
+		json_object_set_new(o, "duration_ms",
+				    json_integer(((j->completed_us > 0 ? j->completed_us : now_us) -
+						  j->started_us) /
+						 1000));
+	else
+		json_object_set_new(o, "duration_ms", json_null());
+	json_object_set_new(o, "error", j->error ? json_deep_copy(j->error) : json_null());
+	json_object_set_new(o, "logs_key", jnull_or_str(j->logs_key));
+	json_object_set_new(o, "params", j->params ? json_deep_copy(j->params) : json_object());
+	json_object_set_new(o, "event_seq", json_integer(j->event_seq));
+
+	size_t n = json_array_size(tasks);
+	int64_t *ready = xcalloc(n ? n : 1, sizeof *ready);
+	int64_t *started = xcalloc(n ? n : 1, sizeof *started);
+	json_t *stages = json_array();
+	for (size_t i = 0; i < n; i++) {
+		const json_t *t = json_array_get(tasks, i);
+		ready[i] = json_us(t, "ready_us");
+		started[i] = json_us(t, "started_us");
+		int64_t completed = json_us(t, "completed_us");
+		json_t *s = json_object();
+		json_object_set(s, "stage", json_object_get(t, "stage"));
+		json_object_set(s, "stage_number", json_object_get(t, "stage_number"));
+		json_object_set(s, "task_id", json_object_get(t, "id"));
+		json_object_set(s, "module", json_object_get(t, "module"));
+		json_t *engine_id = json_object_get(t, "engine_id");
+		json_object_set_new(s, "engine_id", engine_id ? json_incref(engine_id) : json_null());
+		json_object_set(s, "status", json_object_get(t, "status"));
+		json_object_set_new(s, "started_at", ts_json(started[i]));
+		json_object_set_new(s, "completed_at", ts_json(completed));
+		json_t *dur = json_object_get(t, "duration_ms");
+		if (json_is_integer(dur))
+			json_object_set(s, "duration_ms", dur);
+		else if (started[i] > 0)
+			json_object_set_new(
+				s, "duration_ms",
+				json_integer(((completed > 0 ? completed : now_us) - started[i]) / 1000));
+		else
+			json_object_set_new(s, "duration_ms", json_null());
+		json_object_set(s, "required", json_object_get(t, "required"));
+		json_object_set(s, "retries", json_object_get(t, "retries"));
+		json_object_set(s, "attempt", json_object_get(t, "attempt"));
+		json_t *err = json_object_get(t, "error");
+		json_object_set_new(s, "error", err ? json_incref(err) : json_null());
+		json_t *skip = json_object_get(t, "skip_reason");
+		json_object_set_new(s, "skip_reason", skip ? json_incref(skip) : json_null());
+		json_object_set_new(s, "ready_at", ts_json(ready[i]));
+		if (ready[i] > 0)
+			json_object_set_new(
+				s, "wait_ms",
+				json_integer(((started[i] > 0 ? started[i] : now_us) - ready[i]) / 1000));
+		else
+			json_object_set_new(s, "wait_ms", json_null());
+		json_t *progress = json_object_get(t, "progress");
+		json_object_set_new(s, "progress",
+				    json_real(json_is_number(progress) ? json_number_value(progress)
+								       : 0));
+		json_t *deps = json_object_get(t, "depends_on");
+		json_object_set_new(s, "depends_on", json_is_array(deps) ? json_incref(deps)
+									  : json_array());
+		json_array_append_new(stages, s);
+	}
+	json_object_set_new(o, "total_wait_ms",
+			    json_integer(job_total_wait_ms(ready, started, n, now_us)));
+	json_object_set_new(o, "stages", stages);
+	free(ready);
+	free(started);
+	return o;
+}
+
+/* --- Operations ---------------------------------------------------------- */
+
+enum job_op_kind { OP_SUBMIT, OP_GET, OP_LIST };
+
+struct submit_batch;
+
+struct job_op {
+	enum job_op_kind kind;
+	struct engine *e;
+	struct pg_pool_query *q;
+	bool cancelled;
+	union {
+		job_submit_cb submit;
+		job_get_cb get;
+		job_list_cb list;
+	} cb;
+	void *arg;
+	/* OP_GET: the job id, for the revision cache */
+	char project[64];
+	char job_id[ID_UUID_LEN + 1];
+	/* OP_LIST */
+	size_t limit;
+	/* OP_SUBMIT */
+	TAILQ_ENTRY(job_op) link;
+	struct submit_batch *batch;
+	json_t *job;      /* the representation to answer with */
+	json_t *rows_job; /* a jsonb_to_recordset row for jobs */
+	json_t *rows_tasks;
+	json_t *rows_events;
+	char *idem_key;
+	char hash_hex[65];
+	char pipeline[128];
+	char request_id[130];
+	size_t ntasks, nready;
+	struct job_op *inner; /* EXISTING: the read of the first job */
+};
+
+static void job_op_free(struct job_op *op)
+{
+	json_decref(op->job);
+	json_decref(op->rows_job);
+	json_decref(op->rows_tasks);
+	json_decref(op->rows_events);
+	free(op->idem_key);
+	free(op);
+}
+
+/* --- Reads --------------------------------------------------------------- */
+
+#define JOB_COLS                                                                                  \
+	"j.id::text, j.project_id, j.pipeline, j.status, j.params::text, j.attempt, j.progress, " \
+	"j.current_stage, j.error::text, "                                                         \
+	"(extract(epoch from j.created_at) * 1e6)::bigint, "                                      \
+	"(extract(epoch from j.queued_at) * 1e6)::bigint, "                                       \
+	"(extract(epoch from j.started_at) * 1e6)::bigint, "                                      \
+	"(extract(epoch from j.completed_at) * 1e6)::bigint, j.logs_key, j.event_seq, j.rev"
+
+#define SQL_JOB_GET                                                                               \
+	"SELECT " JOB_COLS ", (SELECT coalesce(json_agg(t ORDER BY t.stage_number), '[]') FROM ("  \
+	"SELECT id::text AS id, stage, stage_number, module, engine_id, depends_on, required, "    \
+	"status, attempt, retries, max_retries, duration_ms, progress, error, skip_reason, "       \
+	"(extract(epoch from ready_at) * 1e6)::bigint AS ready_us, "                              \
+	"(extract(epoch from started_at) * 1e6)::bigint AS started_us, "                          \
+	"(extract(epoch from completed_at) * 1e6)::bigint AS completed_us "                       \
+	"FROM tasks WHERE job_id = j.id) t)::text "                                                \
+	"FROM jobs j WHERE j.id = $1::uuid AND j.project_id = $2"
+
+/* Keyset listing; one statement per filter shape so each keeps an index
+ * plan. The cursor and created_after always have values (sentinels when
+ * absent) so the generic plan can use them as index bounds. */
+#define SQL_JOB_LIST_HEAD "SELECT " JOB_COLS " FROM jobs j WHERE j.project_id = $1 "
+#define SQL_JOB_LIST_TAIL                                                                         \
+	" AND j.id < $2::uuid AND j.created_at > $3::timestamptz ORDER BY j.id DESC LIMIT $4"
+
+static const struct {
+	const char *name;
+	const char *sql;
+	int nparams;
+} job_statements[] = {
+	{"job_get", SQL_JOB_GET, 2},
+	{"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
+	{"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
+	{"job_list_p", SQL_JOB_LIST_HEAD "AND j.pipeline = $5" SQL_JOB_LIST_TAIL, 5},
+	{"job_list_sp", SQL_JOB_LIST_HEAD "AND j.status = $5 AND j.pipeline = $6" SQL_JOB_LIST_TAIL,
+	 6},
+};
+
+static int64_t col_i64(const PGresult *r, int row, int col)
+{
+	return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static const char *col_str(const PGresult *r, int row, int col)
+{
+	return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+static json_t *col_json(const PGresult *r, int row, int col)
+{
+	if (PQgetisnull(r, row, col))
+		return NULL;
+	return json_loads(PQgetvalue(r, row, col), JSON_DECODE_ANY, NULL);
+}
+
+/* Maps the JOB_COLS of one row to the representation. */
+static json_t *row_to_json(const PGresult *r, int row, const json_t *tasks, int64_t *rev)
+{
+	json_t *params = col_json(r, row, 4);
+	json_t *error = col_json(r, row, 8);
+	struct job_row j = {
+		.id = col_str(r, row, 0),
+		.project_id = col_str(r, row, 1),
+		.pipeline = col_str(r, row, 2),
+		.status = col_str(r, row, 3),
+		.params = params,
+		.attempt = (int)col_i64(r, row, 5),
+		.progress = PQgetisnull(r, row, 6) ? 0 : strtod(PQgetvalue(r, row, 6), NULL),
+		.current_stage = col_str(r, row, 7),
+		.error = error,
+		.created_us = col_i64(r, row, 9),
+		.queued_us = col_i64(r, row, 10),
+		.started_us = col_i64(r, row, 11),
+		.completed_us = col_i64(r, row, 12),
+		.logs_key = col_str(r, row, 13),
+		.event_seq = col_i64(r, row, 14),
+		.rev = col_i64(r, row, 15),
+	};
+	json_t *o = job_to_json(&j, tasks, clock_now_us());
+	if (tasks == NULL)
+		json_object_del(o, "stages"), json_object_del(o, "total_wait_ms");
+	json_decref(params);
+	json_decref(error);
+	if (rev)
+		*rev = j.rev;
+	return o;
+}
+
+static bool job_get_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *job = NULL;
+	int64_t rev = 0;
+	if (res && PQntuples(res) == 1) {
+		json_t *tasks = col_json(res, 0, 16);
+		job = row_to_json(res, 0, tasks ? tasks : json_array(), &rev);
+		json_decref(tasks);
+		rev_cache_put(op->e->revs, op->job_id, op->project, rev, false);
+	}
+	op->cb.get(job, rev, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id,
+		       job_get_cb cb, void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_GET;
+	op->e = e;
+	op->cb.get = cb;
+	op->arg = arg;
+	snprintf(op->project, sizeof op->project, "%s", project_id);
+	snprintf(op->job_id, sizeof op->job_id, "%s", job_id);
+	const char *values[2] = {job_id, project_id};
+	op->q = pg_pool_query_prepared(e->pool, "job_get", 2, values, job_get_result_cb, op);
+	return op;
+}
+
+static bool job_list_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *page = NULL;
+	if (res) {
+		page = json_object();
+		json_t *data = json_array();
+		int n = PQntuples(res);
+		for (int i = 0; i < n && (size_t)i < op->limit; i++)
+			json_array_append_new(data, row_to_json(res, i, NULL, NULL));
+		json_object_set_new(page, "data", data);
+		if ((size_t)n > op->limit) {
+			char *c = job_cursor_encode(PQgetvalue(res, (int)op->limit - 1, 0));
+			json_object_set_new(page, "next_cursor", json_string(c));
+			free(c);
+		} else {
+			json_object_set_new(page, "next_cursor", json_null());
+		}
+	}
+	op->cb.list(page, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb,
+			void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_LIST;
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	op->limit = q->limit;
+	char limit[24], after[40];
+	snprintf(limit, sizeof limit, "%zu", q->limit + 1); /* one more: is there a next page? */
+	if (q->created_after_us > 0)
+		clock_fmt_rfc3339_us(after, sizeof after, q->created_after_us);
+	else
+		snprintf(after, sizeof after, "-infinity");
+	const char *values[6] = {
+		q->project_id, q->cursor_id ? q->cursor_id : "ffffffff-ffff-ffff-ffff-ffffffffffff",
+		after, limit, NULL, NULL};
+	const char *name = "job_list";
+	int n = 4;
+	if (q->status && q->pipeline) {
+		name = "job_list_sp";
+		values[n++] = q->status;
+		values[n++] = q->pipeline;
+	} else if (q->status) {
+		name = "job_list_s";
+		values[n++] = q->status;
+	} else if (q->pipeline) {
+		name = "job_list_p";
+		values[n++] = q->pipeline;
+	}
+	op->q = pg_pool_query_prepared(e->pool, name, n, values, job_list_result_cb, op);
+	return op;
+}
+
+/* --- Cursors ------------------------------------------------------------- */
+
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+char *job_cursor_encode(const char *job_id)
+{
+	struct buf b = BUF_INIT;
+	buf_adds(&b, "c1");
+	const unsigned char *p = (const unsigned char *)job_id;
+	size_t n = strlen(job_id);
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)p[i + 1] << 8;
+		if (i + 2 < n)
+			v |= p[i + 2];
+		buf_addc(&b, b64url[(v >> 18) & 63]);
+		buf_addc(&b, b64url[(v >> 12) & 63]);
+		if (i + 1 < n)
+			buf_addc(&b, b64url[(v >> 6) & 63]);
+		if (i + 2 < n)
+			buf_addc(&b, b64url[v & 63]);
+	}
+	return buf_steal(&b);
+}
+
+bool job_cursor_decode(const char *cursor, char out[37])
+{
+	if (cursor == NULL || strncmp(cursor, "c1", 2) != 0)
+		return false;
+	const char *s = cursor + 2;
+	size_t n = strlen(s), o = 0;
+	if (n != 48) /* 36 bytes of id */
+		return false;
+	for (size_t i = 0; i < n; i += 4) {
+		uint32_t v = 0;
+		for (size_t k = 0; k < 4; k++) {
+			const char *c = strchr(b64url, s[i + k]);
+			if (c == NULL || s[i + k] == '\0')
+				return false;
+			v = (v << 6) | (uint32_t)(c - b64url);
+		}
+		out[o++] = (char)(v >> 16);
+		out[o++] = (char)(v >> 8);
+		out[o++] = (char)v;
+	}
+	out[36] = '\0';
+	return id_uuid_valid(out);
+}
+
+/* --- Submission ---------------------------------------------------------- */
+
+struct submit_batch {
+	struct engine *e;
+	struct job_op **ops;
+	size_t n;
+	PGresult *inserted; /* statement 1: (job_id, seq, event id) of new jobs' events */
+	PGresult *existing; /* statement 2: rows holding the batch's idempotency keys */
+	bool has_keys;
+	struct pg_error err; /* the first failure, copied */
+	char err_msg[256];
+	char err_state[6];
+	bool failed;
+	size_t pending; /* statement callbacks still to come */
+};
+
+#define SQL_JOB_SUBMIT                                                                            \
+	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "    \
+	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "       \
+	"request_id text, created_at timestamptz, logs_key text, event_seq bigint)), "              \
+	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, idempotency_key, " \
+	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev) "              \
+	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "               \
+	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, 1 "  \
+	"FROM x ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id), "              \
+	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, depends_on, " \
+	"required, status, max_retries, backoff_ms, timeout_ms, params, ready_at) "                \
+	"SELECT y.id, y.job_id, y.project_id, y.stage, y.stage_number, y.module, "                  \
+	"ARRAY(SELECT jsonb_array_elements_text(y.depends_on)), y.required, y.status, "            \
+	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at "                          \
+	"FROM jsonb_to_recordset($2::jsonb) AS y(id uuid, job_id uuid, project_id text, "          \
+	"stage text, stage_number int, module text, depends_on jsonb, required bool, status text, " \
+	"max_retries int, backoff_ms bigint, timeout_ms bigint, params jsonb, ready_at "           \
+	"timestamptz) WHERE y.job_id IN (SELECT id FROM j)), "                                     \
+	"e AS (INSERT INTO job_events (job_id, seq, project_id, ts, kind, task_id, stage, "         \
+	"status_from, status_to, reason, request_id, data) "                                       \
+	"SELECT z.job_id, z.seq, z.project_id, z.ts, z.kind, z.task_id, z.stage, z.status_from, "   \
+	"z.status_to, z.reason, z.request_id, z.data FROM jsonb_to_recordset($3::jsonb) AS "       \
+	"z(job_id uuid, seq bigint, project_id text, ts timestamptz, kind text, task_id uuid, "    \
+	"stage text, status_from text, status_to text, reason text, request_id text, data jsonb) " \
+	"WHERE z.job_id IN (SELECT id FROM j) RETURNING job_id, seq, id) "                         \
+	"SELECT job_id::text, seq, id FROM e"
+
+#define SQL_JOB_KEYS                                                                              \
+	"SELECT j.id::text, j.project_id, j.idempotency_key, encode(j.request_hash, 'hex') "        \
+	"FROM jsonb_to_recordset($1::jsonb) AS k(project_id text, idempotency_key text) "          \
+	"JOIN jobs j USING (project_id, idempotency_key)"
+
+static void submit_schedule(struct engine *e);
+
+static json_t *counts_json(size_t total)
+{
+	return json_pack("{s:I, s:i, s:i, s:i}", "tasks_total", (json_int_t)total, "tasks_completed",
+			 0, "tasks_failed", 0, "tasks_running", 0);
+}
+
+static void hex32(const unsigned char *h, char out[65])
+{
+	static const char hex[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		out[2 * i] = hex[h[i] >> 4];
+		out[2 * i + 1] = hex[h[i] & 15];
+	}
+	out[64] = '\0';
+}
+
+/* Builds the rows a submission writes and the representation it answers
+ * with: status queued, root stages ready, the rest pending. */
+static void submit_prepare(struct job_op *op, const struct job_submit *s)
+{
+	const struct pipeline *p = s->pipeline;
+	int64_t now = clock_now_us();
+	char ts[40], id[ID_UUID_LEN + 1];
+	clock_fmt_rfc3339_us(ts, sizeof ts, now);
+	id_uuid7_at(id, (uint64_t)(now / 1000));
+	char *logs_key = xasprintf("%s/%s/logs/pipeline.log", s->project_id, id);
+	snprintf(op->job_id, sizeof op->job_id, "%s", id);
+	snprintf(op->project, sizeof op->project, "%s", s->project_id);
+	snprintf(op->pipeline, sizeof op->pipeline, "%s", p->name);
+	snprintf(op->request_id, sizeof op->request_id, "%s", s->request_id ? s->request_id : "");
+
+	op->rows_tasks = json_array();
+	op->rows_events = json_array();
+	json_t *tasks = json_array(); /* as job_get's aggregate would return them */
+	int64_t seq = 1;
+	json_array_append_new(
+		op->rows_events,
+		json_pack("{s:s, s:I, s:s, s:s, s:s, s:n, s:n, s:s, s:s, s:s, s:s?, s:o}", "job_id",
+			  id, "seq", (json_int_t)seq, "project_id", s->project_id, "ts", ts, "kind",
+			  "job.lifecycle.enqueue", "task_id", "stage", "status_from", "pending",
+			  "status_to", "queued", "reason", "submitted", "request_id", s->request_id,
+			  "data", counts_json(p->nstages)));
+	for (size_t i = 0; i < p->nstages; i++) {
+		const struct stage_def *st = &p->stages[i];
+		char tid[ID_UUID_LEN + 1];
+		id_uuid7_at(tid, (uint64_t)(now / 1000));
+		bool root = st->nneeds == 0;
+		json_t *deps = json_array();
+		for (size_t k = 0; k < st->nneeds; k++)
+			json_array_append_new(deps, json_string(st->needs[k]));
+		json_t *params = pipeline_stage_params(st, s->params);
+		json_array_append_new(
+			op->rows_tasks,
+			json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:O, s:b, s:s, s:i, s:I, s:I, s:o, "
+				  "s:s?}",
+				  "id", tid, "job_id", id, "project_id", s->project_id, "stage",
+				  st->name, "stage_number", st->stage_number, "module", st->module,
+				  "depends_on", deps, "required", st->required, "status",
+				  root ? "ready" : "pending", "max_retries", st->retries,
+				  "backoff_ms", (json_int_t)st->backoff_ms, "timeout_ms",
+				  (json_int_t)st->timeout_ms, "params", params, "ready_at",
+				  root ? ts : NULL));
+		json_array_append_new(
+			tasks, json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
+					 "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
+					 "id", tid, "stage", st->name, "stage_number",
+					 st->stage_number, "module", st->module, "engine_id",
+					 "depends_on", deps, "required", st->required, "status",
+					 root ? "ready" : "pending", "attempt", 0, "retries", 0,
+					 "max_retries", st->retries, "duration_ms", "progress", 0.0,
+					 "error", "skip_reason", "ready_us",
+					 (json_int_t)(root ? now : 0), "started_us", "completed_us"));
+		if (root) {
+			op->nready++;
+			json_array_append_new(
+				op->rows_events,
+				json_pack("{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s?, "
+					  "s:o}",
+					  "job_id", id, "seq", (json_int_t)++seq, "project_id",
+					  s->project_id, "ts", ts, "kind", "job.stage.ready", "task_id",
+					  tid, "stage", st->name, "status_from", "pending", "status_to",
+					  "ready", "reason", "no_dependencies", "request_id",
+					  s->request_id, "data", counts_json(p->nstages)));
+		}
+	}
+	op->ntasks = p->nstages;
+	hex32(s->request_hash, op->hash_hex);
+	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
+	op->rows_job = json_pack(
+		"{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I}", "id", id, "project_id",
+		s->project_id, "pipeline", p->name, "params", s->params, "input", s->input,
+		"idempotency_key", s->idempotency_key, "request_hash", op->hash_hex, "request_id",
+		s->request_id, "created_at", ts, "logs_key", logs_key, "event_seq", (json_int_t)seq);
+	struct job_row jr = {
+		.id = id,
+		.project_id = s->project_id,
+		.pipeline = p->name,
+		.status = "queued",
+		.params = s->params,
+		.attempt = 1,
+		.created_us = now,
+		.queued_us = now,
+		.logs_key = logs_key,
+		.event_seq = seq,
+		.rev = 1,
+	};
+	op->job = job_to_json(&jr, tasks, now);
+	json_decref(tasks);
+	free(logs_key);
+}
+
+struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb,
+			  void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_SUBMIT;
+	op->e = e;
+	op->cb.submit = cb;
+	op->arg = arg;
+	submit_prepare(op, s);
+	TAILQ_INSERT_TAIL(&e->submits, op, link);
+	e->nsubmits++;
+	submit_schedule(e);
+	return op;
+}
+
+/* After the commit: each event is a log line, a metric and a bus event. */
+static void submit_announce(struct engine *e, struct job_op *op, const PGresult *ins)
+{
+	metric_inc(metrics_default_get(M_JOBS_CREATED_TOTAL), 1);
+	metric_inc(metrics_default_get(M_JOBS_STATUS_TRANSITION_TOTAL), 1, "pending", "queued");
+	size_t nev = json_array_size(op->rows_events);
+	for (size_t i = 0; i < nev; i++) {
+		const json_t *r = json_array_get(op->rows_events, i);
+		int64_t seq = json_integer_value(json_object_get(r, "seq"));
+		int64_t gid = 0;
+		for (int k = 0; ins && k < PQntuples(ins); k++) {
+			if (strcmp(PQgetvalue(ins, k, 0), op->job_id) == 0 &&
+			    strtoll(PQgetvalue(ins, k, 1), NULL, 10) == seq) {
+				gid = strtoll(PQgetvalue(ins, k, 2), NULL, 10);
+				break;
+			}
+		}
+		struct sl_event ev = {
+			.id = gid,
+			.seq = seq,
+			.rev = 1,
+			.ts_us = clock_now_us(),
+			.kind = json_string_value(json_object_get(r, "kind")),
+			.job_id = op->job_id,
+			.project_id = op->project,
+			.pipeline = op->pipeline,
+			.task_id = json_string_value(json_object_get(r, "task_id")),
+			.stage = json_string_value(json_object_get(r, "stage")),
+			.status_from = json_string_value(json_object_get(r, "status_from")),
+			.status_to = json_string_value(json_object_get(r, "status_to")),
+			.reason = json_string_value(json_object_get(r, "reason")),
+			.request_id = op->request_id,
+			.data = json_object_get(r, "data"),
+		};
+		if (ev.task_id == NULL)
+			log_info(ev.kind, "job queued", LF_STR("job_id", ev.job_id),
+				 LF_STR("project_id", ev.project_id), LF_STR("pipeline", ev.pipeline),
+				 LF_STR("status_from", ev.status_from), LF_STR("status_to", ev.status_to),
+				 LF_STR("reason", ev.reason), LF_INT("duration_ms", 0),
+				 LF_INT("seq", ev.seq), LF_UINT("tasks_total", op->ntasks),
+				 LF_STR("request_id", ev.request_id));
+		else
+			log_info(ev.kind, "stage ready", LF_STR("job_id", ev.job_id),
+				 LF_STR("task_id", ev.task_id), LF_STR("stage", ev.stage),
+				 LF_STR("status_from", ev.status_from), LF_STR("status_to", ev.status_to),
+				 LF_STR("reason", ev.reason), LF_INT("seq", ev.seq),
+				 LF_STR("request_id", ev.request_id));
+		event_bus_publish(e->bus, &ev);
+	}
+	rev_cache_put(e->revs, op->job_id, op->project, 1, false);
+}
+
+/* The row in statement 2 holding op's idempotency key, or -1. */
+static int submit_existing_row(const PGresult *ex, const struct job_op *op)
+{
+	for (int k = 0; ex && k < PQntuples(ex); k++)
+		if (strcmp(PQgetvalue(ex, k, 1), op->project) == 0 &&
+		    strcmp(PQgetvalue(ex, k, 2), op->idem_key) == 0)
+			return k;
+	return -1;
+}
+
+static void submit_existing_get_cb(json_t *job, int64_t rev, const struct pg_error *err,
+				   void *arg)
+{
+	struct job_op *op = arg;
+	op->inner = NULL;
+	if (job)
+		op->cb.submit(JOB_SUBMIT_EXISTING, job, NULL, op->arg);
+	else
+		op->cb.submit(JOB_SUBMIT_ERROR, NULL, err, op->arg);
+	job_op_free(op);
+}
+
+static bool job_inserted(const PGresult *ins, const char *job_id)
+{
+	for (int k = 0; ins && k < PQntuples(ins); k++)
+		if (strcmp(PQgetvalue(ins, k, 0), job_id) == 0)
+			return true;
+	return false;
+}
+
+static void submit_batch_done(struct submit_batch *b)
+{
+	struct engine *e = b->e;
+	for (size_t i = 0; i < b->n; i++) {
+		struct job_op *op = b->ops[i];
+		if (b->failed) {
+			if (!op->cancelled)
+				op->cb.submit(JOB_SUBMIT_ERROR, NULL, &b->err, op->arg);
+			job_op_free(op);
+			continue;
+		}
+		if (job_inserted(b->inserted, op->job_id)) {
+			submit_announce(e, op, b->inserted);
+			if (!op->cancelled) {
+				json_t *job = op->job;
+				op->job = NULL;
+				op->cb.submit(JOB_SUBMIT_CREATED, job, NULL, op->arg);
+			}
+			job_op_free(op);
+			continue;
+		}
+		int row = op->idem_key ? submit_existing_row(b->existing, op) : -1;
+		if (op->cancelled || row < 0) {
+			/* Not inserted and no row holds the key: only a concurrent
+			 * delete could do that; report it rather than guess. */
+			if (!op->cancelled) {
+				struct pg_error err = {.kind = PG_ERR_QUERY,
+						       .sqlstate = "",
+						       .message = "the job could not be created"};
+				op->cb.submit(JOB_SUBMIT_ERROR, NULL, &err, op->arg);
+			}
+			job_op_free(op);
+		} else if (strcmp(PQgetvalue(b->existing, row, 3), op->hash_hex) != 0) {
+			op->cb.submit(JOB_SUBMIT_CONFLICT, NULL, NULL, op->arg);
+			job_op_free(op);
+		} else {
+			op->batch = NULL;
+			op->inner = job_get(e, op->project, PQgetvalue(b->existing, row, 0),
+					    submit_existing_get_cb, op);
+		}
+	}
+	PQclear(b->inserted);
+	PQclear(b->existing);
+	free(b->ops);
+	free(b);
+	e->submit_inflight--;
+	submit_schedule(e);
+}
+
+static void submit_batch_fail(struct submit_batch *b, const struct pg_error *err)
+{
+	if (b->failed || err == NULL)
+		return;
+	b->failed = true;
+	snprintf(b->err_msg, sizeof b->err_msg, "%s", err->message);
+	snprintf(b->err_state, sizeof b->err_state, "%s", err->sqlstate ? err->sqlstate : "");
+	b->err.kind = err->kind;
+	b->err.message = b->err_msg;
+	b->err.sqlstate = b->err_state;
+	b->err.detail = NULL;
+}
+
+static bool submit_insert_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct submit_batch *b = arg;
+	submit_batch_fail(b, err);
+	b->inserted = res;
+	if (--b->pending == 0)
+		submit_batch_done(b);
+	return res != NULL;
+}
+
+static bool submit_keys_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct submit_batch *b = arg;
+	submit_batch_fail(b, err);
+	b->existing = res;
+	if (--b->pending == 0)
+		submit_batch_done(b);
+	return res != NULL;
+}
+
+/* True when op's idempotency key is already taken by an op of the batch:
+ * such a twin waits for the next batch, where the database settles it. */
+static bool submit_key_taken(struct job_op **ops, size_t n, const struct job_op *op)
+{
+	if (op->idem_key == NULL)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (ops[i]->idem_key && strcmp(ops[i]->idem_key, op->idem_key) == 0 &&
+		    strcmp(ops[i]->project, op->project) == 0)
+			return true;
+	return false;
+}
+
+static void submit_flush(struct engine *e)
+{
+	struct submit_batch *b = xcalloc(1, sizeof *b);
+	b->e = e;
+	b->ops = xcalloc(e->opts.submit_batch_max, sizeof *b->ops);
+	json_t *jobs = json_array(), *tasks = json_array(), *events = json_array();
+	json_t *keys = json_array();
+	struct job_op *op, *next;
+	for (op = TAILQ_FIRST(&e->submits); op && b->n < e->opts.submit_batch_max; op = next) {
+		next = TAILQ_NEXT(op, link);
+		if (submit_key_taken(b->ops, b->n, op))
+			continue;
+		TAILQ_REMOVE(&e->submits, op, link);
+		e->nsubmits--;
+		op->batch = b;
+		b->ops[b->n++] = op;
+		json_array_append(jobs, op->rows_job);
+		json_array_extend(tasks, op->rows_tasks);
+		json_array_extend(events, op->rows_events);
+		if (op->idem_key)
+			json_array_append_new(keys, json_pack("{s:s, s:s}", "project_id",
+							      op->project, "idempotency_key",
+							      op->idem_key));
+	}
+	char *pj = json_dumps(jobs, JSON_COMPACT);
+	char *pt = json_dumps(tasks, JSON_COMPACT);
+	char *pe = json_dumps(events, JSON_COMPACT);
+	char *pk = json_dumps(keys, JSON_COMPACT);
+	const char *v1[3] = {pj, pt, pe};
+	const char *v2[1] = {pk};
+	b->has_keys = json_array_size(keys) > 0;
+	struct pg_stmt stmts[2] = {
+		{.name = "job_submit", .nparams = 3, .values = v1, .cb = submit_insert_cb, .arg = b},
+		{.name = "job_keys", .nparams = 1, .values = v2, .cb = submit_keys_cb, .arg = b},
+	};
+	size_t nst = b->has_keys ? 2 : 1;
+	b->pending = nst;
+	e->submit_inflight++;
+	/* One transaction: the keys are read after the insert settled them. */
+	(void)pg_pool_batch(e->pool, stmts, nst);
+	free(pj);
+	free(pt);
+	free(pe);
+	free(pk);
+	json_decref(jobs);
+	json_decref(tasks);
+	json_decref(events);
+	json_decref(keys);
+}
+
+static void submit_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct engine *e = arg;
+	while (e->nsubmits > 0 && e->submit_inflight < e->opts.submit_inflight_max) {
+		size_t before = e->nsubmits;
+		submit_flush(e);
+		if (e->nsubmits == before)
+			break; /* only key twins left: they go after this batch */
+	}
+}
+
+static void submit_schedule(struct engine *e)
+{
+	if (e->nsubmits > 0 && e->submit_inflight < e->opts.submit_inflight_max)
+		event_active(e->flush_ev, EV_TIMEOUT, 0);
+}
+
+void job_op_cancel(struct job_op *op)
+{
+	if (op == NULL)
+		return;
+	switch (op->kind) {
+	case OP_SUBMIT:
+		if (op->inner) {
+			job_op_cancel(op->inner);
+			job_op_free(op);
+		} else if (op->batch) {
+			op->cancelled = true; /* the batch still commits and announces */
+		} else {
+			TAILQ_REMOVE(&op->e->submits, op, link);
+			op->e->nsubmits--;
+			job_op_free(op);
+		}
+		break;
+	case OP_GET:
+	case OP_LIST:
+		pg_pool_cancel(op->q);
+		job_op_free(op);
+		break;
+	}
+}
+
+/* --- Engine wiring ------------------------------------------------------- */
+
+void job_engine_init(struct engine *e)
+{
+	TAILQ_INIT(&e->submits);
+	e->revs = rev_cache_new(e->opts.rev_cache_max);
+	e->rev_sub = event_bus_subscribe(e->bus, rev_on_event_cb, e);
+	e->flush_ev = event_new(e->app->base, -1, 0, submit_flush_cb, e);
+}
+
+void job_engine_fini(struct engine *e)
+{
+	struct job_op *op;
+	while ((op = TAILQ_FIRST(&e->submits)) != NULL) {
+		TAILQ_REMOVE(&e->submits, op, link);
+		job_op_free(op);
+	}
+	event_sub_cancel(e->rev_sub);
+	rev_cache_free(e->revs);
+	if (e->flush_ev)
+		event_free(e->flush_ev);
+}
+
+bool job_engine_prepare(struct engine *e)
+{
+	bool ok = pg_pool_prepare(e->pool, "job_submit", SQL_JOB_SUBMIT, 3, NULL) &&
+		  pg_pool_prepare(e->pool, "job_keys", SQL_JOB_KEYS, 1, NULL);
+	for (size_t i = 0; i < sizeof job_statements / sizeof job_statements[0]; i++)
+		ok = ok && pg_pool_prepare(e->pool, job_statements[i].name, job_statements[i].sql,
+					   job_statements[i].nparams, NULL);
+	return ok;
+}

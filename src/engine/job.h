@@ -1,0 +1,125 @@
+/* job: jobs and their tasks as the API sees them — submission (batched into
+ * shared transactions), reads with the per-stage breakdown, keyset listing —
+ * and the state machines of ARCHITECTURE §4. Every status change is
+ * validated against the tables here, written with its job_events row (the
+ * job's gapless seq) in the same transaction, and only after the commit
+ * logged, counted and published on the event bus. */
+#ifndef SL_ENGINE_JOB_H
+#define SL_ENGINE_JOB_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct engine;
+struct pipeline;
+struct pg_error;
+
+enum job_status {
+	JOB_PENDING,
+	JOB_QUEUED,
+	JOB_RUNNING,
+	JOB_COMPLETED,
+	JOB_FAILED,
+	JOB_CANCELLED,
+	JOB_NSTATUS
+};
+
+enum task_status {
+	TASK_PENDING,
+	TASK_READY,
+	TASK_RUNNING,
+	TASK_COMPLETED,
+	TASK_FAILED,
+	TASK_SKIPPED,
+	TASK_CANCELLED,
+	TASK_NSTATUS
+};
+
+const char *job_status_name(enum job_status s);
+bool job_status_parse(const char *s, enum job_status *out);
+bool job_status_terminal(enum job_status s);
+/* The transition tables (ARCHITECTURE §4). */
+bool job_status_edge_ok(enum job_status from, enum job_status to);
+const char *task_status_name(enum task_status s);
+bool task_status_parse(const char *s, enum task_status *out);
+bool task_status_edge_ok(enum task_status from, enum task_status to);
+/* The lifecycle event kind of a job edge ("job.lifecycle.enqueue"), NULL
+ * when the edge has none. */
+const char *job_lifecycle_kind(enum job_status from, enum job_status to);
+
+/* A pending operation; job_op_cancel() guarantees its callback never runs. */
+struct job_op;
+void job_op_cancel(struct job_op *op);
+
+struct job_submit {
+	const char *project_id;
+	const struct pipeline *pipeline;
+	const json_t *params; /* effective: declared defaults filled in */
+	const json_t *input;  /* NULL when none */
+	const char *idempotency_key; /* NULL when none */
+	unsigned char request_hash[32]; /* SHA-256 of the canonical request */
+	const char *request_id;
+};
+
+enum job_submit_result {
+	JOB_SUBMIT_CREATED,
+	JOB_SUBMIT_EXISTING, /* same Idempotency-Key, same request: the first job */
+	JOB_SUBMIT_CONFLICT, /* same Idempotency-Key, another request */
+	JOB_SUBMIT_ERROR,
+};
+
+/* job is a new reference the callback owns (NULL for CONFLICT and ERROR);
+ * err is set for ERROR. */
+typedef void (*job_submit_cb)(enum job_submit_result r, json_t *job, const struct pg_error *err,
+			      void *arg);
+/* Submissions made in the same loop pass share one transaction. */
+struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb,
+			  void *arg);
+
+/* job (owned by the callback) is NULL when no job of that project has that
+ * id; rev is its revision (the ETag). */
+typedef void (*job_get_cb)(json_t *job, int64_t rev, const struct pg_error *err, void *arg);
+struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id,
+		       job_get_cb cb, void *arg);
+/* The revision last seen for the job, from this instance's reads and
+ * events: lets a conditional GET answer 304 without a database round trip. */
+bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id, int64_t *rev);
+
+struct job_list_query {
+	const char *project_id;
+	const char *status;   /* NULL: any */
+	const char *pipeline; /* NULL: any */
+	int64_t created_after_us; /* 0: any */
+	const char *cursor_id;    /* NULL: from the newest */
+	size_t limit;             /* 1..200 */
+};
+/* page = {data: [...], next_cursor: string|null}, owned by the callback. */
+typedef void (*job_list_cb)(json_t *page, const struct pg_error *err, void *arg);
+struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb,
+			void *arg);
+
+/* Opaque keyset cursors: "c1" + the base64url of the last job id. */
+char *job_cursor_encode(const char *job_id);
+bool job_cursor_decode(const char *cursor, char out[37]);
+
+/* The API representation (pure): the job row fields plus the stages array
+ * built from tasks (a JSON array as PostgreSQL aggregates it). now_us closes
+ * intervals that are still open (waits, running durations). */
+struct job_row {
+	const char *id, *project_id, *pipeline, *status, *current_stage, *logs_key;
+	const json_t *params;
+	const json_t *error;
+	int attempt;
+	double progress;
+	int64_t created_us, queued_us, started_us, completed_us;
+	int64_t event_seq, rev;
+};
+json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us);
+/* The union of [ready_at, started_at or now) over the stages, in ms: parallel
+ * waits count once. Pure; exposed for tests. */
+int64_t job_total_wait_ms(const int64_t *ready_us, const int64_t *started_us, size_t n,
+			  int64_t now_us);
+
+#endif

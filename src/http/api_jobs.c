@@ -1,0 +1,422 @@
+/* /v1/jobs and /v1/pipelines: submission, the job with its per-stage
+ * breakdown, keyset listing. Handlers authenticate, validate (every field
+ * problem is a 422 naming its path), hand the work to engine/job.c and map
+ * its outcome to HTTP. The engine never sees a request; a request that
+ * goes away cancels its engine operation. */
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/apikey.h"
+#include "core/app.h"
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/xmalloc.h"
+#include "db/pg.h"
+#include "engine/job.h"
+#include "engine/pipeline.h"
+#include "http/api.h"
+#include "http/auth.h"
+#include "http/server.h"
+
+#define LIST_LIMIT_DEFAULT 50
+#define LIST_LIMIT_MAX 200
+#define IDEMPOTENCY_KEY_MAX 255
+
+/* One request waiting for the engine. */
+struct job_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	char project[AUTH_PROJECT_MAX + 1];
+};
+
+static struct job_call *job_call_new(struct api_ctx *ctx, struct http_req *req,
+				     const struct auth_principal *p)
+{
+	struct job_call *c = xcalloc(1, sizeof *c);
+	c->ctx = ctx;
+	c->req = req;
+	snprintf(c->project, sizeof c->project, "%s", p->project_id);
+	return c;
+}
+
+static void job_call_abort_cb(struct http_req *req, void *arg)
+{
+	struct job_call *c = arg;
+	job_op_cancel(c->op);
+	free(c);
+}
+
+/* Database trouble is the server's, not the client's: 503 with a hint. */
+static void reply_db_error(struct http_req *req, const struct pg_error *err)
+{
+	if (err && err->kind == PG_ERR_QUERY) {
+		log_error("http.db_error", "query failed", LF_STR("route", http_req_route(req)),
+			  LF_STR("sqlstate", err->sqlstate), LF_STR("error", err->message),
+			  LF_STR("request_id", http_req_id(req)));
+		http_reply_problem(req, 500, "internal", NULL, "the request could not be completed",
+				   NULL);
+		return;
+	}
+	http_set_header(req, "Retry-After", "1");
+	if (err && err->kind == PG_ERR_POOL_FULL)
+		http_reply_problem(req, 503, "overloaded", "Overloaded",
+				   "too many requests are waiting for the database", NULL);
+	else
+		http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
+				   err ? err->message : "the database is unavailable", NULL);
+}
+
+static void reply_422(struct http_req *req, const char *detail, json_t *errors)
+{
+	json_t *extra = json_pack("{s:o}", "errors", errors);
+	http_reply_problem(req, 422, "validation", "Invalid request", detail, extra);
+	json_decref(extra);
+}
+
+static void reply_field_422(struct http_req *req, const char *field, const char *message)
+{
+	reply_422(req, message, json_pack("[{s:s, s:s}]", "field", field, "message", message));
+}
+
+static void set_etag(struct http_req *req, int64_t rev)
+{
+	char etag[32];
+	snprintf(etag, sizeof etag, "\"%lld\"", (long long)rev);
+	http_set_header(req, "ETag", etag);
+}
+
+/* True when If-None-Match names rev (or is "*"). */
+static bool etag_matches(struct http_req *req, int64_t rev)
+{
+	const char *inm = http_req_header(req, "If-None-Match");
+	if (inm == NULL)
+		return false;
+	char want[32];
+	int n = snprintf(want, sizeof want, "\"%lld\"", (long long)rev);
+	for (const char *p = inm; *p;) {
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (*p == '*')
+			return true;
+		if (strncmp(p, "W/", 2) == 0)
+			p += 2;
+		if (strncmp(p, want, (size_t)n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+			return true;
+		while (*p && *p != ',')
+			p++;
+	}
+	return false;
+}
+
+/* --- POST /v1/jobs ------------------------------------------------------- */
+
+static void submit_done_cb(enum job_submit_result r, json_t *job, const struct pg_error *err,
+			   void *arg)
+{
+	struct job_call *c = arg;
+	struct http_req *req = c->req;
+	free(c);
+	switch (r) {
+	case JOB_SUBMIT_CREATED:
+	case JOB_SUBMIT_EXISTING: {
+		char *loc = xasprintf("/v1/jobs/%s", json_string_value(json_object_get(job, "id")));
+		http_set_header(req, "Location", loc);
+		free(loc);
+		if (r == JOB_SUBMIT_CREATED)
+			set_etag(req, 1);
+		http_reply_json(req, r == JOB_SUBMIT_CREATED ? 201 : 200, job);
+		break;
+	}
+	case JOB_SUBMIT_CONFLICT:
+		http_reply_problem(req, 409, "idempotency-conflict", "Idempotency key reused",
+				   "this Idempotency-Key was used for a different request", NULL);
+		break;
+	case JOB_SUBMIT_ERROR:
+		reply_db_error(req, err);
+		break;
+	}
+}
+
+static bool idempotency_key_ok(const char *k)
+{
+	size_t n = strlen(k);
+	if (n == 0 || n > IDEMPOTENCY_KEY_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+			return false;
+	return true;
+}
+
+static void request_hash(const json_t *body, unsigned char out[32])
+{
+	char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
+	unsigned int len = 0;
+	EVP_Digest(canon ? canon : "", canon ? strlen(canon) : 0, out, &len, EVP_sha256(), NULL);
+	free(canon);
+}
+
+static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	const char *ctype = http_req_header(req, "Content-Type");
+	if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
+		http_reply_problem(req, 415, "unsupported-media-type", NULL,
+				   "the body must be application/json", NULL);
+		return;
+	}
+	size_t len;
+	const char *body = http_req_body(req, &len);
+	json_error_t jerr;
+	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (doc == NULL) {
+		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
+					 jerr.column, jerr.text);
+		http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
+		free(detail);
+		return;
+	}
+	if (!json_is_object(doc)) {
+		reply_field_422(req, "", "the body must be a JSON object");
+		json_decref(doc);
+		return;
+	}
+	json_t *errors = json_array();
+	const char *key;
+	json_t *val;
+	json_object_foreach(doc, key, val)
+	{
+		if (strcmp(key, "pipeline") != 0 && strcmp(key, "params") != 0 &&
+		    strcmp(key, "input") != 0)
+			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key, "message",
+								"unknown field"));
+	}
+	const json_t *jp = json_object_get(doc, "pipeline");
+	const struct pipeline *pipe = NULL;
+	if (!json_is_string(jp))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "pipeline", "message",
+							jp ? "must be a string" : "is required"));
+	else if ((pipe = pipeline_set_find(ctx->pipelines, json_string_value(jp))) == NULL)
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "pipeline", "message",
+							"no such pipeline"));
+	const json_t *params = json_object_get(doc, "params");
+	if (params && !json_is_object(params)) {
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "params", "message",
+							"must be an object"));
+		params = NULL;
+	}
+	if (params) {
+		char *ps = json_dumps(params, JSON_COMPACT);
+		if (ps && (int64_t)strlen(ps) > ctx->app->cfg->limits.max_params_bytes) {
+			char *detail = xasprintf("params take %zu bytes; the limit is %lld",
+						 strlen(ps),
+						 (long long)ctx->app->cfg->limits.max_params_bytes);
+			free(ps);
+			json_decref(errors);
+			json_decref(doc);
+			http_reply_problem(req, 413, "params-too-large", "Params too large", detail,
+					   NULL);
+			free(detail);
+			return;
+		}
+		free(ps);
+	}
+	json_t *effective = NULL;
+	if (pipe && json_array_size(errors) == 0) {
+		json_t *perr = pipeline_check_params(pipe, params, &effective);
+		if (perr) {
+			json_array_extend(errors, perr);
+			json_decref(perr);
+		}
+	}
+	if (json_array_size(errors) > 0) {
+		reply_422(req, "the request has invalid fields", errors);
+		json_decref(effective);
+		json_decref(doc);
+		return;
+	}
+	json_decref(errors);
+	const char *idem = http_req_header(req, "Idempotency-Key");
+	if (idem && !idempotency_key_ok(idem)) {
+		http_reply_problem(req, 400, "bad-idempotency-key", "Bad Idempotency-Key",
+				   "Idempotency-Key must be 1-255 visible ASCII characters", NULL);
+		json_decref(effective);
+		json_decref(doc);
+		return;
+	}
+	struct job_submit s = {
+		.project_id = p->project_id,
+		.pipeline = pipe,
+		.params = effective,
+		.input = json_object_get(doc, "input"),
+		.idempotency_key = idem,
+		.request_id = http_req_id(req),
+	};
+	request_hash(doc, s.request_hash);
+	struct job_call *c = job_call_new(ctx, req, p);
+	http_req_on_abort(req, job_call_abort_cb, c);
+	c->op = job_submit(ctx->engine, &s, submit_done_cb, c);
+	json_decref(effective);
+	json_decref(doc);
+}
+
+static void jobs_create(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_create_authed, ctx);
+}
+
+/* --- GET /v1/jobs/{id} --------------------------------------------------- */
+
+static void get_done_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct job_call *c = arg;
+	struct http_req *req = c->req;
+	free(c);
+	if (err) {
+		reply_db_error(req, err);
+	} else if (job == NULL) {
+		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+	} else if (etag_matches(req, rev)) {
+		json_decref(job);
+		set_etag(req, rev);
+		http_reply(req, 304, NULL, NULL, 0);
+	} else {
+		set_etag(req, rev);
+		http_reply_json(req, 200, job);
+	}
+}
+
+static void jobs_get_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	const char *id = http_req_param(req, "id");
+	if (!id_uuid_valid(id)) {
+		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		return;
+	}
+	char lower[ID_UUID_LEN + 1];
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		lower[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	/* The cheap path: the revision this instance last saw still matches. */
+	int64_t rev;
+	if (job_rev_cached(ctx->engine, p->project_id, lower, &rev) && etag_matches(req, rev)) {
+		set_etag(req, rev);
+		http_reply(req, 304, NULL, NULL, 0);
+		return;
+	}
+	struct job_call *c = job_call_new(ctx, req, p);
+	http_req_on_abort(req, job_call_abort_cb, c);
+	c->op = job_get(ctx->engine, p->project_id, lower, get_done_cb, c);
+}
+
+static void jobs_get(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_get_authed, ctx);
+}
+
+/* --- GET /v1/jobs -------------------------------------------------------- */
+
+static void list_done_cb(json_t *page, const struct pg_error *err, void *arg)
+{
+	struct job_call *c = arg;
+	struct http_req *req = c->req;
+	free(c);
+	if (err)
+		reply_db_error(req, err);
+	else
+		http_reply_json(req, 200, page);
+}
+
+static bool parse_limit(const char *s, size_t *out)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (*s == '\0' || *end || v < 1 || v > LIST_LIMIT_MAX)
+		return false;
+	*out = (size_t)v;
+	return true;
+}
+
+static void jobs_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	struct job_list_query q = {.project_id = p->project_id, .limit = LIST_LIMIT_DEFAULT};
+	char cursor[ID_UUID_LEN + 1];
+	json_t *errors = json_array();
+	const char *v;
+	enum job_status st;
+	if ((v = http_req_query(req, "status")) != NULL) {
+		if (job_status_parse(v, &st))
+			q.status = v;
+		else
+			json_array_append_new(
+				errors, json_pack("{s:s, s:s}", "field", "status", "message",
+						  "one of pending, queued, running, completed, "
+						  "failed, cancelled"));
+	}
+	if ((v = http_req_query(req, "pipeline")) != NULL)
+		q.pipeline = v;
+	if ((v = http_req_query(req, "created_after")) != NULL &&
+	    !clock_parse_rfc3339(v, &q.created_after_us))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "created_after",
+							"message", "an RFC 3339 timestamp"));
+	if ((v = http_req_query(req, "limit")) != NULL && !parse_limit(v, &q.limit))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "limit", "message",
+							"an integer from 1 to 200"));
+	if ((v = http_req_query(req, "cursor")) != NULL) {
+		if (job_cursor_decode(v, cursor))
+			q.cursor_id = cursor;
+		else
+			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "cursor",
+								"message",
+								"not a cursor this API returned"));
+	}
+	if (json_array_size(errors) > 0) {
+		reply_422(req, "invalid query parameters", errors);
+		return;
+	}
+	json_decref(errors);
+	struct job_call *c = job_call_new(ctx, req, p);
+	http_req_on_abort(req, job_call_abort_cb, c);
+	c->op = job_list(ctx->engine, &q, list_done_cb, c);
+}
+
+static void jobs_list(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_list_authed, ctx);
+}
+
+/* --- GET /v1/pipelines --------------------------------------------------- */
+
+static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p,
+				  void *arg)
+{
+	struct api_ctx *ctx = arg;
+	json_t *data = json_array();
+	for (size_t i = 0; ctx->pipelines && i < ctx->pipelines->npipelines; i++)
+		json_array_append_new(data, pipeline_to_json(&ctx->pipelines->pipelines[i]));
+	http_reply_json(req, 200, json_pack("{s:o}", "data", data));
+}
+
+static void pipelines_list(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, pipelines_list_authed, ctx);
+}
+
+bool api_jobs_register(struct router *r, struct api_ctx *ctx)
+{
+	return http_route(r, HTTP_M_POST, "/v1/jobs", jobs_create, ctx) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs", jobs_list, ctx) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}", jobs_get, ctx) &&
+	       http_route(r, HTTP_M_GET, "/v1/pipelines", pipelines_list, ctx);
+}
