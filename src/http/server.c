@@ -289,6 +289,11 @@ static evhtp_res on_header_cb(evhtp_request_t *r, evhtp_header_t *h, void *arg)
 static evhtp_res on_headers_cb(evhtp_request_t *r, evhtp_headers_t *hdrs, void *arg)
 {
 	struct http_conn *hc = arg;
+	/* Only HTTP/1.0 and 1.1: libevhtp never dispatches a request without a
+	 * version (HTTP/0.9 style) and echoes odd ones into the status line. */
+	htparser *p = r->conn->parser;
+	if (htparser_get_major(p) != 1 || htparser_get_minor(p) > 1)
+		return conn_refuse(hc, 505, "version", "only HTTP/1.0 and HTTP/1.1 are supported");
 	evhtp_header_t *h;
 	int ncl = 0, nte = 0;
 	const char *cl = NULL, *te = NULL;
@@ -325,9 +330,9 @@ static evhtp_res on_headers_cb(evhtp_request_t *r, evhtp_headers_t *hdrs, void *
 	if (body) {
 		hc->phase = CONN_BODY;
 		conn_arm(hc, hc->srv->opts.header_timeout_ms);
-	} else {
-		evtimer_del(hc->timer);
 	}
+	/* Without a body the deadline keeps running until dispatch: a head
+	 * libevhtp accepts but never completes still gets its 408. */
 	return EVHTP_RES_OK;
 }
 

@@ -7,6 +7,11 @@
 #   metrics_on_rps N
 #   metrics_off_rps N
 #   metrics_overhead_pct X      ((off - on) / off * 100; negative = noise)
+# and, steadier on a shared machine because it doesn't depend on the CPU
+# share the daemon gets, the daemon's CPU time per request (/proc/PID/stat):
+#   metrics_on_cpu_us_per_req N
+#   metrics_off_cpu_us_per_req N
+#   metrics_cpu_overhead_pct X  ((on - off) / off * 100)
 # Per-run figures go to stderr.
 #
 # No database is needed: /healthz does no I/O (readyz would say 503).
@@ -115,7 +120,10 @@ EOF
 	done
 }
 
-rps() { # one wrk run; prints Requests/sec
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+rps() { # one wrk run; prints "Requests/sec requests"
 	# shellcheck disable=SC2086
 	out=$(timeout $((duration + 15)) $pin_wrk wrk -t1 -c64 -d"${1}s" --latency \
 		"http://127.0.0.1:$port/healthz" 2>&1) || {
@@ -126,28 +134,39 @@ rps() { # one wrk run; prints Requests/sec
 		printf '%s\n' "$out" >&2
 		die "wrk saw errors"
 	fi
-	printf '%s\n' "$out" | awk '/^Requests\/sec:/ { print $2 }'
+	printf '%s\n' "$out" | awk '/^Requests\/sec:/ { r = $2 } / requests in / { n = $1 } END { print r, n }'
 }
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-on="" off=""
+on="" off="" on_cpu="" off_cpu=""
 n=1
 while [ $n -le "$runs" ]; do
 	for mode in on off; do
 		[ $mode = on ] && flag=true || flag=false
 		start_daemon "$flag"
 		rps 1 >/dev/null # warm up: connections, page cache, CPU frequency
-		r=$(rps "$duration")
-		[ -n "$r" ] || die "could not read Requests/sec from wrk"
+		t0=$(cpu_ticks)
+		res=$(rps "$duration")
+		t1=$(cpu_ticks)
+		r=${res% *}
+		nreq=${res#* }
+		[ -n "$r" ] && [ -n "$nreq" ] && [ "$nreq" -gt 0 ] ||
+			die "could not read Requests/sec from wrk"
+		cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$nreq" \
+			'BEGIN { printf "%.3f", t / hz * 1e6 / n }')
 		if [ $mode = off ]; then
 			# the switch really was off: nothing counted
 			curl -fs --max-time 2 "http://127.0.0.1:$port/metrics.json" |
 				grep -q '"http.requests_total|' && die "server.metrics: false still counted requests"
 		fi
 		stop_daemon
-		say "run $n metrics=$mode rps=$r"
-		if [ $mode = on ]; then on="$on $r"; else off="$off $r"; fi
+		say "run $n metrics=$mode rps=$r cpu_us_per_req=$cpu"
+		if [ $mode = on ]; then
+			on="$on $r" on_cpu="$on_cpu $cpu"
+		else
+			off="$off $r" off_cpu="$off_cpu $cpu"
+		fi
 	done
 	n=$((n + 1))
 done
@@ -157,3 +176,9 @@ off_med=$(printf '%s\n' "$off" | median)
 echo "metrics_on_rps $on_med"
 echo "metrics_off_rps $off_med"
 awk -v on="$on_med" -v off="$off_med" 'BEGIN { printf "metrics_overhead_pct %.2f\n", (off - on) / off * 100 }'
+on_cpu_med=$(printf '%s\n' "$on_cpu" | median)
+off_cpu_med=$(printf '%s\n' "$off_cpu" | median)
+echo "metrics_on_cpu_us_per_req $on_cpu_med"
+echo "metrics_off_cpu_us_per_req $off_cpu_med"
+awk -v on="$on_cpu_med" -v off="$off_cpu_med" \
+	'BEGIN { printf "metrics_cpu_overhead_pct %.2f\n", (on - off) / off * 100 }'
