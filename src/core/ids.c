@@ -3,6 +3,8 @@
 #include "core/ids.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,10 @@
 
 void id_random(void *out, size_t n)
 {
+	/* OpenSSL's DRBG (seeded from the kernel) costs no system call per id;
+	 * getrandom(2) is the fallback if it ever refuses. */
+	if (n <= INT_MAX && RAND_bytes(out, (int)n) == 1)
+		return;
 	unsigned char *p = out;
 	while (n > 0) {
 		ssize_t r = getrandom(p, n, 0);
@@ -45,6 +51,7 @@ void id_random_hex(char *out, size_t nbytes)
 
 void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
 {
+	static const char hex[] = "0123456789abcdef";
 	unsigned char b[16];
 	id_random(b + 6, 10);
 	b[0] = (unsigned char)(ms >> 40);
@@ -55,10 +62,14 @@ void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
 	b[5] = (unsigned char)ms;
 	b[6] = (unsigned char)(0x70 | (b[6] & 0x0f));
 	b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
-	snprintf(out, ID_UUID_LEN + 1,
-	         "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-	         b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-	         b[15]);
+	size_t o = 0;
+	for (int i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			out[o++] = '-';
+		out[o++] = hex[b[i] >> 4];
+		out[o++] = hex[b[i] & 15];
+	}
+	out[o] = '\0';
 }
 
 void id_uuid7(char out[ID_UUID_LEN + 1])

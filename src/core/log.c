@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,9 @@ static struct {
 	struct buf capture;
 	struct buf line;
 	struct buf foreign; /* a partial line written to the stdio stderr stream */
+	struct buf scratch; /* a value after redaction, reused line after line */
+	int64_t ts_sec; /* the second ts_prefix was formatted for */
+	char ts_prefix[32]; /* "2026-11-25T22:38:23." */
 } logger = {
         .fd = STDERR_FILENO,
         .format = LOG_FMT_JSON,
@@ -110,6 +114,7 @@ void log_close(void)
 	logger.path = NULL;
 	buf_free(&logger.line);
 	buf_free(&logger.foreign);
+	buf_free(&logger.scratch);
 }
 
 void log_set_level(enum log_level level)
@@ -152,19 +157,21 @@ static void sink_write(const char *p, size_t n)
 	}
 }
 
-/* The redacted form of a string value, as JSON or as text. */
-static void put_str(struct buf *b, const char *key, const char *s, size_t n, bool json)
+/* The redacted form of a string value, as JSON or as text. secret: the
+ * field's name says the whole value is a secret. */
+static void put_str(struct buf *b, bool secret, const char *s, size_t n, bool json)
 {
-	struct buf tmp = BUF_INIT;
 	const char *v = s;
 	size_t vn = n;
-	if (key && redact_key_is_secret(key, strlen(key))) {
+	if (secret) {
 		v = REDACT_MASK;
-		vn = strlen(REDACT_MASK);
+		vn = sizeof REDACT_MASK - 1;
 	} else if (s != NULL) {
-		redact_value(&tmp, s, n);
-		v = tmp.data;
-		vn = tmp.len;
+		buf_reset(&logger.scratch);
+		if (redact_value(&logger.scratch, s, n)) {
+			v = logger.scratch.data;
+			vn = logger.scratch.len;
+		}
 	}
 	if (v == NULL) {
 		buf_adds(b, json ? "null" : "-");
@@ -180,7 +187,56 @@ static void put_str(struct buf *b, const char *key, const char *s, size_t n, boo
 		else
 			buf_add(b, v, vn);
 	}
-	buf_free(&tmp);
+}
+
+/* Integers without printf: the access log writes several per line. */
+static void put_i64(struct buf *b, long long v)
+{
+	char tmp[24];
+	size_t i = sizeof tmp;
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+	do {
+		tmp[--i] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		tmp[--i] = '-';
+	buf_add(b, tmp + i, sizeof tmp - i);
+}
+
+static void put_u64(struct buf *b, unsigned long long u)
+{
+	char tmp[24];
+	size_t i = sizeof tmp;
+	do {
+		tmp[--i] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	buf_add(b, tmp + i, sizeof tmp - i);
+}
+
+/* The timestamp, with the date-and-seconds part formatted once a second. */
+static void put_ts(struct buf *b, int64_t us)
+{
+	int64_t sec = us / 1000000;
+	if (sec != logger.ts_sec || logger.ts_prefix[0] == '\0') {
+		char full[40];
+		clock_fmt_rfc3339_us(full, sizeof full, us);
+		char *dot = strchr(full, '.');
+		size_t n = dot ? (size_t)(dot - full) + 1 : 0;
+		memcpy(logger.ts_prefix, full, n);
+		logger.ts_prefix[n] = '\0';
+		logger.ts_sec = sec;
+	}
+	buf_adds(b, logger.ts_prefix);
+	long frac = (long)(us % 1000000);
+	char f[7];
+	for (int i = 5; i >= 0; i--) {
+		f[i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	buf_add(b, f, 6);
+	buf_addc(b, 'Z');
 }
 
 /* A double stays a JSON real even when whole ("2.0", not "2"), so log
@@ -240,7 +296,7 @@ static void put_json(struct buf *b, const json_t *j, int depth)
 		break;
 	}
 	case JSON_STRING:
-		put_str(b, NULL, json_string_value(j), json_string_length(j), true);
+		put_str(b, false, json_string_value(j), json_string_length(j), true);
 		break;
 	case JSON_INTEGER: buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(j)); break;
 	case JSON_REAL: put_double(b, json_real_value(j)); break;
@@ -256,34 +312,57 @@ static bool reserved_key(const char *k)
 	       strcmp(k, "msg") == 0;
 }
 
+/* Field names are almost always string literals: remember the verdict per
+ * name, keyed by its address but confirmed by its text, so a reused address
+ * can never borrow another name's verdict. */
+static bool key_is_secret(const char *key)
+{
+	static struct {
+		const char *ptr;
+		char text[32];
+		bool secret;
+	} cache[64];
+	size_t len = strlen(key);
+	size_t i = ((uintptr_t)key >> 3) & 63;
+	if (cache[i].ptr == key && len < sizeof cache[i].text && strcmp(cache[i].text, key) == 0)
+		return cache[i].secret;
+	bool secret = redact_key_is_secret(key, len);
+	if (len < sizeof cache[i].text) {
+		cache[i].ptr = key;
+		memcpy(cache[i].text, key, len + 1);
+		cache[i].secret = secret;
+	}
+	return secret;
+}
+
 static void put_field(struct buf *b, const struct log_field *f, bool json)
 {
-	bool secret = redact_key_is_secret(f->key, strlen(f->key));
+	bool secret = key_is_secret(f->key);
 	switch (f->type) {
-	case LF_T_STR: put_str(b, f->key, f->v.s, f->v.s ? strlen(f->v.s) : 0, json); break;
-	case LF_T_STRN: put_str(b, f->key, f->v.s, f->n, json); break;
+	case LF_T_STR: put_str(b, secret, f->v.s, f->v.s ? strlen(f->v.s) : 0, json); break;
+	case LF_T_STRN: put_str(b, secret, f->v.s, f->n, json); break;
 	case LF_T_INT:
 		if (secret)
-			put_str(b, f->key, "", 0, json);
+			put_str(b, true, "", 0, json);
 		else
-			buf_printf(b, "%lld", f->v.i);
+			put_i64(b, f->v.i);
 		break;
 	case LF_T_UINT:
 		if (secret)
-			put_str(b, f->key, "", 0, json);
+			put_str(b, true, "", 0, json);
 		else
-			buf_printf(b, "%llu", f->v.u);
+			put_u64(b, f->v.u);
 		break;
 	case LF_T_DBL:
 		if (secret)
-			put_str(b, f->key, "", 0, json);
+			put_str(b, true, "", 0, json);
 		else
 			put_double(b, f->v.d);
 		break;
 	case LF_T_BOOL: buf_adds(b, f->v.b ? "true" : "false"); break;
 	case LF_T_JSON:
 		if (secret && f->v.j && !json_is_null(f->v.j)) {
-			put_str(b, f->key, "", 0, json);
+			put_str(b, true, "", 0, json);
 		} else if (json) {
 			put_json(b, f->v.j, 0);
 		} else {
@@ -303,22 +382,29 @@ void log_emit(enum log_level level, const char *event, const char *msg, ...)
 		return;
 	struct buf *b = &logger.line;
 	bool json = logger.format == LOG_FMT_JSON;
-	char ts[40];
-	clock_fmt_rfc3339_us(ts, sizeof ts, clock_now_us());
 	buf_reset(b);
 	if (json) {
-		buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts,
-		           log_level_name(level));
+		buf_adds(b, "{\"ts\":\"");
+		put_ts(b, clock_now_us());
+		buf_adds(b, "\",\"level\":\"");
+		buf_adds(b, log_level_name(level));
+		buf_adds(b, "\",\"event\":");
 		buf_add_json_str(b, event, strlen(event));
 		buf_adds(b, ",\"msg\":");
-		put_str(b, NULL, msg, strlen(msg), true);
+		put_str(b, false, msg, strlen(msg), true);
 	} else {
+		char ts[40];
+		clock_fmt_rfc3339_us(ts, sizeof ts, clock_now_us());
 		buf_printf(b, "%s %-5s %s: ", ts, log_level_name(level), event);
-		struct buf tmp = BUF_INIT;
-		redact_value(&tmp, msg, strlen(msg));
-		for (size_t i = 0; i < tmp.len; i++)
-			buf_addc(b, (unsigned char)tmp.data[i] < 0x20 ? ' ' : tmp.data[i]);
-		buf_free(&tmp);
+		buf_reset(&logger.scratch);
+		const char *m = msg;
+		size_t mn = strlen(msg);
+		if (redact_value(&logger.scratch, msg, mn)) {
+			m = logger.scratch.data;
+			mn = logger.scratch.len;
+		}
+		for (size_t i = 0; i < mn; i++)
+			buf_addc(b, (unsigned char)m[i] < 0x20 ? ' ' : m[i]);
 	}
 	va_list ap;
 	va_start(ap, msg);
@@ -327,16 +413,15 @@ void log_emit(enum log_level level, const char *event, const char *msg, ...)
 		if (f.type == LF_T_END || f.key == NULL)
 			break;
 		if (json) {
-			buf_addc(b, ',');
-			if (reserved_key(f.key))
-				buf_adds(b, "\"field_");
-			else
-				buf_addc(b, '"');
-			struct buf k = BUF_INIT;
-			buf_add_json_str(&k, f.key, strlen(f.key));
-			buf_add(b, k.data + 1, k.len - 1);
-			buf_free(&k);
-			buf_addc(b, ':');
+			if (reserved_key(f.key)) {
+				buf_adds(b, ",\"field_");
+				buf_adds(b, f.key);
+				buf_adds(b, "\":");
+			} else {
+				buf_addc(b, ',');
+				buf_add_json_str(b, f.key, strlen(f.key));
+				buf_addc(b, ':');
+			}
 		} else {
 			buf_printf(b, " %s=", f.key);
 		}

@@ -28,14 +28,22 @@
 #define STMT_TOUCH "auth_key_touch"
 
 /* Timestamps come back as integer microseconds since the epoch, so neither
- * the session's DateStyle nor its TimeZone matters; the hash as hex, so
- * bytea_output doesn't either. */
+ * the session's DateStyle nor its TimeZone matters (clamped, so that an
+ * 'infinity' can't make the cast fail; GREATEST would turn NULL into the
+ * bound, hence the CASE); the hash as hex, so bytea_output
+ * doesn't matter either. */
+#define EPOCH_US(col)                                                                      \
+	"CASE WHEN " col " IS NULL THEN NULL ELSE (extract(epoch FROM least(greatest(" col \
+	", '1970-01-01Z'), '9999-12-31Z')) * 1000000)::int8 END"
 static const char sql_lookup[] =
         "SELECT project_id, encode(hash, 'hex'), array_to_string(scopes, ','),"
-        " (extract(epoch FROM expires_at) * 1000000)::int8,"
-        " (extract(epoch FROM revoked_at) * 1000000)::int8,"
-        " (extract(epoch FROM last_used_at) * 1000000)::int8"
-        " FROM api_keys WHERE prefix = $1";
+        /* */ " " EPOCH_US(
+                "expires_at") ","
+                              /* */ " " EPOCH_US(
+                                      "revoked_at") ","
+                                                    /* */ " " EPOCH_US(
+                                                            "last_used_at") " FROM api_keys WHERE "
+                                                                            "prefix = $1";
 /* The WHERE clause keeps instances that race on the same key from writing
  * more than once per interval between them. */
 static const char sql_touch[] = "UPDATE api_keys SET last_used_at = now()"

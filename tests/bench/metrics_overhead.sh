@@ -151,8 +151,9 @@ while [ $n -le "$runs" ]; do
 		t1=$(cpu_ticks)
 		r=${res% *}
 		nreq=${res#* }
-		[ -n "$r" ] && [ -n "$nreq" ] && [ "$nreq" -gt 0 ] ||
+		if [ -z "$r" ] || [ -z "$nreq" ] || [ "$nreq" -le 0 ]; then
 			die "could not read Requests/sec from wrk"
+		fi
 		cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$nreq" \
 			'BEGIN { printf "%.3f", t / hz * 1e6 / n }')
 		if [ $mode = off ]; then
