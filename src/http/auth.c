@@ -28,22 +28,20 @@
 #define STMT_TOUCH "auth_key_touch"
 
 /* Timestamps come back as integer microseconds since the epoch, so neither
- * the session's DateStyle nor its TimeZone matters (clamped, so that an
- * 'infinity' can't make the cast fail; GREATEST would turn NULL into the
- * bound, hence the CASE); the hash as hex, so bytea_output
- * doesn't matter either. */
-#define EPOCH_US(col)                                                                      \
-	"CASE WHEN " col " IS NULL THEN NULL ELSE (extract(epoch FROM least(greatest(" col \
-	", '1970-01-01Z'), '9999-12-31Z')) * 1000000)::int8 END"
+ * the session's DateStyle nor its TimeZone matters; 'infinity' maps to NULL
+ * (never) and '-infinity' to 0 (long ago), which the int8 cast couldn't
+ * take. The hash comes as hex, so bytea_output doesn't matter either. */
+/* clang-format off */
+#define EPOCH_US(col)                                                          \
+	"CASE WHEN " col " = '-infinity' THEN 0 WHEN isfinite(" col ")"        \
+	" THEN (extract(epoch FROM " col ") * 1000000)::int8 END"
 static const char sql_lookup[] =
-        "SELECT project_id, encode(hash, 'hex'), array_to_string(scopes, ','),"
-        /* */ " " EPOCH_US(
-                "expires_at") ","
-                              /* */ " " EPOCH_US(
-                                      "revoked_at") ","
-                                                    /* */ " " EPOCH_US(
-                                                            "last_used_at") " FROM api_keys WHERE "
-                                                                            "prefix = $1";
+	"SELECT project_id, encode(hash, 'hex'), array_to_string(scopes, ','),"
+	" " EPOCH_US("expires_at") ","
+	" " EPOCH_US("revoked_at") ","
+	" " EPOCH_US("last_used_at")
+	" FROM api_keys WHERE prefix = $1";
+/* clang-format on */
 /* The WHERE clause keeps instances that race on the same key from writing
  * more than once per interval between them. */
 static const char sql_touch[] = "UPDATE api_keys SET last_used_at = now()"
@@ -651,6 +649,11 @@ struct auth *auth_new(struct pg_pool *pool, const struct auth_opts *opts)
 	a->touch_interval_us = (o.touch_interval_ms > 0 ? o.touch_interval_ms : 60000) * 1000;
 	if (!a->enabled)
 		return a;
+	if (pool == NULL) {
+		log_error("auth.start", "API keys need a database pool");
+		free(a);
+		return NULL;
+	}
 	if (a->ttl_us > 0) {
 		a->nbuckets = 16;
 		while (a->nbuckets < a->cache_max && a->nbuckets < (1u << 20))

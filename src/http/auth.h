@@ -50,8 +50,9 @@ struct auth_opts {
 };
 
 /* Borrows pool (which must outlive the auth) and prepares its statements on
- * it. opts may be NULL (enabled, defaults). Returns NULL only when the
- * statements cannot be registered on the pool (logged). The caller frees the
+ * it; with auth disabled pool is not used and may be NULL. opts may be NULL
+ * (enabled, defaults). Returns NULL (logged) when enabled and pool is NULL
+ * or the statements cannot be registered on it. The caller frees the
  * auth with auth_free() AFTER the HTTP server, whose freeing aborts the
  * requests still waiting here. */
 struct auth *auth_new(struct pg_pool *pool, const struct auth_opts *opts)

@@ -654,6 +654,11 @@ static void test_new_fails_when_pool_refuses(void **state)
 	pool.refuse_prepare = true;
 	struct auth_opts o = {.enabled = true};
 	assert_null(auth_new(&pool, &o));
+	assert_null(auth_new(NULL, &o));
+	o.enabled = false;
+	struct auth *a = auth_new(NULL, &o);
+	assert_non_null(a);
+	auth_free(a);
 	auth_free(NULL);
 }
 
