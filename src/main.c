@@ -310,6 +310,10 @@ static int daemon_run(struct daemon *d)
 		return 1;
 	}
 	d->pool = pg_pool_new(d->app.base, cfg->database.url, (size_t)cfg->database.pool, NULL);
+	if (d->pool == NULL) {
+		log_error("server.start", "cannot create the database pool");
+		return 1;
+	}
 	d->engine = engine_new(&d->app, d->pool, d->pipelines, NULL);
 	struct auth_opts aopts = {.enabled = cfg->auth.enabled};
 	d->auth = auth_new(d->pool, &aopts);

@@ -756,6 +756,10 @@ def test_api_keys_across_projects(daemon, pg):
     problem(st2, hd2, body2, 404)
     assert body1.replace(jid.encode(), b"ID") == body2.replace(unknown.encode(), b"ID"), \
         (body1, body2)
+    # ... also to a conditional GET naming the job's current ETag
+    for inm in ('"1"', "*"):
+        st, hd, _, body = get(d, path, {**bearer(kb), "If-None-Match": inm})
+        assert st == 404 and body == body1, f"If-None-Match {inm} with b's key: {st} {body!r}"
     st, _, page, _ = get(d, "/v1/jobs?limit=200", bearer(kb))
     assert st == 200 and jid not in {j["id"] for j in page["data"]}, page
     st, _, page, _ = get(d, "/v1/jobs?limit=200", bearer(ka))
