@@ -130,7 +130,7 @@ static void on_hup_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 static int load_config(int argc, char **argv, struct config **out, struct pipeline_set **pipes,
-		       enum run_mode *mode)
+                       enum run_mode *mode)
 {
 	static const struct option opts[] = {
 	        {"config", required_argument, NULL, 'c'},
@@ -268,10 +268,11 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 	if (!d->app.cfg->auth.enabled) {
 		/* Without auth every request acts for this project (auth.h). */
 		const char *v[1] = {AUTH_DEFAULT_PROJECT};
-		(void)pg_pool_query(d->pool,
-		                    "INSERT INTO projects (id, name) VALUES ($1, 'Default project') "
-		                    "ON CONFLICT (id) DO NOTHING",
-		                    1, v, default_project_cb, d);
+		(void)pg_pool_query(
+		        d->pool,
+		        "INSERT INTO projects (id, name) VALUES ($1, 'Default project') "
+		        "ON CONFLICT (id) DO NOTHING",
+		        1, v, default_project_cb, d);
 	}
 }
 

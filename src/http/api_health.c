@@ -78,6 +78,12 @@ static void readyz(struct http_req *req, void *arg)
 		                   "this instance is draining and takes no new work", NULL);
 		return;
 	}
+	if (!ctx->migrated) {
+		http_set_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, "starting", "Starting",
+		                   "the database schema is being checked or migrated", NULL);
+		return;
+	}
 	if (!pg_conn_is_ready(ctx->db_health)) {
 		const char *why = pg_conn_last_error(ctx->db_health);
 		readyz_unavailable(req, why && *why ? why : "connecting to PostgreSQL");

@@ -36,7 +36,7 @@ struct job_call {
 };
 
 static struct job_call *job_call_new(struct api_ctx *ctx, struct http_req *req,
-				     const struct auth_principal *p)
+                                     const struct auth_principal *p)
 {
 	struct job_call *c = xcalloc(1, sizeof *c);
 	c->ctx = ctx;
@@ -57,19 +57,19 @@ static void reply_db_error(struct http_req *req, const struct pg_error *err)
 {
 	if (err && err->kind == PG_ERR_QUERY) {
 		log_error("http.db_error", "query failed", LF_STR("route", http_req_route(req)),
-			  LF_STR("sqlstate", err->sqlstate), LF_STR("error", err->message),
-			  LF_STR("request_id", http_req_id(req)));
+		          LF_STR("sqlstate", err->sqlstate), LF_STR("error", err->message),
+		          LF_STR("request_id", http_req_id(req)));
 		http_reply_problem(req, 500, "internal", NULL, "the request could not be completed",
-				   NULL);
+		                   NULL);
 		return;
 	}
 	http_set_header(req, "Retry-After", "1");
 	if (err && err->kind == PG_ERR_POOL_FULL)
 		http_reply_problem(req, 503, "overloaded", "Overloaded",
-				   "too many requests are waiting for the database", NULL);
+		                   "too many requests are waiting for the database", NULL);
 	else
 		http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
-				   err ? err->message : "the database is unavailable", NULL);
+		                   err ? err->message : "the database is unavailable", NULL);
 }
 
 static void reply_422(struct http_req *req, const char *detail, json_t *errors)
@@ -106,7 +106,8 @@ static bool etag_matches(struct http_req *req, int64_t rev)
 			return true;
 		if (strncmp(p, "W/", 2) == 0)
 			p += 2;
-		if (strncmp(p, want, (size_t)n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+		if (strncmp(p, want, (size_t)n) == 0 &&
+		    (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
 			return true;
 		while (*p && *p != ',')
 			p++;
@@ -117,7 +118,7 @@ static bool etag_matches(struct http_req *req, int64_t rev)
 /* --- POST /v1/jobs ------------------------------------------------------- */
 
 static void submit_done_cb(enum job_submit_result r, json_t *job, const struct pg_error *err,
-			   void *arg)
+                           void *arg)
 {
 	struct job_call *c = arg;
 	struct http_req *req = c->req;
@@ -135,11 +136,9 @@ static void submit_done_cb(enum job_submit_result r, json_t *job, const struct p
 	}
 	case JOB_SUBMIT_CONFLICT:
 		http_reply_problem(req, 409, "idempotency-conflict", "Idempotency key reused",
-				   "this Idempotency-Key was used for a different request", NULL);
+		                   "this Idempotency-Key was used for a different request", NULL);
 		break;
-	case JOB_SUBMIT_ERROR:
-		reply_db_error(req, err);
-		break;
+	case JOB_SUBMIT_ERROR: reply_db_error(req, err); break;
 	}
 }
 
@@ -168,7 +167,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	const char *ctype = http_req_header(req, "Content-Type");
 	if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
 		http_reply_problem(req, 415, "unsupported-media-type", NULL,
-				   "the body must be application/json", NULL);
+		                   "the body must be application/json", NULL);
 		return;
 	}
 	size_t len;
@@ -177,7 +176,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (doc == NULL) {
 		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
-					 jerr.column, jerr.text);
+		                         jerr.column, jerr.text);
 		http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
 		free(detail);
 		return;
@@ -194,34 +193,35 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	{
 		if (strcmp(key, "pipeline") != 0 && strcmp(key, "params") != 0 &&
 		    strcmp(key, "input") != 0)
-			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key, "message",
-								"unknown field"));
+			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key,
+			                                        "message", "unknown field"));
 	}
 	const json_t *jp = json_object_get(doc, "pipeline");
 	const struct pipeline *pipe = NULL;
 	if (!json_is_string(jp))
-		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "pipeline", "message",
-							jp ? "must be a string" : "is required"));
+		json_array_append_new(errors,
+		                      json_pack("{s:s, s:s}", "field", "pipeline", "message",
+		                                jp ? "must be a string" : "is required"));
 	else if ((pipe = pipeline_set_find(ctx->pipelines, json_string_value(jp))) == NULL)
-		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "pipeline", "message",
-							"no such pipeline"));
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "pipeline",
+		                                        "message", "no such pipeline"));
 	const json_t *params = json_object_get(doc, "params");
 	if (params && !json_is_object(params)) {
 		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "params", "message",
-							"must be an object"));
+		                                        "must be an object"));
 		params = NULL;
 	}
 	if (params) {
 		char *ps = json_dumps(params, JSON_COMPACT);
 		if (ps && (int64_t)strlen(ps) > ctx->app->cfg->limits.max_params_bytes) {
-			char *detail = xasprintf("params take %zu bytes; the limit is %lld",
-						 strlen(ps),
-						 (long long)ctx->app->cfg->limits.max_params_bytes);
+			char *detail =
+			        xasprintf("params take %zu bytes; the limit is %lld", strlen(ps),
+			                  (long long)ctx->app->cfg->limits.max_params_bytes);
 			free(ps);
 			json_decref(errors);
 			json_decref(doc);
 			http_reply_problem(req, 413, "params-too-large", "Params too large", detail,
-					   NULL);
+			                   NULL);
 			free(detail);
 			return;
 		}
@@ -245,18 +245,18 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	const char *idem = http_req_header(req, "Idempotency-Key");
 	if (idem && !idempotency_key_ok(idem)) {
 		http_reply_problem(req, 400, "bad-idempotency-key", "Bad Idempotency-Key",
-				   "Idempotency-Key must be 1-255 visible ASCII characters", NULL);
+		                   "Idempotency-Key must be 1-255 visible ASCII characters", NULL);
 		json_decref(effective);
 		json_decref(doc);
 		return;
 	}
 	struct job_submit s = {
-		.project_id = p->project_id,
-		.pipeline = pipe,
-		.params = effective,
-		.input = json_object_get(doc, "input"),
-		.idempotency_key = idem,
-		.request_id = http_req_id(req),
+	        .project_id = p->project_id,
+	        .pipeline = pipe,
+	        .params = effective,
+	        .input = json_object_get(doc, "input"),
+	        .idempotency_key = idem,
+	        .request_id = http_req_id(req),
 	};
 	request_hash(doc, s.request_hash);
 	struct job_call *c = job_call_new(ctx, req, p);
@@ -266,9 +266,22 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	json_decref(doc);
 }
 
+/* Until the schema is known to be current nothing may touch the tables. */
+static bool api_ready(struct api_ctx *ctx, struct http_req *req)
+{
+	if (ctx->migrated)
+		return true;
+	http_set_header(req, "Retry-After", "1");
+	http_reply_problem(req, 503, "starting", "Starting",
+	                   "the database schema is being checked or migrated", NULL);
+	return false;
+}
+
 static void jobs_create(struct http_req *req, void *arg)
 {
 	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_create_authed, ctx);
 }
 
@@ -319,6 +332,8 @@ static void jobs_get_authed(struct http_req *req, const struct auth_principal *p
 static void jobs_get(struct http_req *req, void *arg)
 {
 	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_get_authed, ctx);
 }
 
@@ -358,26 +373,26 @@ static void jobs_list_authed(struct http_req *req, const struct auth_principal *
 			q.status = v;
 		else
 			json_array_append_new(
-				errors, json_pack("{s:s, s:s}", "field", "status", "message",
-						  "one of pending, queued, running, completed, "
-						  "failed, cancelled"));
+			        errors, json_pack("{s:s, s:s}", "field", "status", "message",
+			                          "one of pending, queued, running, completed, "
+			                          "failed, cancelled"));
 	}
 	if ((v = http_req_query(req, "pipeline")) != NULL)
 		q.pipeline = v;
 	if ((v = http_req_query(req, "created_after")) != NULL &&
 	    !clock_parse_rfc3339(v, &q.created_after_us))
 		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "created_after",
-							"message", "an RFC 3339 timestamp"));
+		                                        "message", "an RFC 3339 timestamp"));
 	if ((v = http_req_query(req, "limit")) != NULL && !parse_limit(v, &q.limit))
 		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "limit", "message",
-							"an integer from 1 to 200"));
+		                                        "an integer from 1 to 200"));
 	if ((v = http_req_query(req, "cursor")) != NULL) {
 		if (job_cursor_decode(v, cursor))
 			q.cursor_id = cursor;
 		else
-			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "cursor",
-								"message",
-								"not a cursor this API returned"));
+			json_array_append_new(errors,
+			                      json_pack("{s:s, s:s}", "field", "cursor", "message",
+			                                "not a cursor this API returned"));
 	}
 	if (json_array_size(errors) > 0) {
 		reply_422(req, "invalid query parameters", errors);
@@ -392,13 +407,14 @@ static void jobs_list_authed(struct http_req *req, const struct auth_principal *
 static void jobs_list(struct http_req *req, void *arg)
 {
 	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_list_authed, ctx);
 }
 
 /* --- GET /v1/pipelines --------------------------------------------------- */
 
-static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p,
-				  void *arg)
+static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
 	json_t *data = json_array();
@@ -410,6 +426,8 @@ static void pipelines_list_authed(struct http_req *req, const struct auth_princi
 static void pipelines_list(struct http_req *req, void *arg)
 {
 	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, pipelines_list_authed, ctx);
 }
 
