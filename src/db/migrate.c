@@ -656,7 +656,7 @@ static bool mig_read_cb(PGresult *res, const struct pg_error *err, void *arg)
 		mig_batch_error(m, err,
 		                xasprintf("cannot read schema_migrations: %s", err->message));
 	if (m->batch_transient) {
-		mig_retry(m, m->batch_error ? m->batch_error : err->message);
+		mig_retry(m, m->batch_error ? m->batch_error : "transient error");
 	} else if (m->batch_error) {
 		char *e = m->batch_error;
 		m->batch_error = NULL;
@@ -698,17 +698,33 @@ static void mig_send_read(struct pg_migrate *m)
 
 /* lock */
 
+/* The session setup ahead of the lock: a statement_timeout or lock_timeout
+ * from the connection string (options=-c...) is meant for the request path;
+ * it would fail the wait for another instance's lock or a long CREATE INDEX.
+ * Session-level on the runner's own connection, set again on every session. */
+static bool mig_setup_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct pg_migrate *m = arg;
+	if (err)
+		mig_batch_error(m, err,
+		                xasprintf("cannot set up the migration session: %s", err->message));
+	return false;
+}
+
 static bool mig_lock_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct pg_migrate *m = arg;
 	mig_enter(m);
 	evtimer_del(m->timer_ev);
-	if (err) {
-		if (mig_transient(err))
-			mig_retry(m, err->message);
-		else
-			mig_finish(m, false,
-			           xasprintf("cannot take the migration lock: %s", err->message));
+	if (err)
+		mig_batch_error(m, err,
+		                xasprintf("cannot take the migration lock: %s", err->message));
+	if (m->batch_transient) {
+		mig_retry(m, m->batch_error ? m->batch_error : "transient error");
+	} else if (m->batch_error) {
+		char *e = m->batch_error;
+		m->batch_error = NULL;
+		mig_finish(m, false, e);
 	} else {
 		m->locked = true;
 		if (m->lock_logged)
@@ -726,12 +742,20 @@ static void mig_send_lock(struct pg_migrate *m)
 		mig_send_read(m);
 		return;
 	}
+	mig_batch_reset(m, 3);
 	m->step = MIG_LOCK;
-	m->step_us = clock_mono_us();
 	m->lock_logged = false;
 	const char *values[] = {m->key};
-	(void)pg_conn_query(m->conn, "SELECT pg_advisory_lock($1::bigint)", 1, values, mig_lock_cb,
-	                    m);
+	struct pg_stmt stmts[] = {
+	        {.sql = "SET statement_timeout = 0", .cb = mig_setup_cb, .arg = m},
+	        {.sql = "SET lock_timeout = 0", .cb = mig_setup_cb, .arg = m},
+	        {.sql = "SELECT pg_advisory_lock($1::bigint)",
+	         .nparams = 1,
+	         .values = values,
+	         .cb = mig_lock_cb,
+	         .arg = m},
+	};
+	(void)pg_conn_batch(m->conn, stmts, 3);
 	mig_add_timer(m, MIG_LOCK_WAIT_LOG_MS);
 }
 

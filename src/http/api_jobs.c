@@ -153,6 +153,20 @@ static bool idempotency_key_ok(const char *k)
 	return true;
 }
 
+/* "application/json", any case, optionally followed by parameters
+ * ("; charset=utf-8"); not application/json-patch+json and the like. */
+static bool media_type_is_json(const char *ct)
+{
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	if (strncasecmp(ct, "application/json", 16) != 0)
+		return false;
+	ct += 16;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	return *ct == '\0' || *ct == ';';
+}
+
 static void request_hash(const json_t *body, unsigned char out[32])
 {
 	char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
@@ -165,7 +179,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 {
 	struct api_ctx *ctx = arg;
 	const char *ctype = http_req_header(req, "Content-Type");
-	if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
+	if (ctype && !media_type_is_json(ctype)) {
 		http_reply_problem(req, 415, "unsupported-media-type", NULL,
 		                   "the body must be application/json", NULL);
 		return;
@@ -173,7 +187,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	size_t len;
 	const char *body = http_req_body(req, &len);
 	json_error_t jerr;
-	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (doc == NULL) {
 		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
 		                         jerr.column, jerr.text);

@@ -91,6 +91,11 @@ struct http_server {
 	char address[128];
 };
 
+struct req_str {
+	struct req_str *next;
+	char s[];
+};
+
 struct http_req {
 	struct http_server *srv;
 	struct http_conn *conn; /* NULL once the connection is gone */
@@ -98,6 +103,7 @@ struct http_req {
 	enum http_method method;
 	char *path;
 	struct route_match match;
+	struct req_str *strs; /* decoded query values, freed with the request */
 	char id[130];
 	int64_t start_us;
 	int status;
@@ -498,6 +504,11 @@ static void req_finish(struct http_req *req)
 	if (req->ev)
 		evhtp_request_set_hook(req->ev, evhtp_hook_on_request_fini, NULL, NULL);
 	route_match_clear(&req->match);
+	while (req->strs) {
+		struct req_str *n = req->strs->next;
+		free(req->strs);
+		req->strs = n;
+	}
 	free(req->path);
 	free(req->body);
 	free(req);
@@ -618,11 +629,47 @@ const char *http_req_param(const struct http_req *req, const char *name)
 	return route_match_param(&req->match, name);
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = (char)(c | 0x20);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* libevhtp hands query values over raw: decode %XX and '+' here. A value
+ * whose escapes are malformed or decode to NUL is returned as sent, so it
+ * fails validation visibly instead of being silently altered. */
 const char *http_req_query(const struct http_req *req, const char *name)
 {
 	if (req->ev == NULL || req->ev->uri == NULL || req->ev->uri->query == NULL)
 		return NULL;
-	return evhtp_kv_find(req->ev->uri->query, name);
+	const char *raw = evhtp_kv_find(req->ev->uri->query, name);
+	if (raw == NULL || strpbrk(raw, "%+") == NULL)
+		return raw;
+	size_t n = strlen(raw);
+	struct req_str *d = xmalloc(sizeof *d + n + 1);
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		int h, l;
+		if (raw[i] == '+') {
+			d->s[o++] = ' ';
+		} else if (raw[i] == '%' && (h = hex_digit(raw[i + 1])) >= 0 &&
+		           (l = hex_digit(raw[i + 2])) >= 0 && (h || l)) {
+			d->s[o++] = (char)(h * 16 + l);
+			i += 2;
+		} else if (raw[i] == '%') {
+			free(d);
+			return raw;
+		} else {
+			d->s[o++] = raw[i];
+		}
+	}
+	d->s[o] = '\0';
+	struct http_req *mut = (struct http_req *)req;
+	d->next = mut->strs;
+	mut->strs = d;
+	return d->s;
 }
 
 const char *http_req_header(const struct http_req *req, const char *name)

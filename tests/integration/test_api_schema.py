@@ -299,8 +299,20 @@ def test_readyz_503_is_a_documented_problem(api, daemon, pipes_dir, pg):
     d = daemon({"database.url": pg.url(dbname="apischema_missing"), "auth.enabled": False,
                 "modules.noop.command": ["/bin/true"], "pipelines_dir": pipes_dir},
                expect_errors=[r"."])
-    doc = check_response(api, "GET", "/readyz", 503, d.http("GET", "/readyz"))
-    assert doc["type"] == "urn:stageline:problem:db-unavailable"
+    r = d.http("GET", "/readyz")
+    doc = check_response(api, "GET", "/readyz", 503, r)
+    assert doc["type"] in ("urn:stageline:problem:starting",
+                           "urn:stageline:problem:db-unavailable"), doc
+    # the job routes refuse too, with the documented problem and Retry-After
+    for method, path, tmpl in (("GET", "/v1/jobs", "/v1/jobs"),
+                               ("GET", "/v1/pipelines", "/v1/pipelines"),
+                               ("GET", "/v1/jobs/0190b5a0-0000-7000-8000-000000000000",
+                                "/v1/jobs/{id}")):
+        r = d.http(method, path)
+        doc = check_response(api, method, tmpl, 503, r)
+        assert doc["type"] in ("urn:stageline:problem:starting",
+                               "urn:stageline:problem:db-unavailable"), doc
+        assert r[1].get("retry-after"), r[1]
 
 
 def test_metrics(api, sl):
