@@ -74,6 +74,7 @@ struct daemon {
 	struct api_ctx api;
 	enum run_mode mode;
 	struct event *migrate_deadline;
+	struct event *retry; /* the default project's creation, after a failure */
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *grace;
 	int64_t stop_started_us;
@@ -237,11 +238,30 @@ static bool daemon_routes(struct daemon *d)
 	return ok;
 }
 
+static void default_project_create(struct daemon *d);
+
+static void default_project_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	default_project_create(arg);
+}
+
 static bool default_project_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
-	if (err)
-		log_error("server.start", "cannot create the default project",
+	struct daemon *d = arg;
+	if (err && err->kind != PG_ERR_QUERY) {
+		/* The database went away between the migration and now: retry. */
+		struct timeval tv = {.tv_sec = 1};
+		evtimer_add(d->retry, &tv);
+		return false;
+	}
+	if (err) {
+		log_error("server.start", "cannot create the default project; stopping",
 		          LF_STR("error", err->message));
+		d->exit_code = 1;
+		event_base_loopexit(d->app.base, NULL);
+		return false;
+	}
+	d->api.migrated = true;
 	return false;
 }
 
@@ -254,7 +274,7 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		evtimer_del(d->migrate_deadline);
 	if (!ok) {
 		/* A schema this binary doesn't know how to run against: refuse. */
-		log_error("db.migrate.failed", "the database schema cannot be used",
+		log_error("server.start", "the database schema cannot be used; stopping",
 		          LF_STR("error", error));
 		d->exit_code = 1;
 		event_base_loopexit(d->app.base, NULL);
@@ -264,16 +284,24 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		event_base_loopexit(d->app.base, NULL);
 		return;
 	}
-	d->api.migrated = true;
-	if (!d->app.cfg->auth.enabled) {
-		/* Without auth every request acts for this project (auth.h). */
-		const char *v[1] = {AUTH_DEFAULT_PROJECT};
-		(void)pg_pool_query(
-		        d->pool,
-		        "INSERT INTO projects (id, name) VALUES ($1, 'Default project') "
-		        "ON CONFLICT (id) DO NOTHING",
-		        1, v, default_project_cb, d);
+	if (d->app.cfg->auth.enabled) {
+		d->api.migrated = true;
+		return;
 	}
+	/* Without auth every request acts for this project (auth.h); the API
+	 * opens only once it exists. */
+	default_project_create(d);
+}
+
+static void default_project_create(struct daemon *d)
+{
+	if (d->retry == NULL)
+		d->retry = evtimer_new(d->app.base, default_project_retry_cb, d);
+	const char *v[1] = {AUTH_DEFAULT_PROJECT};
+	(void)pg_pool_query(d->pool,
+	                    "INSERT INTO projects (id, name) VALUES ($1, 'Default project') "
+	                    "ON CONFLICT (id) DO NOTHING",
+	                    1, v, default_project_cb, d);
 }
 
 static void migrate_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -400,6 +428,8 @@ static void daemon_free(struct daemon *d)
 		event_free(d->grace);
 	if (d->migrate_deadline)
 		event_free(d->migrate_deadline);
+	if (d->retry)
+		event_free(d->retry);
 }
 
 int main(int argc, char **argv)

@@ -1,7 +1,8 @@
 /* The migration runner: one pg_conn of its own and a small state machine on
  * the loop. Every step is one batch (one round trip, one transaction):
- *   lock    SELECT pg_advisory_lock(key)          session-level; another
- *                                                 instance waits server-side
+ *   lock    SET statement_timeout / lock_timeout = 0 (they are meant for the
+ *           request path), SELECT pg_advisory_lock(key): session-level;
+ *           another instance waits for it server-side
  *   read    CREATE TABLE IF NOT EXISTS schema_migrations; SELECT the rows
  *   apply   the migration's statements + its INSERT INTO schema_migrations,
  *           once per missing migration, in version order
@@ -23,7 +24,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/buf.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/xmalloc.h"
@@ -102,7 +102,8 @@ static size_t sql_dollar_tag(const char *s, size_t len, size_t i)
 	return 0;
 }
 
-/* Whether a run of 'whitespace and comments' starts at i, and where it ends. */
+/* Past the whitespace and comments at i. When a block comment never closes,
+ * *unterminated is set and the result is where it opens. */
 static size_t sql_skip_space(const char *s, size_t len, size_t i, bool *unterminated)
 {
 	*unterminated = false;

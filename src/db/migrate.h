@@ -48,13 +48,15 @@ struct pg_migrate_opts {
 /* Starts the runner on its own connection: it waits until the database is
  * reachable (however long: connection failures are retried, as are
  * transient errors such as a deadlock or a server shutdown), takes the
- * advisory lock, creates schema_migrations if needed, checks the checksums
- * of what is applied, applies each missing migration as ONE transaction
- * (its statements plus its schema_migrations row), unlocks and calls done
- * once, from the loop. Each applied migration is logged (db.migrate.apply)
- * and so is the outcome (db.migrate.done / db.migrate.failed). Returns NULL
- * (logged) when conninfo cannot be parsed or the list is malformed. The
- * caller frees the runner with pg_migrate_free(), also from inside done. */
+ * advisory lock (statement_timeout and lock_timeout are off for its session:
+ * neither the wait nor a long CREATE INDEX may be cut short), creates
+ * schema_migrations if needed, checks the checksums of what is applied,
+ * applies each missing migration as ONE transaction (its statements plus its
+ * schema_migrations row), unlocks and calls done once, from the loop. Each
+ * applied migration is logged (db.migrate.apply) and so is the outcome
+ * (db.migrate.done / db.migrate.failed). Returns NULL (logged) when conninfo
+ * cannot be parsed or the list is malformed. The caller frees the runner
+ * with pg_migrate_free(), also from inside done. */
 struct pg_migrate *pg_migrate_start(struct event_base *base, const char *conninfo,
                                     const struct pg_migrate_opts *opts, pg_migrate_done_cb done,
                                     void *arg) __attribute__((warn_unused_result));

@@ -32,45 +32,45 @@
 /* --- State machines ------------------------------------------------------ */
 
 static const char *const job_status_names[JOB_NSTATUS] = {
-	"pending", "queued", "running", "completed", "failed", "cancelled",
+        "pending", "queued", "running", "completed", "failed", "cancelled",
 };
 
 static const char *const task_status_names[TASK_NSTATUS] = {
-	"pending", "ready", "running", "completed", "failed", "skipped", "cancelled",
+        "pending", "ready", "running", "completed", "failed", "skipped", "cancelled",
 };
 
 /* ARCHITECTURE §4: pending → queued → running → completed | failed |
  * cancelled; terminal → queued only through retry; cancel from any
  * non-terminal state. */
 static const bool job_edges[JOB_NSTATUS][JOB_NSTATUS] = {
-	[JOB_PENDING] = {[JOB_QUEUED] = true, [JOB_CANCELLED] = true},
-	[JOB_QUEUED] = {[JOB_RUNNING] = true, [JOB_CANCELLED] = true, [JOB_FAILED] = true},
-	[JOB_RUNNING] = {[JOB_COMPLETED] = true,
-			 [JOB_FAILED] = true,
-			 [JOB_CANCELLED] = true,
-			 [JOB_QUEUED] = true},
-	[JOB_COMPLETED] = {[JOB_QUEUED] = true},
-	[JOB_FAILED] = {[JOB_QUEUED] = true},
-	[JOB_CANCELLED] = {[JOB_QUEUED] = true},
+        [JOB_PENDING] = {[JOB_QUEUED] = true, [JOB_CANCELLED] = true},
+        [JOB_QUEUED] = {[JOB_RUNNING] = true, [JOB_CANCELLED] = true, [JOB_FAILED] = true},
+        [JOB_RUNNING] = {[JOB_COMPLETED] = true,
+                         [JOB_FAILED] = true,
+                         [JOB_CANCELLED] = true,
+                         [JOB_QUEUED] = true},
+        [JOB_COMPLETED] = {[JOB_QUEUED] = true},
+        [JOB_FAILED] = {[JOB_QUEUED] = true},
+        [JOB_CANCELLED] = {[JOB_QUEUED] = true},
 };
 
 /* pending → ready → running → completed | failed | skipped | cancelled; a
  * retryable failure goes running → ready; pending and ready tasks can be
  * skipped or cancelled; retry-from-stage resets settled tasks to pending. */
 static const bool task_edges[TASK_NSTATUS][TASK_NSTATUS] = {
-	[TASK_PENDING] = {[TASK_READY] = true, [TASK_SKIPPED] = true, [TASK_CANCELLED] = true},
-	[TASK_READY] = {[TASK_RUNNING] = true,
-			[TASK_SKIPPED] = true,
-			[TASK_CANCELLED] = true,
-			[TASK_PENDING] = true},
-	[TASK_RUNNING] = {[TASK_COMPLETED] = true,
-			  [TASK_FAILED] = true,
-			  [TASK_READY] = true,
-			  [TASK_CANCELLED] = true},
-	[TASK_COMPLETED] = {[TASK_PENDING] = true},
-	[TASK_FAILED] = {[TASK_PENDING] = true},
-	[TASK_SKIPPED] = {[TASK_PENDING] = true},
-	[TASK_CANCELLED] = {[TASK_PENDING] = true},
+        [TASK_PENDING] = {[TASK_READY] = true, [TASK_SKIPPED] = true, [TASK_CANCELLED] = true},
+        [TASK_READY] = {[TASK_RUNNING] = true,
+                        [TASK_SKIPPED] = true,
+                        [TASK_CANCELLED] = true,
+                        [TASK_PENDING] = true},
+        [TASK_RUNNING] = {[TASK_COMPLETED] = true,
+                          [TASK_FAILED] = true,
+                          [TASK_READY] = true,
+                          [TASK_CANCELLED] = true},
+        [TASK_COMPLETED] = {[TASK_PENDING] = true},
+        [TASK_FAILED] = {[TASK_PENDING] = true},
+        [TASK_SKIPPED] = {[TASK_PENDING] = true},
+        [TASK_CANCELLED] = {[TASK_PENDING] = true},
 };
 
 const char *job_status_name(enum job_status s)
@@ -125,7 +125,8 @@ const char *job_lifecycle_kind(enum job_status from, enum job_status to)
 	if (!job_status_edge_ok(from, to))
 		return NULL;
 	switch (to) {
-	case JOB_QUEUED: return from == JOB_PENDING ? "job.lifecycle.enqueue" : "job.lifecycle.retry";
+	case JOB_QUEUED:
+		return from == JOB_PENDING ? "job.lifecycle.enqueue" : "job.lifecycle.retry";
 	case JOB_RUNNING: return "job.lifecycle.start";
 	case JOB_COMPLETED: return "job.lifecycle.complete";
 	case JOB_FAILED: return "job.lifecycle.fail";
@@ -187,7 +188,7 @@ static struct rev_entry *rev_cache_slot(struct rev_cache *c, const char *id)
 /* Remembers (or, with only_known, refreshes) a job's revision. A full cache
  * starts over: it is an optimisation, losing it costs one query each. */
 static void rev_cache_put(struct rev_cache *c, const char *id, const char *project, int64_t rev,
-			  bool only_known)
+                          bool only_known)
 {
 	if (strlen(id) != ID_UUID_LEN || strlen(project) >= sizeof c->slots[0].project)
 		return;
@@ -250,7 +251,7 @@ static int cmp_i64(const void *a, const void *b)
 }
 
 int64_t job_total_wait_ms(const int64_t *ready_us, const int64_t *started_us, size_t n,
-			  int64_t now_us)
+                          int64_t now_us)
 {
 	/* Intervals [ready, started or now), sorted by start, merged. */
 	int64_t(*iv)[2] = xcalloc(n ? n : 1, sizeof *iv);
@@ -301,9 +302,9 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 	json_object_set_new(o, "completed_at", ts_json(j->completed_us));
 	if (j->started_us > 0)
 		json_object_set_new(o, "duration_ms",
-				    json_integer(((j->completed_us > 0 ? j->completed_us : now_us) -
-						  j->started_us) /
-						 1000));
+		                    json_integer(((j->completed_us > 0 ? j->completed_us : now_us) -
+		                                  j->started_us) /
+		                                 1000));
 	else
 		json_object_set_new(o, "duration_ms", json_null());
 	json_object_set_new(o, "error", j->error ? json_deep_copy(j->error) : json_null());
@@ -326,7 +327,8 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 		json_object_set(s, "task_id", json_object_get(t, "id"));
 		json_object_set(s, "module", json_object_get(t, "module"));
 		json_t *engine_id = json_object_get(t, "engine_id");
-		json_object_set_new(s, "engine_id", engine_id ? json_incref(engine_id) : json_null());
+		json_object_set_new(s, "engine_id",
+		                    engine_id ? json_incref(engine_id) : json_null());
 		json_object_set(s, "status", json_object_get(t, "status"));
 		json_object_set_new(s, "started_at", ts_json(started[i]));
 		json_object_set_new(s, "completed_at", ts_json(completed));
@@ -335,8 +337,9 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 			json_object_set(s, "duration_ms", dur);
 		else if (started[i] > 0)
 			json_object_set_new(
-				s, "duration_ms",
-				json_integer(((completed > 0 ? completed : now_us) - started[i]) / 1000));
+			        s, "duration_ms",
+			        json_integer(((completed > 0 ? completed : now_us) - started[i]) /
+			                     1000));
 		else
 			json_object_set_new(s, "duration_ms", json_null());
 		json_object_set(s, "required", json_object_get(t, "required"));
@@ -349,21 +352,22 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 		json_object_set_new(s, "ready_at", ts_json(ready[i]));
 		if (ready[i] > 0)
 			json_object_set_new(
-				s, "wait_ms",
-				json_integer(((started[i] > 0 ? started[i] : now_us) - ready[i]) / 1000));
+			        s, "wait_ms",
+			        json_integer(((started[i] > 0 ? started[i] : now_us) - ready[i]) /
+			                     1000));
 		else
 			json_object_set_new(s, "wait_ms", json_null());
 		json_t *progress = json_object_get(t, "progress");
-		json_object_set_new(s, "progress",
-				    json_real(json_is_number(progress) ? json_number_value(progress)
-								       : 0));
+		json_object_set_new(
+		        s, "progress",
+		        json_real(json_is_number(progress) ? json_number_value(progress) : 0));
 		json_t *deps = json_object_get(t, "depends_on");
-		json_object_set_new(s, "depends_on", json_is_array(deps) ? json_incref(deps)
-									  : json_array());
+		json_object_set_new(s, "depends_on",
+		                    json_is_array(deps) ? json_incref(deps) : json_array());
 		json_array_append_new(stages, s);
 	}
 	json_object_set_new(o, "total_wait_ms",
-			    json_integer(job_total_wait_ms(ready, started, n, now_us)));
+	                    json_integer(job_total_wait_ms(ready, started, n, now_us)));
 	json_object_set_new(o, "stages", stages);
 	free(ready);
 	free(started);
@@ -395,7 +399,7 @@ struct job_op {
 	/* OP_SUBMIT */
 	TAILQ_ENTRY(job_op) link;
 	struct submit_batch *batch;
-	json_t *job;      /* the representation to answer with */
+	json_t *job; /* the representation to answer with */
 	json_t *rows_job; /* a jsonb_to_recordset row for jobs */
 	json_t *rows_tasks;
 	json_t *rows_events;
@@ -421,27 +425,27 @@ static void job_op_free(struct job_op *op)
 
 #define JOB_COLS                                                                                  \
 	"j.id::text, j.project_id, j.pipeline, j.status, j.params::text, j.attempt, j.progress, " \
-	"j.current_stage, j.error::text, "                                                         \
+	"j.current_stage, j.error::text, "                                                        \
 	"(extract(epoch from j.created_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from j.queued_at) * 1e6)::bigint, "                                       \
 	"(extract(epoch from j.started_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from j.completed_at) * 1e6)::bigint, j.logs_key, j.event_seq, j.rev"
 
 #define SQL_JOB_GET                                                                               \
-	"SELECT " JOB_COLS ", (SELECT coalesce(json_agg(t ORDER BY t.stage_number), '[]') FROM ("  \
-	"SELECT id::text AS id, stage, stage_number, module, engine_id, depends_on, required, "    \
-	"status, attempt, retries, max_retries, duration_ms, progress, error, skip_reason, "       \
+	"SELECT " JOB_COLS ", (SELECT coalesce(json_agg(t ORDER BY t.stage_number), '[]') FROM (" \
+	"SELECT id::text AS id, stage, stage_number, module, engine_id, depends_on, required, "   \
+	"status, attempt, retries, max_retries, duration_ms, progress, error, skip_reason, "      \
 	"(extract(epoch from ready_at) * 1e6)::bigint AS ready_us, "                              \
 	"(extract(epoch from started_at) * 1e6)::bigint AS started_us, "                          \
 	"(extract(epoch from completed_at) * 1e6)::bigint AS completed_us "                       \
-	"FROM tasks WHERE job_id = j.id) t)::text "                                                \
+	"FROM tasks WHERE job_id = j.id) t)::text "                                               \
 	"FROM jobs j WHERE j.id = $1::uuid AND j.project_id = $2"
 
 /* Keyset listing; one statement per filter shape so each keeps an index
  * plan. The cursor and created_after always have values (sentinels when
  * absent) so the generic plan can use them as index bounds. */
 #define SQL_JOB_LIST_HEAD "SELECT " JOB_COLS " FROM jobs j WHERE j.project_id = $1 "
-#define SQL_JOB_LIST_TAIL                                                                         \
+#define SQL_JOB_LIST_TAIL \
 	" AND j.id < $2::uuid AND j.created_at > $3::timestamptz ORDER BY j.id DESC LIMIT $4"
 
 static const struct {
@@ -449,12 +453,12 @@ static const struct {
 	const char *sql;
 	int nparams;
 } job_statements[] = {
-	{"job_get", SQL_JOB_GET, 2},
-	{"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
-	{"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
-	{"job_list_p", SQL_JOB_LIST_HEAD "AND j.pipeline = $5" SQL_JOB_LIST_TAIL, 5},
-	{"job_list_sp", SQL_JOB_LIST_HEAD "AND j.status = $5 AND j.pipeline = $6" SQL_JOB_LIST_TAIL,
-	 6},
+        {"job_get", SQL_JOB_GET, 2},
+        {"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
+        {"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
+        {"job_list_p", SQL_JOB_LIST_HEAD "AND j.pipeline = $5" SQL_JOB_LIST_TAIL, 5},
+        {"job_list_sp", SQL_JOB_LIST_HEAD "AND j.status = $5 AND j.pipeline = $6" SQL_JOB_LIST_TAIL,
+         6},
 };
 
 static int64_t col_i64(const PGresult *r, int row, int col)
@@ -480,22 +484,22 @@ static json_t *row_to_json(const PGresult *r, int row, const json_t *tasks, int6
 	json_t *params = col_json(r, row, 4);
 	json_t *error = col_json(r, row, 8);
 	struct job_row j = {
-		.id = col_str(r, row, 0),
-		.project_id = col_str(r, row, 1),
-		.pipeline = col_str(r, row, 2),
-		.status = col_str(r, row, 3),
-		.params = params,
-		.attempt = (int)col_i64(r, row, 5),
-		.progress = PQgetisnull(r, row, 6) ? 0 : strtod(PQgetvalue(r, row, 6), NULL),
-		.current_stage = col_str(r, row, 7),
-		.error = error,
-		.created_us = col_i64(r, row, 9),
-		.queued_us = col_i64(r, row, 10),
-		.started_us = col_i64(r, row, 11),
-		.completed_us = col_i64(r, row, 12),
-		.logs_key = col_str(r, row, 13),
-		.event_seq = col_i64(r, row, 14),
-		.rev = col_i64(r, row, 15),
+	        .id = col_str(r, row, 0),
+	        .project_id = col_str(r, row, 1),
+	        .pipeline = col_str(r, row, 2),
+	        .status = col_str(r, row, 3),
+	        .params = params,
+	        .attempt = (int)col_i64(r, row, 5),
+	        .progress = PQgetisnull(r, row, 6) ? 0 : strtod(PQgetvalue(r, row, 6), NULL),
+	        .current_stage = col_str(r, row, 7),
+	        .error = error,
+	        .created_us = col_i64(r, row, 9),
+	        .queued_us = col_i64(r, row, 10),
+	        .started_us = col_i64(r, row, 11),
+	        .completed_us = col_i64(r, row, 12),
+	        .logs_key = col_str(r, row, 13),
+	        .event_seq = col_i64(r, row, 14),
+	        .rev = col_i64(r, row, 15),
 	};
 	json_t *o = job_to_json(&j, tasks, clock_now_us());
 	if (tasks == NULL)
@@ -524,8 +528,8 @@ static bool job_get_result_cb(PGresult *res, const struct pg_error *err, void *a
 	return false;
 }
 
-struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id,
-		       job_get_cb cb, void *arg)
+struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id, job_get_cb cb,
+                       void *arg)
 {
 	struct job_op *op = xcalloc(1, sizeof *op);
 	op->kind = OP_GET;
@@ -564,8 +568,7 @@ static bool job_list_result_cb(PGresult *res, const struct pg_error *err, void *
 	return false;
 }
 
-struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb,
-			void *arg)
+struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb, void *arg)
 {
 	struct job_op *op = xcalloc(1, sizeof *op);
 	op->kind = OP_LIST;
@@ -580,8 +583,9 @@ struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_li
 	else
 		snprintf(after, sizeof after, "-infinity");
 	const char *values[6] = {
-		q->project_id, q->cursor_id ? q->cursor_id : "ffffffff-ffff-ffff-ffff-ffffffffffff",
-		after, limit, NULL, NULL};
+	        q->project_id, q->cursor_id ? q->cursor_id : "ffffffff-ffff-ffff-ffff-ffffffffffff",
+	        after,         limit,
+	        NULL,          NULL};
 	const char *name = "job_list";
 	int n = 4;
 	if (q->status && q->pipeline) {
@@ -665,44 +669,47 @@ struct submit_batch {
 	size_t pending; /* statement callbacks still to come */
 };
 
-#define SQL_JOB_SUBMIT                                                                            \
-	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "    \
-	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "       \
-	"request_id text, created_at timestamptz, logs_key text, event_seq bigint)), "              \
-	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, idempotency_key, " \
+#define SQL_JOB_SUBMIT                                                                             \
+	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "   \
+	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "      \
+	"request_id text, created_at timestamptz, logs_key text, event_seq bigint)), "             \
+	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, "                \
+	"idempotency_key, "                                                                        \
 	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev) "              \
-	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "               \
-	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, 1 "  \
+	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "              \
+	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, 1 " \
 	"FROM x ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id), "              \
-	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, depends_on, " \
+	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, "           \
+	"depends_on, "                                                                             \
 	"required, status, max_retries, backoff_ms, timeout_ms, params, ready_at) "                \
-	"SELECT y.id, y.job_id, y.project_id, y.stage, y.stage_number, y.module, "                  \
+	"SELECT y.id, y.job_id, y.project_id, y.stage, y.stage_number, y.module, "                 \
 	"ARRAY(SELECT jsonb_array_elements_text(y.depends_on)), y.required, y.status, "            \
-	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at "                          \
+	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at "                         \
 	"FROM jsonb_to_recordset($2::jsonb) AS y(id uuid, job_id uuid, project_id text, "          \
-	"stage text, stage_number int, module text, depends_on jsonb, required bool, status text, " \
+	"stage text, stage_number int, module text, depends_on jsonb, required bool, status "      \
+	"text, "                                                                                   \
 	"max_retries int, backoff_ms bigint, timeout_ms bigint, params jsonb, ready_at "           \
 	"timestamptz) WHERE y.job_id IN (SELECT id FROM j)), "                                     \
-	"e AS (INSERT INTO job_events (job_id, seq, project_id, ts, kind, task_id, stage, "         \
+	"e AS (INSERT INTO job_events (job_id, seq, project_id, ts, kind, task_id, stage, "        \
 	"status_from, status_to, reason, request_id, data) "                                       \
-	"SELECT z.job_id, z.seq, z.project_id, z.ts, z.kind, z.task_id, z.stage, z.status_from, "   \
+	"SELECT z.job_id, z.seq, z.project_id, z.ts, z.kind, z.task_id, z.stage, z.status_from, "  \
 	"z.status_to, z.reason, z.request_id, z.data FROM jsonb_to_recordset($3::jsonb) AS "       \
 	"z(job_id uuid, seq bigint, project_id text, ts timestamptz, kind text, task_id uuid, "    \
 	"stage text, status_from text, status_to text, reason text, request_id text, data jsonb) " \
 	"WHERE z.job_id IN (SELECT id FROM j) RETURNING job_id, seq, id) "                         \
 	"SELECT job_id::text, seq, id FROM e"
 
-#define SQL_JOB_KEYS                                                                              \
-	"SELECT j.id::text, j.project_id, j.idempotency_key, encode(j.request_hash, 'hex') "        \
-	"FROM jsonb_to_recordset($1::jsonb) AS k(project_id text, idempotency_key text) "          \
+#define SQL_JOB_KEYS                                                                         \
+	"SELECT j.id::text, j.project_id, j.idempotency_key, encode(j.request_hash, 'hex') " \
+	"FROM jsonb_to_recordset($1::jsonb) AS k(project_id text, idempotency_key text) "    \
 	"JOIN jobs j USING (project_id, idempotency_key)"
 
 static void submit_schedule(struct engine *e);
 
 static json_t *counts_json(size_t total)
 {
-	return json_pack("{s:I, s:i, s:i, s:i}", "tasks_total", (json_int_t)total, "tasks_completed",
-			 0, "tasks_failed", 0, "tasks_running", 0);
+	return json_pack("{s:I, s:i, s:i, s:i}", "tasks_total", (json_int_t)total,
+	                 "tasks_completed", 0, "tasks_failed", 0, "tasks_running", 0);
 }
 
 static void hex32(const unsigned char *h, char out[65])
@@ -735,12 +742,12 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 	json_t *tasks = json_array(); /* as job_get's aggregate would return them */
 	int64_t seq = 1;
 	json_array_append_new(
-		op->rows_events,
-		json_pack("{s:s, s:I, s:s, s:s, s:s, s:n, s:n, s:s, s:s, s:s, s:s?, s:o}", "job_id",
-			  id, "seq", (json_int_t)seq, "project_id", s->project_id, "ts", ts, "kind",
-			  "job.lifecycle.enqueue", "task_id", "stage", "status_from", "pending",
-			  "status_to", "queued", "reason", "submitted", "request_id", s->request_id,
-			  "data", counts_json(p->nstages)));
+	        op->rows_events,
+	        json_pack("{s:s, s:I, s:s, s:s, s:s, s:n, s:n, s:s, s:s, s:s, s:s?, s:o}", "job_id",
+	                  id, "seq", (json_int_t)seq, "project_id", s->project_id, "ts", ts, "kind",
+	                  "job.lifecycle.enqueue", "task_id", "stage", "status_from", "pending",
+	                  "status_to", "queued", "reason", "submitted", "request_id", s->request_id,
+	                  "data", counts_json(p->nstages)));
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct stage_def *st = &p->stages[i];
 		char tid[ID_UUID_LEN + 1];
@@ -751,67 +758,70 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 			json_array_append_new(deps, json_string(st->needs[k]));
 		json_t *params = pipeline_stage_params(st, s->params);
 		json_array_append_new(
-			op->rows_tasks,
-			json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:O, s:b, s:s, s:i, s:I, s:I, s:o, "
-				  "s:s?}",
-				  "id", tid, "job_id", id, "project_id", s->project_id, "stage",
-				  st->name, "stage_number", st->stage_number, "module", st->module,
-				  "depends_on", deps, "required", st->required, "status",
-				  root ? "ready" : "pending", "max_retries", st->retries,
-				  "backoff_ms", (json_int_t)st->backoff_ms, "timeout_ms",
-				  (json_int_t)st->timeout_ms, "params", params, "ready_at",
-				  root ? ts : NULL));
+		        op->rows_tasks,
+		        json_pack(
+		                "{s:s, s:s, s:s, s:s, s:i, s:s, s:O, s:b, s:s, s:i, s:I, s:I, s:o, "
+		                "s:s?}",
+		                "id", tid, "job_id", id, "project_id", s->project_id, "stage",
+		                st->name, "stage_number", st->stage_number, "module", st->module,
+		                "depends_on", deps, "required", st->required, "status",
+		                root ? "ready" : "pending", "max_retries", st->retries,
+		                "backoff_ms", (json_int_t)st->backoff_ms, "timeout_ms",
+		                (json_int_t)st->timeout_ms, "params", params, "ready_at",
+		                root ? ts : NULL));
 		json_array_append_new(
-			tasks, json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
-					 "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
-					 "id", tid, "stage", st->name, "stage_number",
-					 st->stage_number, "module", st->module, "engine_id",
-					 "depends_on", deps, "required", st->required, "status",
-					 root ? "ready" : "pending", "attempt", 0, "retries", 0,
-					 "max_retries", st->retries, "duration_ms", "progress", 0.0,
-					 "error", "skip_reason", "ready_us",
-					 (json_int_t)(root ? now : 0), "started_us", "completed_us"));
+		        tasks,
+		        json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
+		                  "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
+		                  "id", tid, "stage", st->name, "stage_number", st->stage_number,
+		                  "module", st->module, "engine_id", "depends_on", deps, "required",
+		                  st->required, "status", root ? "ready" : "pending", "attempt", 0,
+		                  "retries", 0, "max_retries", st->retries, "duration_ms",
+		                  "progress", 0.0, "error", "skip_reason", "ready_us",
+		                  (json_int_t)(root ? now : 0), "started_us", "completed_us"));
 		if (root) {
 			op->nready++;
 			json_array_append_new(
-				op->rows_events,
-				json_pack("{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s?, "
-					  "s:o}",
-					  "job_id", id, "seq", (json_int_t)++seq, "project_id",
-					  s->project_id, "ts", ts, "kind", "job.stage.ready", "task_id",
-					  tid, "stage", st->name, "status_from", "pending", "status_to",
-					  "ready", "reason", "no_dependencies", "request_id",
-					  s->request_id, "data", counts_json(p->nstages)));
+			        op->rows_events,
+			        json_pack(
+			                "{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s?, "
+			                "s:o}",
+			                "job_id", id, "seq", (json_int_t)++seq, "project_id",
+			                s->project_id, "ts", ts, "kind", "job.stage.ready",
+			                "task_id", tid, "stage", st->name, "status_from", "pending",
+			                "status_to", "ready", "reason", "no_dependencies",
+			                "request_id", s->request_id, "data",
+			                counts_json(p->nstages)));
 		}
 	}
 	op->ntasks = p->nstages;
 	hex32(s->request_hash, op->hash_hex);
 	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
-	op->rows_job = json_pack(
-		"{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I}", "id", id, "project_id",
-		s->project_id, "pipeline", p->name, "params", s->params, "input", s->input,
-		"idempotency_key", s->idempotency_key, "request_hash", op->hash_hex, "request_id",
-		s->request_id, "created_at", ts, "logs_key", logs_key, "event_seq", (json_int_t)seq);
+	op->rows_job =
+	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I}", "id", id,
+	                  "project_id", s->project_id, "pipeline", p->name, "params", s->params,
+	                  "input", s->input, "idempotency_key", s->idempotency_key, "request_hash",
+	                  op->hash_hex, "request_id", s->request_id, "created_at", ts, "logs_key",
+	                  logs_key, "event_seq", (json_int_t)seq);
 	struct job_row jr = {
-		.id = id,
-		.project_id = s->project_id,
-		.pipeline = p->name,
-		.status = "queued",
-		.params = s->params,
-		.attempt = 1,
-		.created_us = now,
-		.queued_us = now,
-		.logs_key = logs_key,
-		.event_seq = seq,
-		.rev = 1,
+	        .id = id,
+	        .project_id = s->project_id,
+	        .pipeline = p->name,
+	        .status = "queued",
+	        .params = s->params,
+	        .attempt = 1,
+	        .created_us = now,
+	        .queued_us = now,
+	        .logs_key = logs_key,
+	        .event_seq = seq,
+	        .rev = 1,
 	};
 	op->job = job_to_json(&jr, tasks, now);
 	json_decref(tasks);
 	free(logs_key);
 }
 
-struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb,
-			  void *arg)
+struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb, void *arg)
 {
 	struct job_op *op = xcalloc(1, sizeof *op);
 	op->kind = OP_SUBMIT;
@@ -843,35 +853,42 @@ static void submit_announce(struct engine *e, struct job_op *op, const PGresult 
 			}
 		}
 		struct sl_event ev = {
-			.id = gid,
-			.seq = seq,
-			.rev = 1,
-			.ts_us = clock_now_us(),
-			.kind = json_string_value(json_object_get(r, "kind")),
-			.job_id = op->job_id,
-			.project_id = op->project,
-			.pipeline = op->pipeline,
-			.task_id = json_string_value(json_object_get(r, "task_id")),
-			.stage = json_string_value(json_object_get(r, "stage")),
-			.status_from = json_string_value(json_object_get(r, "status_from")),
-			.status_to = json_string_value(json_object_get(r, "status_to")),
-			.reason = json_string_value(json_object_get(r, "reason")),
-			.request_id = op->request_id,
-			.data = json_object_get(r, "data"),
+		        .id = gid,
+		        .seq = seq,
+		        .rev = 1,
+		        .ts_us = clock_now_us(),
+		        .kind = json_string_value(json_object_get(r, "kind")),
+		        .job_id = op->job_id,
+		        .project_id = op->project,
+		        .pipeline = op->pipeline,
+		        .task_id = json_string_value(json_object_get(r, "task_id")),
+		        .stage = json_string_value(json_object_get(r, "stage")),
+		        .status_from = json_string_value(json_object_get(r, "status_from")),
+		        .status_to = json_string_value(json_object_get(r, "status_to")),
+		        .reason = json_string_value(json_object_get(r, "reason")),
+		        .request_id = op->request_id,
+		        .data = json_object_get(r, "data"),
 		};
+		/* ARCHITECTURE §4: every event carries the aggregate counts. */
 		if (ev.task_id == NULL)
 			log_info(ev.kind, "job queued", LF_STR("job_id", ev.job_id),
-				 LF_STR("project_id", ev.project_id), LF_STR("pipeline", ev.pipeline),
-				 LF_STR("status_from", ev.status_from), LF_STR("status_to", ev.status_to),
-				 LF_STR("reason", ev.reason), LF_INT("duration_ms", 0),
-				 LF_INT("seq", ev.seq), LF_UINT("tasks_total", op->ntasks),
-				 LF_STR("request_id", ev.request_id));
+			         LF_STR("project_id", ev.project_id),
+			         LF_STR("pipeline", ev.pipeline),
+			         LF_STR("status_from", ev.status_from),
+			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
+			         LF_INT("duration_ms", 0), LF_INT("seq", ev.seq),
+			         LF_UINT("tasks_total", op->ntasks), LF_INT("tasks_completed", 0),
+			         LF_INT("tasks_failed", 0), LF_INT("tasks_running", 0),
+			         LF_STR("request_id", ev.request_id));
 		else
 			log_info(ev.kind, "stage ready", LF_STR("job_id", ev.job_id),
-				 LF_STR("task_id", ev.task_id), LF_STR("stage", ev.stage),
-				 LF_STR("status_from", ev.status_from), LF_STR("status_to", ev.status_to),
-				 LF_STR("reason", ev.reason), LF_INT("seq", ev.seq),
-				 LF_STR("request_id", ev.request_id));
+			         LF_STR("project_id", ev.project_id),
+			         LF_STR("pipeline", ev.pipeline), LF_STR("task_id", ev.task_id),
+			         LF_STR("stage", ev.stage), LF_STR("status_from", ev.status_from),
+			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
+			         LF_INT("seq", ev.seq), LF_UINT("tasks_total", op->ntasks),
+			         LF_INT("tasks_completed", 0), LF_INT("tasks_failed", 0),
+			         LF_INT("tasks_running", 0), LF_STR("request_id", ev.request_id));
 		event_bus_publish(e->bus, &ev);
 	}
 	rev_cache_put(e->revs, op->job_id, op->project, 1, false);
@@ -887,15 +904,14 @@ static int submit_existing_row(const PGresult *ex, const struct job_op *op)
 	return -1;
 }
 
-static void submit_existing_get_cb(json_t *job, int64_t rev, const struct pg_error *err,
-				   void *arg)
+static void submit_existing_get_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
 {
 	struct job_op *op = arg;
 	op->inner = NULL;
 	if (job)
-		op->cb.submit(JOB_SUBMIT_EXISTING, job, NULL, op->arg);
+		op->cb.submit(JOB_SUBMIT_EXISTING, job, rev, NULL, op->arg);
 	else
-		op->cb.submit(JOB_SUBMIT_ERROR, NULL, err, op->arg);
+		op->cb.submit(JOB_SUBMIT_ERROR, NULL, 0, err, op->arg);
 	job_op_free(op);
 }
 
@@ -914,7 +930,7 @@ static void submit_batch_done(struct submit_batch *b)
 		struct job_op *op = b->ops[i];
 		if (b->failed) {
 			if (!op->cancelled)
-				op->cb.submit(JOB_SUBMIT_ERROR, NULL, &b->err, op->arg);
+				op->cb.submit(JOB_SUBMIT_ERROR, NULL, 0, &b->err, op->arg);
 			job_op_free(op);
 			continue;
 		}
@@ -923,7 +939,7 @@ static void submit_batch_done(struct submit_batch *b)
 			if (!op->cancelled) {
 				json_t *job = op->job;
 				op->job = NULL;
-				op->cb.submit(JOB_SUBMIT_CREATED, job, NULL, op->arg);
+				op->cb.submit(JOB_SUBMIT_CREATED, job, 1, NULL, op->arg);
 			}
 			job_op_free(op);
 			continue;
@@ -934,18 +950,18 @@ static void submit_batch_done(struct submit_batch *b)
 			 * delete could do that; report it rather than guess. */
 			if (!op->cancelled) {
 				struct pg_error err = {.kind = PG_ERR_QUERY,
-						       .sqlstate = "",
-						       .message = "the job could not be created"};
-				op->cb.submit(JOB_SUBMIT_ERROR, NULL, &err, op->arg);
+				                       .sqlstate = "",
+				                       .message = "the job could not be created"};
+				op->cb.submit(JOB_SUBMIT_ERROR, NULL, 0, &err, op->arg);
 			}
 			job_op_free(op);
 		} else if (strcmp(PQgetvalue(b->existing, row, 3), op->hash_hex) != 0) {
-			op->cb.submit(JOB_SUBMIT_CONFLICT, NULL, NULL, op->arg);
+			op->cb.submit(JOB_SUBMIT_CONFLICT, NULL, 0, NULL, op->arg);
 			job_op_free(op);
 		} else {
 			op->batch = NULL;
 			op->inner = job_get(e, op->project, PQgetvalue(b->existing, row, 0),
-					    submit_existing_get_cb, op);
+			                    submit_existing_get_cb, op);
 		}
 	}
 	PQclear(b->inserted);
@@ -1022,9 +1038,9 @@ static void submit_flush(struct engine *e)
 		json_array_extend(tasks, op->rows_tasks);
 		json_array_extend(events, op->rows_events);
 		if (op->idem_key)
-			json_array_append_new(keys, json_pack("{s:s, s:s}", "project_id",
-							      op->project, "idempotency_key",
-							      op->idem_key));
+			json_array_append_new(keys,
+			                      json_pack("{s:s, s:s}", "project_id", op->project,
+			                                "idempotency_key", op->idem_key));
 	}
 	char *pj = json_dumps(jobs, JSON_COMPACT);
 	char *pt = json_dumps(tasks, JSON_COMPACT);
@@ -1034,8 +1050,12 @@ static void submit_flush(struct engine *e)
 	const char *v2[1] = {pk};
 	b->has_keys = json_array_size(keys) > 0;
 	struct pg_stmt stmts[2] = {
-		{.name = "job_submit", .nparams = 3, .values = v1, .cb = submit_insert_cb, .arg = b},
-		{.name = "job_keys", .nparams = 1, .values = v2, .cb = submit_keys_cb, .arg = b},
+	        {.name = "job_submit",
+	         .nparams = 3,
+	         .values = v1,
+	         .cb = submit_insert_cb,
+	         .arg = b},
+	        {.name = "job_keys", .nparams = 1, .values = v2, .cb = submit_keys_cb, .arg = b},
 	};
 	size_t nst = b->has_keys ? 2 : 1;
 	b->pending = nst;
@@ -1120,9 +1140,9 @@ void job_engine_fini(struct engine *e)
 bool job_engine_prepare(struct engine *e)
 {
 	bool ok = pg_pool_prepare(e->pool, "job_submit", SQL_JOB_SUBMIT, 3, NULL) &&
-		  pg_pool_prepare(e->pool, "job_keys", SQL_JOB_KEYS, 1, NULL);
+	          pg_pool_prepare(e->pool, "job_keys", SQL_JOB_KEYS, 1, NULL);
 	for (size_t i = 0; i < sizeof job_statements / sizeof job_statements[0]; i++)
 		ok = ok && pg_pool_prepare(e->pool, job_statements[i].name, job_statements[i].sql,
-					   job_statements[i].nparams, NULL);
+		                           job_statements[i].nparams, NULL);
 	return ok;
 }

@@ -70,10 +70,10 @@ enum job_submit_result {
 	JOB_SUBMIT_ERROR,
 };
 
-/* job is a new reference the callback owns (NULL for CONFLICT and ERROR);
- * err is set for ERROR. */
-typedef void (*job_submit_cb)(enum job_submit_result r, json_t *job, const struct pg_error *err,
-			      void *arg);
+/* job is a new reference the callback owns (NULL for CONFLICT and ERROR),
+ * rev its revision (the ETag); err is set for ERROR. */
+typedef void (*job_submit_cb)(enum job_submit_result r, json_t *job, int64_t rev,
+                              const struct pg_error *err, void *arg);
 /* Submissions made in the same loop pass share one transaction. */
 struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb,
 			  void *arg);

@@ -117,8 +117,8 @@ static bool etag_matches(struct http_req *req, int64_t rev)
 
 /* --- POST /v1/jobs ------------------------------------------------------- */
 
-static void submit_done_cb(enum job_submit_result r, json_t *job, const struct pg_error *err,
-                           void *arg)
+static void submit_done_cb(enum job_submit_result r, json_t *job, int64_t rev,
+                           const struct pg_error *err, void *arg)
 {
 	struct job_call *c = arg;
 	struct http_req *req = c->req;
@@ -129,8 +129,7 @@ static void submit_done_cb(enum job_submit_result r, json_t *job, const struct p
 		char *loc = xasprintf("/v1/jobs/%s", json_string_value(json_object_get(job, "id")));
 		http_set_header(req, "Location", loc);
 		free(loc);
-		if (r == JOB_SUBMIT_CREATED)
-			set_etag(req, 1);
+		set_etag(req, rev);
 		http_reply_json(req, r == JOB_SUBMIT_CREATED ? 201 : 200, job);
 		break;
 	}

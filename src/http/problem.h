@@ -1,7 +1,7 @@
 /* problem: RFC 9457 problem details (application/problem+json). Pure
  * rendering: the server decides when to send one, this decides how it reads.
  * Every type is a stable URN, urn:stageline:problem:<slug>, documented in
- * docs/api.md. */
+ * proto/openapi.yaml. */
 #ifndef SL_HTTP_PROBLEM_H
 #define SL_HTTP_PROBLEM_H
 

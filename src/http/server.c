@@ -183,7 +183,14 @@ static void linger_start(struct http_server *srv, struct bufferevent *bev, int s
 
 	char id[ID_UUID_LEN + 1];
 	id_uuid7(id);
-	char *body = problem_render(status, limit, NULL, detail, NULL, NULL);
+	/* Problem slugs are kebab-case like every other; the metric label keeps
+	 * the snake_case limit name. */
+	char slug[32];
+	snprintf(slug, sizeof slug, "%s", limit);
+	for (char *c = slug; *c; c++)
+		if (*c == '_')
+			*c = '-';
+	char *body = problem_render(status, slug, NULL, detail, NULL, NULL);
 	struct evbuffer *in = bufferevent_get_input(bev);
 	evbuffer_drain(in, evbuffer_get_length(in));
 	evbuffer_add_printf(

@@ -12,6 +12,7 @@
 #   submit_pg_cpu_s X          PostgreSQL CPU seconds during the submit run
 #   submit_pg_cpu_s_per_1k X   the same per 1,000 jobs (TOOLCHAIN.md §10)
 #   submit_daemon_cpu_s X      stagelined CPU seconds during the submit run
+#   submit_jobs_per_batch X    jobs per submit statement (from /metrics)
 #   submit_rows N              jobs in the database afterwards (psql)
 #   submit_rows_minus_201 N    submit_rows - 201 responses: requests wrk had
 #                              in flight when it stopped may still commit
@@ -248,6 +249,11 @@ pg_cpu=$(secs "$pg0" "$pg1")
 echo "submit_pg_cpu_s $pg_cpu"
 awk -v c="$pg_cpu" -v n="$created" 'BEGIN { if (n > 0) printf "submit_pg_cpu_s_per_1k %.3f\n", c * 1000 / n }'
 echo "submit_daemon_cpu_s $(secs "$d0" "$d1")"
+# Jobs per submit statement (the batcher's batch size), from /metrics.
+curl -fs "$base/metrics" >"$tmp/metrics.txt" 2>/dev/null &&
+	awk '/^stageline_db_queries_total\{/ && /op="job_submit"/ { q += $NF }
+	/^stageline_jobs_created_total / { j = $NF }
+	END { if (q > 0) printf "submit_jobs_per_batch %.1f\n", j / q }' "$tmp/metrics.txt"
 # Requests wrk abandoned at the end may still commit: wait until the count
 # holds still before comparing.
 last=-1

@@ -358,9 +358,9 @@ static const char *head_value(const char *h, size_t hl, const char *name, size_t
 
 static bool is_limit_refusal(int status, const char *body, size_t bl)
 {
-	static const char *const slugs[] = {"header_timeout", "body_size",   "uri_size",
-	                                    "header_fields",  "header_size", "framing",
-	                                    "malformed"};
+	static const char *const slugs[] = {"header-timeout", "body-size",   "uri-size",
+	                                    "header-fields",  "header-size", "framing",
+	                                    "malformed",      "version"};
 	if (status == 408 || status == 413 || status == 414 || status == 431)
 		return true;
 	for (size_t i = 0; i < sizeof slugs / sizeof slugs[0]; i++) {

@@ -339,6 +339,15 @@ def test_create_job_rows_events_and_log(daemon, pg):
             (2, "job.stage.ready", task_ids["a"], "a", "pending", "ready", "default"),
         ], events
 
+        # one transaction wrote them all
+        cur.execute("SELECT xmin::text FROM jobs WHERE id = %(id)s UNION "
+                    "SELECT xmin::text FROM tasks WHERE job_id = %(id)s UNION "
+                    "SELECT xmin::text FROM job_events WHERE job_id = %(id)s UNION "
+                    "SELECT (txid::text::numeric %% 4294967296)::text FROM job_events "
+                    "WHERE job_id = %(id)s", {"id": jid})
+        xids = cur.fetchall()
+        assert len(xids) == 1, f"the job's rows come from several transactions: {xids}"
+
     line = d.wait_log(lambda l: l["event"] == "job.lifecycle.enqueue" and l.get("job_id") == jid,
                       what="the job.lifecycle.enqueue log line")
     for k in ("job_id", "project_id", "pipeline", "status_from", "status_to", "reason",
@@ -826,7 +835,7 @@ def test_api_keys_across_projects(daemon, pg):
 
 
 def test_postgres_restart_503_then_recovers(daemon, pg):
-    d = start(daemon, expect_errors=())
+    d = start(daemon)
     st, _, job, raw = post(d, demo_body(n=1))
     assert st == 201, raw
     jid = job["id"]
