@@ -9,7 +9,7 @@
 #include "engine/events.h"
 
 struct engine *engine_new(struct app *app, struct pg_pool *pool,
-			  const struct pipeline_set *pipelines, const struct engine_opts *opts)
+                          const struct pipeline_set *pipelines, const struct engine_opts *opts)
 {
 	struct engine *e = xcalloc(1, sizeof *e);
 	e->app = app;

@@ -15,14 +15,14 @@ struct event_bus;
 struct engine;
 
 struct engine_opts {
-	size_t submit_batch_max;     /* jobs in one submit transaction; 0 = 256 */
-	size_t submit_inflight_max;  /* submit transactions in flight; 0 = pool size */
-	size_t rev_cache_max;        /* jobs whose revision is remembered; 0 = 100000 */
+	size_t submit_batch_max; /* jobs in one submit transaction; 0 = 256 */
+	size_t submit_inflight_max; /* submit transactions in flight; 0 = pool size */
+	size_t rev_cache_max; /* jobs whose revision is remembered; 0 = 100000 */
 };
 
 /* pool and pipelines are borrowed and must outlive the engine. */
 struct engine *engine_new(struct app *app, struct pg_pool *pool,
-			  const struct pipeline_set *pipelines, const struct engine_opts *opts);
+                          const struct pipeline_set *pipelines, const struct engine_opts *opts);
 /* Drops pending work without callbacks. NULL is a no-op. */
 void engine_free(struct engine *e);
 /* Registers the engine's prepared statements on the pool. */

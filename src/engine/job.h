@@ -57,7 +57,7 @@ struct job_submit {
 	const char *project_id;
 	const struct pipeline *pipeline;
 	const json_t *params; /* effective: declared defaults filled in */
-	const json_t *input;  /* NULL when none */
+	const json_t *input; /* NULL when none */
 	const char *idempotency_key; /* NULL when none */
 	unsigned char request_hash[32]; /* SHA-256 of the canonical request */
 	const char *request_id;
@@ -76,29 +76,29 @@ typedef void (*job_submit_cb)(enum job_submit_result r, json_t *job, int64_t rev
                               const struct pg_error *err, void *arg);
 /* Submissions made in the same loop pass share one transaction. */
 struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_submit_cb cb,
-			  void *arg);
+                          void *arg);
 
 /* job (owned by the callback) is NULL when no job of that project has that
  * id; rev is its revision (the ETag). */
 typedef void (*job_get_cb)(json_t *job, int64_t rev, const struct pg_error *err, void *arg);
-struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id,
-		       job_get_cb cb, void *arg);
+struct job_op *job_get(struct engine *e, const char *project_id, const char *job_id, job_get_cb cb,
+                       void *arg);
 /* The revision last seen for the job, from this instance's reads and
  * events: lets a conditional GET answer 304 without a database round trip. */
 bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id, int64_t *rev);
 
 struct job_list_query {
 	const char *project_id;
-	const char *status;   /* NULL: any */
+	const char *status; /* NULL: any */
 	const char *pipeline; /* NULL: any */
 	int64_t created_after_us; /* 0: any */
-	const char *cursor_id;    /* NULL: from the newest */
-	size_t limit;             /* 1..200 */
+	const char *cursor_id; /* NULL: from the newest */
+	size_t limit; /* 1..200 */
 };
 /* page = {data: [...], next_cursor: string|null}, owned by the callback. */
 typedef void (*job_list_cb)(json_t *page, const struct pg_error *err, void *arg);
 struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb,
-			void *arg);
+                        void *arg);
 
 /* Opaque keyset cursors: "c1" + the base64url of the last job id. */
 char *job_cursor_encode(const char *job_id);
@@ -120,6 +120,6 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 /* The union of [ready_at, started_at or now) over the stages, in ms: parallel
  * waits count once. Pure; exposed for tests. */
 int64_t job_total_wait_ms(const int64_t *ready_us, const int64_t *started_us, size_t n,
-			  int64_t now_us);
+                          int64_t now_us);
 
 #endif
