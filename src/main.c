@@ -230,10 +230,10 @@ static bool daemon_routes(struct daemon *d)
 	if (*d->app.cfg->server.metrics_listen) {
 		/* A separate listener serves only the metrics (and health). */
 		d->metrics_router = router_new();
-		ok = ok && api_metrics_register(d->metrics_router, &d->api) &&
+		ok = ok && api_metrics_register(d->metrics_router, &d->api, false) &&
 		     api_health_register(d->metrics_router, &d->api);
 	} else {
-		ok = ok && api_metrics_register(d->router, &d->api);
+		ok = ok && api_metrics_register(d->router, &d->api, d->app.cfg->auth.enabled);
 	}
 	return ok;
 }

@@ -27,8 +27,10 @@ bool api_health_register(struct router *r, struct api_ctx *ctx) __attribute__((w
 /* POST/GET /v1/jobs, GET /v1/jobs/{id}, GET /v1/pipelines. */
 bool api_jobs_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
 
-/* GET /metrics and GET /metrics.json. */
-bool api_metrics_register(struct router *r, struct api_ctx *ctx)
+/* GET /metrics and GET /metrics.json; guarded: they need the admin scope
+ * (the main listener with auth on), else they are open (the metrics
+ * listener, or auth off). */
+bool api_metrics_register(struct router *r, struct api_ctx *ctx, bool guarded)
         __attribute__((warn_unused_result));
 
 #endif

@@ -641,9 +641,16 @@ def test_auth_problems_and_project_isolation(api, snapshots, daemon, db, pipes_d
             assert r[1]["www-authenticate"] == 'Bearer realm="stageline"'
             assert doc["title"] == "Unauthorized"
 
-    # health and metrics need no key
+    # health needs no key; on the main listener the metrics need the admin scope
     check_response(api, "GET", "/healthz", 200, d.http("GET", "/healthz"))
-    check_response(api, "GET", "/metrics.json", 200, d.http("GET", "/metrics.json"))
+    problem(api, snapshots, "GET", "/metrics.json", 401, d.http("GET", "/metrics.json"),
+            "unauthorized")
+    doc = problem(api, snapshots, "GET", "/metrics", 403,
+                  d.http("GET", "/metrics", headers=bearer(reader_a)), "forbidden")
+    assert doc["missing_scopes"] == ["admin"]
+    admin_a = new_key(pg, "schema-a", ["admin"])
+    check_response(api, "GET", "/metrics.json", 200,
+                   d.http("GET", "/metrics.json", headers=bearer(admin_a)))
 
     doc = problem(api, snapshots, "POST", "/v1/jobs", 403,
                   post_job(d, {"pipeline": "open"}, bearer(reader_a)), "forbidden")

@@ -531,6 +531,7 @@ def test_idempotency_same_key(daemon, pg):
     assert j2["id"] == j1["id"], (j1["id"], j2["id"])
     assert without_clock(j2) == without_clock(j1), (j1, j2)
     assert hd2.get("location", "").endswith(f"/v1/jobs/{j1['id']}"), hd2
+    assert hd2.get("etag") == hd1.get("etag"), (hd1, hd2)
 
     # the same request written differently is the same request
     same = b'{ "params" : {"lang": "fr", "n": 11}, "pipeline": "demo" }'

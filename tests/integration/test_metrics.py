@@ -73,6 +73,22 @@ CATALOG = load_catalog()
 # scraping and parsing
 
 
+@pytest.fixture
+def daemon(daemon):
+    """The shared factory with auth off: these tests scrape the main listener,
+    where /metrics needs the admin scope when auth is on (tested below)."""
+    def make(config=None, **kw):
+        cfg = {"auth.enabled": False}
+        cfg.update(config or {})
+        return daemon(cfg, **kw)
+    return make
+
+
+@pytest.fixture
+def sl(daemon):
+    return daemon()
+
+
 def scrape_json(d, port=None):
     port = port or d.port
     st, h, body = http_request(port, "GET", "/metrics.json", host=d.host)
@@ -859,3 +875,19 @@ def test_dashboard_and_alerts_use_exposed_names_only(sl, tmp_path):
         r = subprocess.run([PROMTOOL, "check", "rules", str(rf)], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_metrics_need_admin_on_the_main_listener_with_auth(daemon, pg):
+    """With auth on, /metrics and /metrics.json on the main listener answer
+    401 without a key (and the separate listener stays open)."""
+    mport = free_port()
+    d = daemon({"auth.enabled": True})
+    for path in ("/metrics", "/metrics.json"):
+        st, h, body = d.http("GET", path)
+        assert st == 401, (path, st, body)
+        assert h.get("www-authenticate") == 'Bearer realm="stageline"'
+    d2 = daemon({"auth.enabled": True, "server.metrics_listen": f"127.0.0.1:{mport}"})
+    st, _, _ = http_request(mport, "GET", "/metrics")
+    assert st == 200
+    st, _, _ = d2.http("GET", "/metrics")
+    assert st == 404
