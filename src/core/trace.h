@@ -87,12 +87,13 @@ size_t trace_span_traceparent(const struct trace_span *s, char out[TRACE_TRACEPA
  * The extra empty argument and the leading placeholder element let the
  * attribute list be empty in standard C. */
 #define trace_start(name, ...) TRACE_START_(name, __VA_ARGS__, )
-#define TRACE_START_(name, parent, ...)                                                      \
-	(trace_enabled() ? trace_span_start((name), (parent),                                 \
-	                                    (const struct trace_attr[]){{0}, __VA_ARGS__} + 1, \
-	                                    sizeof((const struct trace_attr[]){{0}, __VA_ARGS__}) / \
-	                                                    sizeof(struct trace_attr) -             \
-	                                            1)                                          \
-	                 : (struct trace_span *)NULL)
+#define TRACE_START_(name, parent, ...)                                                     \
+	(trace_enabled()                                                                    \
+	         ? trace_span_start((name), (parent),                                       \
+	                            (const struct trace_attr[]){{0}, __VA_ARGS__} + 1,      \
+	                            sizeof((const struct trace_attr[]){{0}, __VA_ARGS__}) / \
+	                                            sizeof(struct trace_attr) -             \
+	                                    1)                                              \
+	         : (struct trace_span *)NULL)
 
 #endif

@@ -23,6 +23,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/trace.h"
 #include "core/redact.h"
 #include "core/xmalloc.h"
 
@@ -52,6 +53,7 @@ struct pg_query_stmt {
 struct pg_query {
 	TAILQ_ENTRY(pg_query) entry;
 	int64_t start_us; /* submission, for db.query_latency_ms */
+	struct trace_span *span;
 	int64_t deadline_us; /* 0 = no timeout */
 	bool cancelled;
 	bool timed_out;
@@ -260,6 +262,7 @@ static bool pg_conn_set_state(struct pg_conn *c, enum pg_conn_state to)
 
 static void pg_query_free(struct pg_query *q)
 {
+	trace_span_end(q->span, q->fail_at != PG_NO_FAILURE || q->fail_msg ? "failed" : NULL);
 	for (size_t i = 0; i < q->n; i++)
 		PQclear(q->stmts[i].res);
 	PQclear(q->fail_res);
@@ -902,6 +905,9 @@ struct pg_query *pg_conn_batch(struct pg_conn *c, const struct pg_stmt *stmts, s
 	struct pg_query *q = xcalloc(1, sizeof *q + n * sizeof q->stmts[0]);
 	q->n = n;
 	q->start_us = clock_mono_us();
+	q->span = trace_start("db.batch", NULL, TA_STR("db.conn", c->name),
+	                      TA_STR("op", stmts[0].name ? stmts[0].name : "sql"),
+	                      TA_INT("statements", (int64_t)n));
 	q->fail_at = PG_NO_FAILURE;
 	for (size_t i = 0; i < n; i++) {
 		q->stmts[i].cb = stmts[i].cb;

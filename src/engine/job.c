@@ -23,6 +23,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/trace.h"
 #include "core/xmalloc.h"
 #include "db/pool.h"
 #include "engine/engine_int.h"
@@ -409,10 +410,12 @@ struct job_op {
 	char request_id[130];
 	size_t ntasks, nready;
 	struct job_op *inner; /* EXISTING: the read of the first job */
+	struct trace_span *span;
 };
 
 static void job_op_free(struct job_op *op)
 {
+	trace_span_end(op->span, op->cancelled ? "cancelled" : NULL);
 	json_decref(op->job);
 	json_decref(op->rows_job);
 	json_decref(op->rows_tasks);
@@ -829,6 +832,8 @@ struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_subm
 	op->cb.submit = cb;
 	op->arg = arg;
 	submit_prepare(op, s);
+	op->span = trace_start("job.submit", NULL, TA_STR("job_id", op->job_id),
+	                       TA_STR("pipeline", op->pipeline), TA_STR("project_id", op->project));
 	TAILQ_INSERT_TAIL(&e->submits, op, link);
 	e->nsubmits++;
 	submit_schedule(e);
@@ -1114,6 +1119,359 @@ void job_op_cancel(struct job_op *op)
 	}
 }
 
+/* --- Status changes: job_set_status / task_set_status -------------------- */
+
+/* One statement writes a whole batch of changes: the job rows are locked
+ * first (in id order, so two batches can't deadlock on them), task changes
+ * are fenced by their expected status and lease token, job changes by their
+ * expected status; only what applied gets an event, numbered from the job's
+ * event_seq so every job's events stay gapless; the job's rev moves once. */
+#define SQL_JOB_TXN                                                                                \
+	"WITH y AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS y(ord int, id uuid, "           \
+	"from_ text, to_ text, reason text, error jsonb, kind text, request_id text, data "        \
+	"jsonb)), "                                                                                \
+	"x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(ord int, id uuid, job_id uuid, "   \
+	"from_ text, to_ text, reason text, kind text, stage text, lease uuid, skip_reason text, " \
+	"error jsonb, not_before timestamptz, request_id text, data jsonb)), "                     \
+	"jl AS (SELECT j.id, j.status, j.project_id, j.pipeline, j.created_at, j.queued_at, "      \
+	"j.started_at FROM jobs j WHERE j.id IN (SELECT id FROM y UNION SELECT job_id FROM x) "    \
+	"ORDER BY j.id FOR UPDATE), "                                                              \
+	"tu AS (UPDATE tasks t SET status = x.to_, "                                               \
+	"ready_at = CASE WHEN x.to_ = 'ready' THEN now() WHEN x.to_ = 'pending' THEN NULL "        \
+	"ELSE t.ready_at END, "                                                                    \
+	"not_before = CASE WHEN x.to_ = 'ready' THEN x.not_before ELSE NULL END, "                 \
+	"started_at = CASE WHEN x.to_ = 'running' THEN now() WHEN x.to_ IN ('pending', 'ready') "  \
+	"THEN NULL ELSE t.started_at END, "                                                        \
+	"completed_at = CASE WHEN x.to_ IN ('completed', 'failed', 'skipped', 'cancelled') "       \
+	"THEN now() ELSE NULL END, "                                                               \
+	"duration_ms = CASE WHEN x.to_ IN ('completed', 'failed', 'cancelled') AND t.started_at "  \
+	"IS NOT NULL AND t.status = 'running' THEN (extract(epoch from now() - t.started_at) * "   \
+	"1000)::bigint WHEN x.to_ IN ('pending', 'ready') THEN NULL ELSE t.duration_ms END, "      \
+	"attempt = t.attempt + (x.to_ = 'running')::int, "                                         \
+	"retries = t.retries + (t.status = 'running' AND x.to_ = 'ready')::int, "                  \
+	"skip_reason = CASE WHEN x.to_ = 'skipped' THEN x.skip_reason WHEN x.to_ = 'pending' "     \
+	"THEN NULL ELSE t.skip_reason END, "                                                       \
+	"error = CASE WHEN x.error IS NOT NULL THEN x.error WHEN x.to_ = 'pending' THEN NULL "     \
+	"ELSE t.error END, "                                                                       \
+	"progress = CASE WHEN x.to_ = 'completed' THEN 1 WHEN x.to_ IN ('pending', 'ready') "      \
+	"THEN 0 ELSE t.progress END, "                                                             \
+	"lease_owner = CASE WHEN x.to_ = 'running' THEN t.lease_owner ELSE NULL END, "             \
+	"lease_token = CASE WHEN x.to_ = 'running' THEN t.lease_token ELSE NULL END, "             \
+	"lease_expires_at = CASE WHEN x.to_ = 'running' THEN t.lease_expires_at ELSE NULL END "    \
+	"FROM x WHERE t.id = x.id AND t.job_id = x.job_id AND t.job_id IN (SELECT id FROM jl) "    \
+	"AND t.status = x.from_ AND (x.lease IS NULL OR t.lease_token = x.lease) "                 \
+	"RETURNING x.ord, x.job_id, x.from_, x.to_), "                                             \
+	"yok AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_), "             \
+	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yok), "              \
+	"cnt AS (SELECT job_id, count(*)::bigint AS n FROM applied GROUP BY job_id), "             \
+	"ju AS (UPDATE jobs j SET event_seq = j.event_seq + cnt.n, rev = j.rev + 1, "              \
+	"status = coalesce(yok.to_, j.status), "                                                   \
+	"queued_at = CASE WHEN yok.to_ = 'queued' THEN now() ELSE j.queued_at END, "               \
+	"started_at = CASE WHEN yok.to_ = 'running' THEN coalesce(j.started_at, now()) "           \
+	"ELSE j.started_at END, "                                                                  \
+	"completed_at = CASE WHEN yok.to_ IN ('completed', 'failed', 'cancelled') THEN now() "     \
+	"WHEN yok.to_ = 'queued' THEN NULL ELSE j.completed_at END, "                              \
+	"error = CASE WHEN yok.to_ = 'failed' THEN yok.error WHEN yok.to_ = 'queued' THEN NULL "   \
+	"ELSE j.error END, "                                                                       \
+	"attempt = j.attempt + (yok.to_ = 'queued' AND yok.from_ <> 'pending')::int, "             \
+	"cancel_requested = CASE WHEN yok.to_ = 'cancelled' THEN true WHEN yok.to_ = 'queued' "    \
+	"THEN false ELSE j.cancel_requested END "                                                  \
+	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id WHERE j.id = cnt.job_id "                   \
+	"RETURNING j.id, j.event_seq - cnt.n AS base, j.rev, j.project_id, j.pipeline), "          \
+	"tc AS (SELECT t.job_id, count(*) AS total, "                                              \
+	"count(*) FILTER (WHERE t.status = 'completed') AS completed, "                            \
+	"count(*) FILTER (WHERE t.status = 'failed') AS failed, "                                  \
+	"count(*) FILTER (WHERE t.status = 'running') AS running "                                 \
+	"FROM tasks t WHERE t.job_id IN (SELECT job_id FROM cnt) GROUP BY t.job_id), "             \
+	"td AS (SELECT tu.job_id, "                                                                \
+	"sum((tu.to_ = 'completed')::int - (tu.from_ = 'completed')::int) AS completed, "          \
+	"sum((tu.to_ = 'failed')::int - (tu.from_ = 'failed')::int) AS failed, "                   \
+	"sum((tu.to_ = 'running')::int - (tu.from_ = 'running')::int) AS running "                 \
+	"FROM tu GROUP BY tu.job_id), "                                                            \
+	"counts AS (SELECT cnt.job_id, jsonb_build_object('tasks_total', coalesce(tc.total, 0), "  \
+	"'tasks_completed', coalesce(tc.completed, 0) + coalesce(td.completed, 0), "               \
+	"'tasks_failed', coalesce(tc.failed, 0) + coalesce(td.failed, 0), "                        \
+	"'tasks_running', coalesce(tc.running, 0) + coalesce(td.running, 0)) AS c "                \
+	"FROM cnt LEFT JOIN tc ON tc.job_id = cnt.job_id LEFT JOIN td ON td.job_id = "             \
+	"cnt.job_id), "                                                                            \
+	"num AS (SELECT a.ord, a.job_id, ju.base + row_number() OVER (PARTITION BY a.job_id "      \
+	"ORDER BY a.ord) AS seq FROM applied a JOIN ju ON ju.id = a.job_id), "                     \
+	"ev AS (INSERT INTO job_events (job_id, seq, project_id, kind, task_id, stage, "           \
+	"status_from, status_to, reason, request_id, data) "                                       \
+	"SELECT num.job_id, num.seq, ju.project_id, coalesce(x.kind, y.kind), x.id, x.stage, "     \
+	"coalesce(x.from_, y.from_), coalesce(x.to_, y.to_), coalesce(x.reason, y.reason), "       \
+	"coalesce(x.request_id, y.request_id), coalesce(x.data, y.data, '{}') || counts.c "        \
+	"FROM num JOIN ju ON ju.id = num.job_id JOIN counts ON counts.job_id = num.job_id "        \
+	"LEFT JOIN x ON x.ord = num.ord LEFT JOIN y ON y.ord = num.ord "                           \
+	"RETURNING job_id, seq, id, data) "                                                        \
+	"SELECT num.ord, ev.seq, ev.id, ju.rev, ev.data::text, "                                   \
+	"(extract(epoch from jl.created_at) * 1e6)::bigint, "                                      \
+	"(extract(epoch from jl.queued_at) * 1e6)::bigint, "                                       \
+	"(extract(epoch from jl.started_at) * 1e6)::bigint "                                       \
+	"FROM ev JOIN num ON num.job_id = ev.job_id AND num.seq = ev.seq "                         \
+	"JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id ORDER BY num.ord"
+
+/* One change of the batch, kept for the announcement after the commit. */
+struct txn_change {
+	bool is_task;
+	int from, to; /* enum job_status or enum task_status */
+	char *job_id, *project_id, *pipeline, *task_id, *stage, *kind, *reason, *request_id;
+	json_t *error;
+};
+
+struct job_txn {
+	struct engine *e;
+	json_t *jobs, *tasks; /* the statement's two parameters */
+	struct txn_change *changes;
+	size_t n, cap;
+	job_txn_cb cb;
+	void *arg;
+	struct pg_pool_query *q;
+};
+
+struct job_txn *job_txn_new(struct engine *e)
+{
+	struct job_txn *t = xcalloc(1, sizeof *t);
+	t->e = e;
+	t->jobs = json_array();
+	t->tasks = json_array();
+	return t;
+}
+
+void job_txn_free(struct job_txn *t)
+{
+	if (t == NULL)
+		return;
+	pg_pool_cancel(t->q);
+	for (size_t i = 0; i < t->n; i++) {
+		struct txn_change *c = &t->changes[i];
+		free(c->job_id);
+		free(c->project_id);
+		free(c->pipeline);
+		free(c->task_id);
+		free(c->stage);
+		free(c->kind);
+		free(c->reason);
+		free(c->request_id);
+		json_decref(c->error);
+	}
+	free(t->changes);
+	json_decref(t->jobs);
+	json_decref(t->tasks);
+	free(t);
+}
+
+static struct txn_change *txn_add(struct job_txn *t)
+{
+	if (t->n == t->cap) {
+		t->cap = t->cap ? t->cap * 2 : 8;
+		t->changes = xrealloc(t->changes, t->cap * sizeof *t->changes);
+	}
+	struct txn_change *c = &t->changes[t->n++];
+	memset(c, 0, sizeof *c);
+	return c;
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? xstrdup(s) : NULL;
+}
+
+bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                    enum job_status to, const char *reason, const json_t *error)
+{
+	const char *kind = job_lifecycle_kind(from, to);
+	if (kind == NULL) {
+		log_error("job.invalid_transition", "refused a job status change",
+		          LF_STR("job_id", j->job_id), LF_STR("status_from", job_status_name(from)),
+		          LF_STR("status_to", job_status_name(to)));
+		return false;
+	}
+	size_t ord = t->n;
+	struct txn_change *c = txn_add(t);
+	c->from = (int)from;
+	c->to = (int)to;
+	c->job_id = xstrdup(j->job_id);
+	c->project_id = xstrdup(j->project_id);
+	c->pipeline = xstrdup(j->pipeline);
+	c->kind = xstrdup(kind);
+	c->reason = dup_or_null(reason);
+	c->request_id = dup_or_null(j->request_id);
+	c->error = error ? json_deep_copy(error) : NULL;
+	json_array_append_new(t->jobs, json_pack("{s:I, s:s, s:s, s:s, s:s?, s:O?, s:s, s:s?}",
+	                                         "ord", (json_int_t)ord, "id", j->job_id, "from_",
+	                                         job_status_name(from), "to_", job_status_name(to),
+	                                         "reason", reason, "error", error, "kind", kind,
+	                                         "request_id", j->request_id));
+	return true;
+}
+
+/* The kind of a task edge that no module run explains (ARCHITECTURE §4). */
+static const char *task_stage_kind(enum task_status to)
+{
+	switch (to) {
+	case TASK_READY: return "job.stage.ready";
+	case TASK_SKIPPED: return "job.stage.skipped";
+	case TASK_CANCELLED: return "job.stage.cancelled";
+	default: return NULL; /* module edges name their job.module.* kind */
+	}
+}
+
+bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_status from,
+                     enum task_status to, const char *reason, const struct task_set_opts *o)
+{
+	const char *kind = o && o->kind ? o->kind : task_stage_kind(to);
+	if (!task_status_edge_ok(from, to) || kind == NULL) {
+		log_error("job.invalid_transition", "refused a task status change",
+		          LF_STR("job_id", k->job_id), LF_STR("task_id", k->task_id),
+		          LF_STR("status_from", task_status_name(from)),
+		          LF_STR("status_to", task_status_name(to)));
+		return false;
+	}
+	size_t ord = t->n;
+	struct txn_change *c = txn_add(t);
+	c->is_task = true;
+	c->from = (int)from;
+	c->to = (int)to;
+	c->job_id = xstrdup(k->job_id);
+	c->project_id = xstrdup(k->project_id);
+	c->pipeline = xstrdup(k->pipeline);
+	c->task_id = xstrdup(k->task_id);
+	c->stage = xstrdup(k->stage);
+	c->kind = xstrdup(kind);
+	c->reason = dup_or_null(reason);
+	c->request_id = dup_or_null(k->request_id);
+	c->error = o && o->error ? json_deep_copy(o->error) : NULL;
+	char nb[40] = "";
+	if (o && o->not_before_us > 0)
+		clock_fmt_rfc3339_us(nb, sizeof nb, o->not_before_us);
+	json_array_append_new(
+	        t->tasks,
+	        json_pack("{s:I, s:s, s:s, s:s, s:s, s:s?, s:s, s:s, s:s?, s:s?, s:O?, s:s?, s:s?}",
+	                  "ord", (json_int_t)ord, "id", k->task_id, "job_id", k->job_id, "from_",
+	                  task_status_name(from), "to_", task_status_name(to), "reason", reason,
+	                  "kind", kind, "stage", k->stage, "lease", o ? o->lease_token : NULL,
+	                  "skip_reason", o ? o->skip_reason : NULL, "error", o ? o->error : NULL,
+	                  "not_before", nb[0] ? nb : NULL, "request_id", k->request_id));
+	return true;
+}
+
+size_t job_txn_size(const struct job_txn *t)
+{
+	return t->n;
+}
+
+/* After the commit: a log line, metrics and a bus event per applied change. */
+static void txn_announce(struct job_txn *t, const PGresult *res)
+{
+	int64_t now = clock_now_us();
+	for (int r = 0; r < PQntuples(res); r++) {
+		size_t ord = (size_t)strtoull(PQgetvalue(res, r, 0), NULL, 10);
+		if (ord >= t->n)
+			continue;
+		struct txn_change *c = &t->changes[ord];
+		json_t *data = json_loads(PQgetvalue(res, r, 4), 0, NULL);
+		struct sl_event ev = {
+		        .id = strtoll(PQgetvalue(res, r, 2), NULL, 10),
+		        .seq = strtoll(PQgetvalue(res, r, 1), NULL, 10),
+		        .rev = strtoll(PQgetvalue(res, r, 3), NULL, 10),
+		        .ts_us = now,
+		        .kind = c->kind,
+		        .job_id = c->job_id,
+		        .project_id = c->project_id,
+		        .pipeline = c->pipeline,
+		        .task_id = c->task_id,
+		        .stage = c->stage,
+		        .status_from =
+		                c->is_task ? task_status_name(c->from) : job_status_name(c->from),
+		        .status_to = c->is_task ? task_status_name(c->to) : job_status_name(c->to),
+		        .reason = c->reason,
+		        .request_id = c->request_id,
+		        .data = data,
+		};
+		if (c->is_task) {
+			log_info(ev.kind, "stage status changed", LF_STR("job_id", ev.job_id),
+			         LF_STR("project_id", ev.project_id),
+			         LF_STR("pipeline", ev.pipeline), LF_STR("task_id", ev.task_id),
+			         LF_STR("stage", ev.stage), LF_STR("status_from", ev.status_from),
+			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
+			         LF_INT("seq", ev.seq),
+			         LF_INT("tasks_total",
+			                json_integer_value(json_object_get(data, "tasks_total"))),
+			         LF_INT("tasks_completed", json_integer_value(json_object_get(
+			                                           data, "tasks_completed"))),
+			         LF_INT("tasks_failed",
+			                json_integer_value(json_object_get(data, "tasks_failed"))),
+			         LF_INT("tasks_running",
+			                json_integer_value(json_object_get(data, "tasks_running"))),
+			         LF_STR("request_id", ev.request_id));
+		} else {
+			/* duration_ms: the time spent in the state left. */
+			int64_t created = strtoll(PQgetvalue(res, r, 5), NULL, 10);
+			int64_t queued = strtoll(PQgetvalue(res, r, 6), NULL, 10);
+			int64_t started = strtoll(PQgetvalue(res, r, 7), NULL, 10);
+			int64_t since = c->from == JOB_RUNNING  ? started
+			                : c->from == JOB_QUEUED ? queued
+			                                        : created;
+			int64_t dur_ms = since > 0 ? (now - since) / 1000 : 0;
+			log_info(ev.kind, "job status changed", LF_STR("job_id", ev.job_id),
+			         LF_STR("project_id", ev.project_id),
+			         LF_STR("pipeline", ev.pipeline),
+			         LF_STR("status_from", ev.status_from),
+			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
+			         LF_INT("duration_ms", dur_ms), LF_INT("seq", ev.seq),
+			         LF_INT("tasks_total",
+			                json_integer_value(json_object_get(data, "tasks_total"))),
+			         LF_INT("tasks_completed", json_integer_value(json_object_get(
+			                                           data, "tasks_completed"))),
+			         LF_INT("tasks_failed",
+			                json_integer_value(json_object_get(data, "tasks_failed"))),
+			         LF_INT("tasks_running",
+			                json_integer_value(json_object_get(data, "tasks_running"))),
+			         LF_JSON("error", c->error), LF_STR("request_id", ev.request_id));
+			metric_inc(metrics_default_get(M_JOBS_STATUS_TRANSITION_TOTAL), 1,
+			           ev.status_from, ev.status_to);
+			if (job_status_terminal((enum job_status)c->to) && created > 0)
+				metric_observe(metrics_default_get(M_JOBS_TOTAL_LATENCY_MS),
+				               (double)(now - created) / 1000.0);
+		}
+		rev_cache_put(t->e->revs, ev.job_id, ev.project_id, ev.rev, true);
+		event_bus_publish(t->e->bus, &ev);
+		json_decref(data);
+	}
+}
+
+static bool txn_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_txn *t = arg;
+	t->q = NULL;
+	if (res)
+		txn_announce(t, res);
+	size_t applied = res ? (size_t)PQntuples(res) : 0;
+	if (t->cb)
+		t->cb(applied, t->n, err, t->arg);
+	job_txn_free(t);
+	return false;
+}
+
+void job_txn_commit(struct job_txn *t, job_txn_cb cb, void *arg)
+{
+	t->cb = cb;
+	t->arg = arg;
+	char *pj = json_dumps(t->jobs, JSON_COMPACT);
+	char *pt = json_dumps(t->tasks, JSON_COMPACT);
+	const char *values[2] = {pj, pt};
+	t->q = pg_pool_query_prepared(t->e->pool, "job_txn", 2, values, txn_result_cb, t);
+	free(pj);
+	free(pt);
+}
+
+void job_txn_detach(struct job_txn *t)
+{
+	if (t != NULL)
+		t->cb = NULL; /* the changes still commit and are announced */
+}
+
 /* --- Engine wiring ------------------------------------------------------- */
 
 void job_engine_init(struct engine *e)
@@ -1140,6 +1498,7 @@ void job_engine_fini(struct engine *e)
 bool job_engine_prepare(struct engine *e)
 {
 	bool ok = pg_pool_prepare(e->pool, "job_submit", SQL_JOB_SUBMIT, 3, NULL) &&
+	          pg_pool_prepare(e->pool, "job_txn", SQL_JOB_TXN, 2, NULL) &&
 	          pg_pool_prepare(e->pool, "job_keys", SQL_JOB_KEYS, 1, NULL);
 	for (size_t i = 0; i < sizeof job_statements / sizeof job_statements[0]; i++)
 		ok = ok && pg_pool_prepare(e->pool, job_statements[i].name, job_statements[i].sql,

@@ -100,6 +100,52 @@ typedef void (*job_list_cb)(json_t *page, const struct pg_error *err, void *arg)
 struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_list_cb cb,
                         void *arg);
 
+/* --- Status changes ----------------------------------------------------
+ * The one way a status changes (ARCHITECTURE §1). Changes are collected in
+ * a job_txn and written by job_txn_commit() in ONE transaction: each edge is
+ * checked against the tables above when it is added, and fenced in the
+ * database by the status it expects (and, for tasks, the lease token), so a
+ * late or duplicate change is simply not applied. Each applied change gets
+ * its job_events row (the job's next seq) in the same transaction; after the
+ * commit it is logged, counted and published on the event bus. */
+
+struct job_ref {
+	const char *job_id, *project_id, *pipeline, *request_id;
+};
+
+struct task_ref {
+	const char *task_id, *job_id, *project_id, *pipeline, *stage, *request_id;
+};
+
+struct task_set_opts {
+	const char *kind; /* job.module.* for module edges; NULL: job.stage.* */
+	const char *lease_token; /* fence: the change applies only under this lease */
+	const char *skip_reason; /* to skipped */
+	const json_t *error; /* to failed (and kept on retries) */
+	int64_t not_before_us; /* to ready after a retryable failure */
+};
+
+struct job_txn;
+struct job_txn *job_txn_new(struct engine *e);
+/* Appends a change; false (logged, nothing appended) for an edge the state
+ * machine doesn't have. */
+bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                    enum job_status to, const char *reason, const json_t *error)
+        __attribute__((warn_unused_result));
+bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_status from,
+                     enum task_status to, const char *reason, const struct task_set_opts *o)
+        __attribute__((warn_unused_result));
+size_t job_txn_size(const struct job_txn *t);
+/* applied: how many changes the database took (the others found another
+ * status or lease there); err: the transaction failed and nothing applied. */
+typedef void (*job_txn_cb)(size_t applied, size_t total, const struct pg_error *err, void *arg);
+/* Writes the batch; the txn frees itself after cb. */
+void job_txn_commit(struct job_txn *t, job_txn_cb cb, void *arg);
+/* The owner went away: cb won't run, the changes still commit. */
+void job_txn_detach(struct job_txn *t);
+/* Frees a batch never committed. */
+void job_txn_free(struct job_txn *t);
+
 /* Opaque keyset cursors: "c1" + the base64url of the last job id. */
 char *job_cursor_encode(const char *job_id);
 bool job_cursor_decode(const char *cursor, char out[37]);

@@ -425,6 +425,162 @@ static void jobs_list(struct http_req *req, void *arg)
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_list_authed, ctx);
 }
 
+/* --- DELETE /v1/jobs/{id} ------------------------------------------------ */
+
+/* Cancel: read the job, then move it and its unstarted tasks to cancelled in
+ * one transaction fenced by the statuses just read. If something else moved
+ * first, the fence refuses the change and the job is read again. */
+struct cancel_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	struct job_txn *txn;
+	char project[AUTH_PROJECT_MAX + 1];
+	char job_id[ID_UUID_LEN + 1];
+	int tries;
+};
+
+#define CANCEL_TRIES 3
+
+static void cancel_read(struct cancel_call *c);
+
+static void cancel_abort_cb(struct http_req *req, void *arg)
+{
+	struct cancel_call *c = arg;
+	job_op_cancel(c->op);
+	job_txn_detach(c->txn);
+	free(c);
+}
+
+static void cancel_reply_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct cancel_call *c = arg;
+	struct http_req *req = c->req;
+	free(c);
+	if (err) {
+		reply_db_error(req, err);
+	} else if (job == NULL) {
+		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+	} else {
+		set_etag(req, rev);
+		http_reply_json(req, 202, job);
+	}
+}
+
+static void cancel_done_cb(size_t applied, size_t total, const struct pg_error *err, void *arg)
+{
+	struct cancel_call *c = arg;
+	c->txn = NULL;
+	if (err) {
+		http_req_on_abort(c->req, NULL, NULL);
+		struct http_req *req = c->req;
+		free(c);
+		reply_db_error(req, err);
+		return;
+	}
+	/* The job change is the first of the batch; if it didn't apply, the job
+	 * moved under us: look again. */
+	if (applied == 0 && ++c->tries < CANCEL_TRIES) {
+		cancel_read(c);
+		return;
+	}
+	c->op = job_get(c->ctx->engine, c->project, c->job_id, cancel_reply_cb, c);
+}
+
+static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct cancel_call *c = arg;
+	c->op = NULL;
+	struct http_req *req = c->req;
+	if (err || job == NULL) {
+		free(c);
+		if (err)
+			reply_db_error(req, err);
+		else
+			http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		json_decref(job);
+		return;
+	}
+	enum job_status st = JOB_PENDING;
+	(void)job_status_parse(json_string_value(json_object_get(job, "status")), &st);
+	if (st == JOB_CANCELLED) { /* idempotent */
+		free(c);
+		set_etag(req, rev);
+		http_reply_json(req, 202, job);
+		return;
+	}
+	if (job_status_terminal(st)) {
+		free(c);
+		json_t *extra = json_pack("{s:s}", "job_status", job_status_name(st));
+		http_reply_problem(
+		        req, 409, "job-finished", "Job already finished",
+		        "a completed or failed job cannot be cancelled; retry it instead", extra);
+		json_decref(extra);
+		json_decref(job);
+		return;
+	}
+	const char *pipeline = json_string_value(json_object_get(job, "pipeline"));
+	struct job_ref jr = {c->job_id, c->project, pipeline, http_req_id(req)};
+	c->txn = job_txn_new(c->ctx->engine);
+	bool ok = job_set_status(c->txn, &jr, st, JOB_CANCELLED, "cancelled_by_client", NULL);
+	size_t i;
+	json_t *stage;
+	json_array_foreach(json_object_get(job, "stages"), i, stage)
+	{
+		enum task_status ts;
+		if (!task_status_parse(json_string_value(json_object_get(stage, "status")), &ts) ||
+		    (ts != TASK_PENDING && ts != TASK_READY))
+			continue; /* settled, or running: its module is told by the engine */
+		struct task_ref tr = {json_string_value(json_object_get(stage, "task_id")),
+		                      c->job_id,
+		                      c->project,
+		                      pipeline,
+		                      json_string_value(json_object_get(stage, "stage")),
+		                      http_req_id(req)};
+		ok = task_set_status(c->txn, &tr, ts, TASK_CANCELLED, "job_cancelled", NULL) && ok;
+	}
+	json_decref(job);
+	if (!ok) {
+		job_txn_free(c->txn);
+		free(c);
+		http_reply_problem(req, 500, "internal", NULL, "the job could not be cancelled",
+		                   NULL);
+		return;
+	}
+	job_txn_commit(c->txn, cancel_done_cb, c);
+}
+
+static void cancel_read(struct cancel_call *c)
+{
+	c->op = job_get(c->ctx->engine, c->project, c->job_id, cancel_got_cb, c);
+}
+
+static void jobs_cancel_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	const char *id = http_req_param(req, "id");
+	if (!id_uuid_valid(id)) {
+		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		return;
+	}
+	struct cancel_call *c = xcalloc(1, sizeof *c);
+	c->ctx = ctx;
+	c->req = req;
+	snprintf(c->project, sizeof c->project, "%s", p->project_id);
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		c->job_id[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	http_req_on_abort(req, cancel_abort_cb, c);
+	cancel_read(c);
+}
+
+static void jobs_cancel(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_cancel_authed, ctx);
+}
+
 /* --- GET /v1/pipelines --------------------------------------------------- */
 
 static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
@@ -449,5 +605,6 @@ bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 	return http_route(r, HTTP_M_POST, "/v1/jobs", jobs_create, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/jobs", jobs_list, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}", jobs_get, ctx) &&
+	       http_route(r, HTTP_M_DELETE, "/v1/jobs/{id}", jobs_cancel, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/pipelines", pipelines_list, ctx);
 }
