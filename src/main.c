@@ -16,6 +16,7 @@
 #include "core/metrics.h"
 #include "core/sampler.h"
 #include "core/xmalloc.h"
+#include "db/listen.h"
 #include "db/migrate.h"
 #include "db/pg.h"
 #include "db/pool.h"
@@ -68,6 +69,7 @@ struct daemon {
 	struct pg_conn *db_health;
 	struct pg_pool *pool;
 	struct pg_migrate *migrate;
+	struct pg_listener *listener;
 	struct pipeline_set *pipelines;
 	struct engine *engine;
 	struct auth *auth;
@@ -265,6 +267,18 @@ static bool default_project_cb(PGresult *res, const struct pg_error *err, void *
 	return false;
 }
 
+static void jobs_notify_cb(const char *channel, const char *payload, int be_pid, void *arg)
+{
+	struct daemon *d = arg;
+	engine_on_jobs_notify(d->engine, payload);
+}
+
+static void jobs_resync_cb(void *arg)
+{
+	struct daemon *d = arg;
+	engine_resync(d->engine);
+}
+
 static void migrate_done_cb(bool ok, const char *error, void *arg)
 {
 	struct daemon *d = arg;
@@ -284,6 +298,11 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		event_base_loopexit(d->app.base, NULL);
 		return;
 	}
+	/* Other instances' changes arrive on the LISTEN connection. */
+	d->listener = pg_listener_new(d->app.base, d->app.cfg->database.url, jobs_notify_cb, d,
+	                              &(struct pg_listener_opts){.on_resync = jobs_resync_cb});
+	if (d->listener && pg_listener_listen(d->listener, ENGINE_JOBS_CHANNEL))
+		engine_set_listener(d->engine, d->listener);
 	if (d->app.cfg->auth.enabled) {
 		d->api.migrated = true;
 		return;
@@ -410,6 +429,7 @@ static void daemon_free(struct daemon *d)
 	sampler_free(d->sampler);
 	http_server_free(d->http);
 	http_server_free(d->metrics_http);
+	pg_listener_free(d->listener);
 	engine_free(d->engine);
 	auth_free(d->auth);
 	pg_migrate_free(d->migrate);

@@ -28,6 +28,19 @@ void engine_free(struct engine *e);
 /* Registers the engine's prepared statements on the pool. */
 bool engine_prepare(struct engine *e) __attribute__((warn_unused_result));
 
+/* Cross-instance news. Every committed status change NOTIFYs this channel
+ * with "<job id> <rev>"; the daemon LISTENs on a dedicated connection and
+ * passes the payloads here, which keeps the revision cache behind cheap
+ * ETags true for changes made by other instances. The cache answers only
+ * while that listener is live (engine_set_listener); a resync (first
+ * LISTEN, or after a reconnect, when notifications may have been lost)
+ * empties it. */
+#define ENGINE_JOBS_CHANNEL "stageline_jobs"
+struct pg_listener;
+void engine_set_listener(struct engine *e, struct pg_listener *l);
+void engine_on_jobs_notify(struct engine *e, const char *payload);
+void engine_resync(struct engine *e);
+
 struct event_bus *engine_bus(struct engine *e);
 const struct pipeline_set *engine_pipelines(const struct engine *e);
 struct app *engine_app(const struct engine *e);

@@ -18,6 +18,7 @@ struct engine {
 	struct event_bus *bus;
 	struct engine_opts opts;
 	struct rev_cache *revs;
+	struct pg_listener *listener; /* NULL: the revision cache is not trusted */
 	struct event_sub *rev_sub;
 	/* the submission batcher */
 	TAILQ_HEAD(, job_op) submits; /* waiting for a batch */

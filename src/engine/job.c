@@ -25,6 +25,7 @@
 #include "core/metrics.h"
 #include "core/trace.h"
 #include "core/xmalloc.h"
+#include "db/listen.h"
 #include "db/pool.h"
 #include "engine/engine_int.h"
 #include "engine/events.h"
@@ -212,6 +213,9 @@ static void rev_cache_put(struct rev_cache *c, const char *id, const char *proje
 
 bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id, int64_t *rev)
 {
+	/* Without a live LISTEN, another instance's change could go unseen. */
+	if (e->listener == NULL || !pg_listener_is_live(e->listener))
+		return false;
 	if (strlen(job_id) != ID_UUID_LEN)
 		return false;
 	struct rev_entry *s = rev_cache_slot(e->revs, job_id);
@@ -219,6 +223,32 @@ bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id
 		return false;
 	*rev = s->rev;
 	return true;
+}
+
+void engine_set_listener(struct engine *e, struct pg_listener *l)
+{
+	e->listener = l;
+}
+
+void engine_on_jobs_notify(struct engine *e, const char *payload)
+{
+	char id[ID_UUID_LEN + 1];
+	const char *sp = strchr(payload, ' ');
+	if (sp == NULL || sp - payload != ID_UUID_LEN)
+		return;
+	memcpy(id, payload, ID_UUID_LEN);
+	id[ID_UUID_LEN] = '\0';
+	char *end;
+	long long rev = strtoll(sp + 1, &end, 10);
+	if (*end != '\0' || rev <= 0 || !id_uuid_valid(id))
+		return;
+	rev_cache_put(e->revs, id, "", rev, true);
+}
+
+void engine_resync(struct engine *e)
+{
+	memset(e->revs->slots, 0, e->revs->cap * sizeof *e->revs->slots);
+	e->revs->n = 0;
 }
 
 static void rev_on_event_cb(const struct sl_event *ev, void *arg)
@@ -1205,6 +1235,7 @@ void job_op_cancel(struct job_op *op)
 	"LEFT JOIN x ON x.ord = num.ord LEFT JOIN y ON y.ord = num.ord "                           \
 	"RETURNING job_id, seq, id, data) "                                                        \
 	"SELECT num.ord, ev.seq, ev.id, ju.rev, ev.data::text, "                                   \
+	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
 	"(extract(epoch from jl.created_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from jl.queued_at) * 1e6)::bigint, "                                       \
 	"(extract(epoch from jl.started_at) * 1e6)::bigint "                                       \

@@ -111,3 +111,23 @@ def test_finished_job_refuses_and_unknown_is_404(cd, pg):
     for path in ("/v1/jobs/0190b5a0-0000-7000-8000-000000000000", "/v1/jobs/not-a-uuid"):
         st, _, body = cd.http("DELETE", path)
         assert st == 404 and json.loads(body)["type"] == PROBLEM + "not-found"
+
+
+def test_other_instances_see_the_change_no_stale_304(cd, daemon, pg, tmp_path):
+    """B answers conditional GETs from its revision cache; a cancel made on
+    A must reach B through NOTIFY, so B never keeps answering 304 for a
+    revision that is gone."""
+    pipes = tmp_path / "pipelines"
+    b = daemon({"database.url": pg.url(dbname=DBNAME), "auth.enabled": False,
+                "modules.noop.command": ["/bin/true"], "pipelines_dir": str(pipes)},
+               wait_ready=True)
+    job = create(cd)
+    path = f"/v1/jobs/{job['id']}"
+    st, h, _ = b.http("GET", path)
+    assert st == 200 and h["etag"] == '"1"'
+    assert b.http("GET", path, headers={"If-None-Match": '"1"'})[0] == 304
+    assert cd.http("DELETE", path)[0] == 202
+    wait_for(lambda: b.http("GET", path, headers={"If-None-Match": '"1"'})[0] == 200, 5.0,
+             0.05, "B sees the new revision")
+    st, h, body = b.http("GET", path)
+    assert json.loads(body)["status"] == "cancelled" and h["etag"] == '"2"'
