@@ -49,11 +49,9 @@ void id_random_hex(char *out, size_t nbytes)
 	out[2 * nbytes] = '\0';
 }
 
-void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
+static void uuid7_format(char out[ID_UUID_LEN + 1], unsigned char b[16], uint64_t ms)
 {
 	static const char hex[] = "0123456789abcdef";
-	unsigned char b[16];
-	id_random(b + 6, 10);
 	b[0] = (unsigned char)(ms >> 40);
 	b[1] = (unsigned char)(ms >> 32);
 	b[2] = (unsigned char)(ms >> 24);
@@ -70,6 +68,49 @@ void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
 		out[o++] = hex[b[i] & 15];
 	}
 	out[o] = '\0';
+}
+
+void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t ms)
+{
+	unsigned char b[16];
+	id_random(b + 6, 10);
+	uuid7_format(out, b, ms);
+}
+
+/* xoshiro256** (Blackman and Vigna), seeded from the kernel on first use. */
+static uint64_t rotl64(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t fast_next(void)
+{
+	static uint64_t s[4];
+	static bool seeded;
+	if (!seeded) {
+		do
+			id_random(s, sizeof s);
+		while ((s[0] | s[1] | s[2] | s[3]) == 0);
+		seeded = true;
+	}
+	uint64_t r = rotl64(s[1] * 5, 7) * 9;
+	uint64_t t = s[1] << 17;
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl64(s[3], 45);
+	return r;
+}
+
+void id_uuid7_fast(char out[ID_UUID_LEN + 1])
+{
+	unsigned char b[16];
+	uint64_t r1 = fast_next(), r2 = fast_next();
+	memcpy(b + 6, &r1, 8);
+	memcpy(b + 14, &r2, 2);
+	uuid7_format(out, b, (uint64_t)(clock_now_us() / 1000));
 }
 
 void id_uuid7(char out[ID_UUID_LEN + 1])

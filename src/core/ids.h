@@ -12,6 +12,10 @@
 /* Fills out[37] with a new UUIDv7 (RFC 9562) for the given time in ms. */
 void id_uuid7_at(char out[ID_UUID_LEN + 1], uint64_t unix_ms);
 void id_uuid7(char out[ID_UUID_LEN + 1]);
+/* A UUIDv7 whose random bits come from a fast non-cryptographic generator
+ * (seeded once from the kernel): for request ids, which must be unique and
+ * time-ordered but need not be unpredictable. */
+void id_uuid7_fast(char out[ID_UUID_LEN + 1]);
 /* True when s is a canonical lowercase or uppercase 8-4-4-4-12 UUID. */
 bool id_uuid_valid(const char *s);
 /* Version nibble of a valid UUID string (7 for ours). */

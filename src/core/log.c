@@ -6,6 +6,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
@@ -31,6 +32,8 @@ static struct {
 	struct buf line;
 	struct buf foreign; /* a partial line written to the stdio stderr stream */
 	struct buf scratch; /* a value after redaction, reused line after line */
+	struct buf pending; /* info/debug lines not yet written (log_batch_on) */
+	struct event *flush_ev;
 	int64_t ts_sec; /* the second ts_prefix was formatted for */
 	char ts_prefix[32]; /* "2026-11-25T22:38:23." */
 } logger = {
@@ -95,6 +98,7 @@ bool log_open(const char *path, enum log_format format, enum log_level level)
 
 bool log_reopen(void)
 {
+	log_flush();
 	if (logger.path == NULL)
 		return true;
 	int fd = log_open_file(logger.path);
@@ -107,6 +111,7 @@ bool log_reopen(void)
 
 void log_close(void)
 {
+	log_batch_off();
 	if (logger.fd != STDERR_FILENO && logger.fd >= 0)
 		close(logger.fd);
 	logger.fd = STDERR_FILENO;
@@ -139,12 +144,8 @@ char *log_capture_take(void)
 	return buf_steal(&logger.capture);
 }
 
-static void sink_write(const char *p, size_t n)
+static void fd_write(const char *p, size_t n)
 {
-	if (logger.capturing) {
-		buf_add(&logger.capture, p, n);
-		return;
-	}
 	while (n > 0) {
 		ssize_t w = write(logger.fd, p, n);
 		if (w < 0) {
@@ -155,6 +156,62 @@ static void sink_write(const char *p, size_t n)
 		p += w;
 		n -= (size_t)w;
 	}
+}
+
+void log_flush(void)
+{
+	if (logger.pending.len == 0)
+		return;
+	fd_write(logger.pending.data, logger.pending.len);
+	buf_reset(&logger.pending);
+}
+
+static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	log_flush();
+}
+
+#define LOG_BATCH_MAX (64 * 1024)
+
+/* With batching on, info and debug lines wait for the end of the loop pass
+ * (the flush event has the lowest priority) and go out in one write(2):
+ * a busy server writes one access-log syscall per pass, not per request.
+ * Warnings and errors flush at once, with everything before them. */
+static void sink_write(enum log_level level, const char *p, size_t n)
+{
+	if (logger.capturing) {
+		buf_add(&logger.capture, p, n);
+		return;
+	}
+	if (logger.flush_ev == NULL) {
+		fd_write(p, n);
+		return;
+	}
+	buf_add(&logger.pending, p, n);
+	if (level >= LOG_LVL_WARN || logger.pending.len >= LOG_BATCH_MAX)
+		log_flush();
+	else if (!event_pending(logger.flush_ev, EV_TIMEOUT, NULL))
+		event_active(logger.flush_ev, EV_TIMEOUT, 0);
+}
+
+bool log_batch_on(struct event_base *base)
+{
+	if (logger.flush_ev)
+		return true;
+	int n = event_base_get_npriorities(base);
+	if (n < 2)
+		return false;
+	logger.flush_ev = event_new(base, -1, 0, log_flush_cb, NULL);
+	event_priority_set(logger.flush_ev, n - 1);
+	return true;
+}
+
+void log_batch_off(void)
+{
+	log_flush();
+	if (logger.flush_ev)
+		event_free(logger.flush_ev);
+	logger.flush_ev = NULL;
 }
 
 /* The redacted form of a string value, as JSON or as text. secret: the
@@ -429,7 +486,7 @@ void log_emit(enum log_level level, const char *event, const char *msg, ...)
 	}
 	va_end(ap);
 	buf_adds(b, json ? "}\n" : "\n");
-	sink_write(b->data, b->len);
+	sink_write(level, b->data, b->len);
 }
 
 /* Strips terminal colour sequences (ESC [ ... letter) from a foreign line. */

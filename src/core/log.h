@@ -68,6 +68,16 @@ bool log_level_parse(const char *s, enum log_level *out);
 bool log_format_parse(const char *s, enum log_format *out);
 const char *log_level_name(enum log_level level);
 
+/* Batching: info and debug lines are written once per loop pass instead of
+ * one write(2) each (warn and error flush at once). base must have been
+ * given two or more priorities (event_base_priority_init) before any event
+ * was added; the flush runs at the lowest. False when it has fewer. */
+struct event_base;
+bool log_batch_on(struct event_base *base) __attribute__((warn_unused_result));
+/* Writes what is pending and stops batching (before the loop goes away). */
+void log_batch_off(void);
+void log_flush(void);
+
 /* Routes the stdio `stderr` stream (not file descriptor 2) into this log:
  * libraries that fprintf(stderr, ...) — libevhtp does — then produce
  * structured `lib.stderr` lines instead of raw text beside the JSON.

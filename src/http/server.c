@@ -578,7 +578,7 @@ static void dispatch_cb(evhtp_request_t *r, void *arg)
 	if (rid && id_request_id_valid(rid, strlen(rid)))
 		snprintf(req->id, sizeof req->id, "%s", rid);
 	else
-		id_uuid7(req->id);
+		id_uuid7_fast(req->id);
 	if (hc) {
 		hc->req = req;
 		hc->phase = CONN_BUSY;

@@ -123,6 +123,25 @@ static void test_uuid7_unique(void **state)
 	free(ids);
 }
 
+/* Request ids: the fast generator keeps the UUIDv7 shape, the clock and
+ * uniqueness. */
+static void test_uuid7_fast(void **state)
+{
+	enum { N = 10000 };
+	char(*ids)[ID_UUID_LEN + 1] = malloc(N * sizeof *ids);
+	uint64_t before = (uint64_t)(clock_now_us() / 1000);
+	for (int i = 0; i < N; i++) {
+		id_uuid7_fast(ids[i]);
+		assert_uuid7_shape(ids[i]);
+	}
+	uint64_t after = (uint64_t)(clock_now_us() / 1000);
+	assert_true(uuid_ms(ids[0]) >= before && uuid_ms(ids[N - 1]) <= after);
+	qsort(ids, N, sizeof *ids, cmp_str);
+	for (int i = 1; i < N; i++)
+		assert_string_not_equal(ids[i - 1], ids[i]);
+	free(ids);
+}
+
 static void test_uuid_valid(void **state)
 {
 	assert_true(id_uuid_valid("01890a5d-ac96-774b-bcce-b302099a8057"));
@@ -252,9 +271,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_uuid7_format),        cmocka_unit_test(test_uuid7_now),
 	        cmocka_unit_test(test_uuid7_time_ordering), cmocka_unit_test(test_uuid7_unique),
-	        cmocka_unit_test(test_uuid_valid),          cmocka_unit_test(test_uuid_version),
-	        cmocka_unit_test(test_random_hex),          cmocka_unit_test(test_random_bytes),
-	        cmocka_unit_test(test_request_id_valid),
+	        cmocka_unit_test(test_uuid7_fast),          cmocka_unit_test(test_uuid_valid),
+	        cmocka_unit_test(test_uuid_version),        cmocka_unit_test(test_random_hex),
+	        cmocka_unit_test(test_random_bytes),        cmocka_unit_test(test_request_id_valid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
