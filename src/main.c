@@ -300,7 +300,8 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 	}
 	/* Other instances' changes arrive on the LISTEN connection. */
 	d->listener = pg_listener_new(d->app.base, d->app.cfg->database.url, jobs_notify_cb, d,
-	                              &(struct pg_listener_opts){.on_resync = jobs_resync_cb});
+	                              &(struct pg_listener_opts){.conn = {.reconnect_max_ms = 2000},
+	                                                         .on_resync = jobs_resync_cb});
 	if (d->listener && pg_listener_listen(d->listener, ENGINE_JOBS_CHANNEL))
 		engine_set_listener(d->engine, d->listener);
 	if (d->app.cfg->auth.enabled) {
@@ -352,12 +353,16 @@ static int daemon_run(struct daemon *d)
 	struct config *cfg = d->app.cfg;
 	if (d->mode == RUN_MIGRATE_ONLY)
 		return daemon_migrate_only(d);
-	d->db_health = pg_conn_new(d->app.base, cfg->database.url, "health", NULL);
+	d->db_health = pg_conn_new(d->app.base, cfg->database.url, "health",
+	                           &(struct pg_conn_opts){.reconnect_max_ms = 2000});
 	if (d->db_health == NULL) {
 		log_error("server.start", "database.url cannot be parsed");
 		return 1;
 	}
-	d->pool = pg_pool_new(d->app.base, cfg->database.url, (size_t)cfg->database.pool, NULL);
+	/* Reconnect within 2 s once PostgreSQL is back: readiness and capacity
+	 * return together. */
+	struct pg_pool_opts popts = {.conn = {.reconnect_max_ms = 2000}};
+	d->pool = pg_pool_new(d->app.base, cfg->database.url, (size_t)cfg->database.pool, &popts);
 	if (d->pool == NULL) {
 		log_error("server.start", "cannot create the database pool");
 		return 1;

@@ -52,6 +52,7 @@ static void readyz_free(struct readyz *rz)
 
 static void readyz_unavailable(struct http_req *req, const char *detail)
 {
+	http_set_header(req, "Retry-After", "1");
 	http_reply_problem(req, 503, "db-unavailable", "Database unavailable", detail, NULL);
 }
 

@@ -68,8 +68,10 @@ static void reply_db_error(struct http_req *req, const struct pg_error *err)
 		http_reply_problem(req, 503, "overloaded", "Overloaded",
 		                   "too many requests are waiting for the database", NULL);
 	else
+		/* libpq's text names sockets, hosts and ports: keep it in the
+		 * server's logs (pg.c), out of responses. */
 		http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
-		                   err ? err->message : "the database is unavailable", NULL);
+		                   "the database is unavailable; retry shortly", NULL);
 }
 
 static void reply_422(struct http_req *req, const char *detail, json_t *errors)

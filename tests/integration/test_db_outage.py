@@ -399,9 +399,7 @@ def test_postgres_down_under_load_503_then_recovers(daemon, pg):
     # -- the log tells the story: connections lost, then connected again. A
     # connection that failed several connects in a row waits out its backoff
     # (up to reconnect_max_ms, 5 s) after the server is back, so wait for it.
-    def lost_lines():
-        return [ln for ln in d.log_lines() if ln.get("event") == "db.conn.lost"]
-    lost = lost_lines()
+    lost = [ln for ln in d.log_lines() if ln.get("event") == "db.conn.lost"]
     assert lost, "no db.conn.lost line after PostgreSQL stopped"
     assert all(ln.get("level") == "warn" for ln in lost), lost[:3]
     names = {ln.get("name") for ln in lost}
