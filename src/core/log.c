@@ -378,9 +378,10 @@ static bool key_is_secret(const char *key)
 		const char *ptr;
 		char text[32];
 		bool secret;
-	} cache[64];
+	} cache[256];
 	size_t len = strlen(key);
-	size_t i = ((uintptr_t)key >> 3) & 63;
+	uintptr_t a = (uintptr_t)key;
+	size_t i = (size_t)((a >> 3) ^ (a >> 11)) & 255;
 	if (cache[i].ptr == key && len < sizeof cache[i].text && strcmp(cache[i].text, key) == 0)
 		return cache[i].secret;
 	bool secret = redact_key_is_secret(key, len);

@@ -218,12 +218,41 @@ static bool match_secret(const char *s, size_t len, size_t i, size_t *from, size
 	return false;
 }
 
+/* Bytes at which a secret can start (match_secret's first tests): the
+ * scan skips everything else without calling it. */
+static bool trigger(unsigned char c)
+{
+	switch (c) {
+	case ':':
+	case '?':
+	case '&':
+	case ' ':
+	case ';':
+	case '\t':
+	case '\n':
+	case '\r':
+	case '#':
+	case '\'':
+	case '"':
+	case ',':
+	case '(':
+	case 'B':
+	case 'b':
+	case 's': return true;
+	default: return false;
+	}
+}
+
 bool redact_value(struct buf *out, const char *s, size_t len)
 {
 	bool masked = false;
 	size_t i = 0, copied = 0;
 	while (i < len) {
 		size_t from, end;
+		if (i > 0 && !trigger((unsigned char)s[i])) {
+			i++;
+			continue;
+		}
 		if (match_secret(s, len, i, &from, &end) && from >= copied) {
 			buf_add(out, s + copied, from - copied);
 			buf_adds(out, REDACT_MASK);
