@@ -68,8 +68,7 @@ void buf_printf(struct buf *b, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
+size_t buf_utf8_seq_len(const unsigned char *s, size_t n)
 {
 	unsigned char c = s[0];
 	size_t len;
@@ -136,7 +135,7 @@ void buf_add_json_str(struct buf *b, const char *s, size_t n)
 			}
 			i++;
 		} else {
-			size_t l = utf8_seq_len(p + i, n - i);
+			size_t l = buf_utf8_seq_len(p + i, n - i);
 			if (l == 0) {
 				buf_add(b, "\\ufffd", 6);
 				i++;

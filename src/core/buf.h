@@ -26,6 +26,9 @@ void buf_vprintf(struct buf *b, const char *fmt, va_list ap) __attribute__((form
 /* Appends s (n bytes) as a quoted JSON string. Invalid UTF-8 becomes U+FFFD,
  * control characters are escaped, so the output is always valid JSON. */
 void buf_add_json_str(struct buf *b, const char *s, size_t n);
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when the
+ * bytes there are not one (overlong, surrogate, past U+10FFFF, truncated). */
+size_t buf_utf8_seq_len(const unsigned char *s, size_t n);
 void buf_reset(struct buf *b);
 /* Hands the data to the caller (who frees it) and resets b. */
 char *buf_steal(struct buf *b);

@@ -520,13 +520,20 @@ static bool node_mark_deep(struct fy_node *n, int *line, int *col)
 
 /* "path:LINE:COL" (1-based) of at, else of fallback, else of at's first
  * child, else just "path". */
-static char *load_where(const struct load_ctx *lc, struct fy_node *at, struct fy_node *fallback)
+/* "file:LINE:COL" (1-based) of at, else of fallback, else of at's first
+ * child, else just "file". Shared with engine/pipeline.c. */
+char *config_node_where(const char *file, struct fy_node *at, struct fy_node *fallback)
 {
 	int line, col;
 	if (node_mark(at, &line, &col) || node_mark(fallback, &line, &col) ||
 	    node_mark_deep(at, &line, &col))
-		return xasprintf("%s:%d:%d", lc->path, line + 1, col + 1);
-	return xstrdup(lc->path);
+		return xasprintf("%s:%d:%d", file, line + 1, col + 1);
+	return xstrdup(file);
+}
+
+static char *load_where(const struct load_ctx *lc, struct fy_node *at, struct fy_node *fallback)
+{
+	return config_node_where(lc->path, at, fallback);
 }
 
 static void load_error(const struct load_ctx *lc, struct fy_node *at, struct fy_node *fallback,

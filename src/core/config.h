@@ -118,6 +118,11 @@ bool config_validate(struct config *cfg, struct config_errors *errs)
 /* Resolves a path from the config against cfg->dir; caller frees. */
 char *config_resolve_path(const struct config *cfg, const char *path);
 
+/* "file:LINE:COL" (1-based) of a YAML node: at itself when it is a scalar,
+ * else fallback, else at's first scalar; just "file" when none has a
+ * position (libfyaml 0.7 gives collections none). Caller frees. */
+char *config_node_where(const char *file, struct fy_node *at, struct fy_node *fallback);
+
 /* Pure parsers shared with the flags: "250ms", "10s", "2m", "1h" (a bare
  * number is seconds) and "512", "32KiB", "16MiB", "1GiB" (bytes). */
 bool config_parse_duration_ms(const char *s, int64_t *out);

@@ -648,39 +648,6 @@ static double to_base(const struct metric *m, double v)
 	return v;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-	unsigned char c = s[0];
-	size_t len;
-	uint32_t cp;
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf) {
-		len = 2;
-		cp = c & 0x1f;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		len = 3;
-		cp = c & 0x0f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		len = 4;
-		cp = c & 0x07;
-	} else {
-		return 0;
-	}
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return len;
-}
-
 /* Text-format escaping: backslash and newline always, '"' in label values;
  * invalid UTF-8 (which Prometheus rejects) becomes U+FFFD. */
 static void prom_escape(struct buf *b, const char *s, bool quote)
@@ -708,7 +675,7 @@ static void prom_escape(struct buf *b, const char *s, bool quote)
 			buf_add(b, "\\\"", 2);
 			i++;
 		} else {
-			size_t l = utf8_len(p + i, n - i);
+			size_t l = buf_utf8_seq_len(p + i, n - i);
 			if (l == 0) {
 				buf_adds(b, "\xef\xbf\xbd");
 				i++;

@@ -97,45 +97,9 @@ const char *param_type_name(enum param_type t)
 
 /* --- positions and errors (the same shape as core/config.c's) --- */
 
-/* 0-based position of a scalar node; libfyaml 0.7 gives collections and
- * empty values no token, so callers pass a fallback node. */
-static bool node_mark(struct fy_node *n, int *line, int *col)
-{
-	if (n == NULL || !fy_node_is_scalar(n))
-		return false;
-	struct fy_token *t = fy_node_get_scalar_token(n);
-	const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
-	if (m == NULL)
-		return false;
-	*line = m->line;
-	*col = m->column;
-	return true;
-}
-
-/* Where a collection starts: its first scalar (exact for block style). */
-static bool node_mark_deep(struct fy_node *n, int *line, int *col)
-{
-	if (n == NULL || node_mark(n, line, col))
-		return n != NULL;
-	void *iter = NULL;
-	if (fy_node_is_mapping(n)) {
-		struct fy_node_pair *pair = fy_node_mapping_iterate(n, &iter);
-		return pair != NULL && node_mark_deep(fy_node_pair_key(pair), line, col);
-	}
-	if (fy_node_is_sequence(n))
-		return node_mark_deep(fy_node_sequence_iterate(n, &iter), line, col);
-	return false;
-}
-
-/* "file:LINE:COL" (1-based) of at, else of fallback, else of at's first
- * child, else just "file". */
 static char *load_where(const struct load *ld, struct fy_node *at, struct fy_node *fallback)
 {
-	int line, col;
-	if (node_mark(at, &line, &col) || node_mark(fallback, &line, &col) ||
-	    node_mark_deep(at, &line, &col))
-		return xasprintf("%s:%d:%d", ld->file, line + 1, col + 1);
-	return xstrdup(ld->file);
+	return config_node_where(ld->file, at, fallback);
 }
 
 static void load_error(const struct load *ld, struct fy_node *at, struct fy_node *fallback,
