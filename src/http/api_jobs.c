@@ -86,6 +86,25 @@ static void reply_field_422(struct http_req *req, const char *field, const char 
 	reply_422(req, message, json_pack("[{s:s, s:s}]", "field", field, "message", message));
 }
 
+/* Unknown ids, malformed ids and other projects' jobs all read the same. */
+static void reply_no_such_job(struct http_req *req)
+{
+	http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+}
+
+/* The {id} path parameter as a lowercase UUID; false (404 sent) otherwise. */
+static bool job_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+{
+	const char *id = http_req_param(req, "id");
+	if (!id_uuid_valid(id)) {
+		reply_no_such_job(req);
+		return false;
+	}
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		out[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	return true;
+}
+
 static void set_etag(struct http_req *req, int64_t rev)
 {
 	char etag[32];
@@ -310,7 +329,7 @@ static void get_done_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 	if (err) {
 		reply_db_error(req, err);
 	} else if (job == NULL) {
-		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		reply_no_such_job(req);
 	} else if (etag_matches(req, rev)) {
 		json_decref(job);
 		set_etag(req, rev);
@@ -324,14 +343,9 @@ static void get_done_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 static void jobs_get_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
-	const char *id = http_req_param(req, "id");
-	if (!id_uuid_valid(id)) {
-		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
-		return;
-	}
 	char lower[ID_UUID_LEN + 1];
-	for (int i = 0; i <= ID_UUID_LEN; i++)
-		lower[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	if (!job_id_param(req, lower))
+		return;
 	/* The cheap path: the revision this instance last saw still matches. */
 	int64_t rev;
 	if (job_rev_cached(ctx->engine, p->project_id, lower, &rev) && etag_matches(req, rev)) {
@@ -462,7 +476,7 @@ static void cancel_reply_cb(json_t *job, int64_t rev, const struct pg_error *err
 	if (err) {
 		reply_db_error(req, err);
 	} else if (job == NULL) {
-		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		reply_no_such_job(req);
 	} else {
 		set_etag(req, rev);
 		http_reply_json(req, 202, job);
@@ -499,7 +513,7 @@ static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 		if (err)
 			reply_db_error(req, err);
 		else
-			http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+			reply_no_such_job(req);
 		json_decref(job);
 		return;
 	}
@@ -560,17 +574,14 @@ static void cancel_read(struct cancel_call *c)
 static void jobs_cancel_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
-	const char *id = http_req_param(req, "id");
-	if (!id_uuid_valid(id)) {
-		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+	char id[ID_UUID_LEN + 1];
+	if (!job_id_param(req, id))
 		return;
-	}
 	struct cancel_call *c = xcalloc(1, sizeof *c);
 	c->ctx = ctx;
 	c->req = req;
 	snprintf(c->project, sizeof c->project, "%s", p->project_id);
-	for (int i = 0; i <= ID_UUID_LEN; i++)
-		c->job_id[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	memcpy(c->job_id, id, sizeof c->job_id);
 	http_req_on_abort(req, cancel_abort_cb, c);
 	cancel_read(c);
 }
