@@ -13,6 +13,7 @@
 #include "engine/job.h"
 
 #include <event2/event.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -634,6 +635,18 @@ struct job_op *job_list(struct engine *e, const struct job_list_query *q, job_li
 	}
 	op->q = pg_pool_query_prepared(e->pool, name, n, values, job_list_result_cb, op);
 	return op;
+}
+
+/* --- Idempotency ---------------------------------------------------------- */
+
+void job_request_hash(const json_t *body, unsigned char out[32])
+{
+	/* Sorted keys, no whitespace: the same request written differently
+	 * is the same request. */
+	char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+	unsigned int len = 0;
+	EVP_Digest(canon ? canon : "", canon ? strlen(canon) : 0, out, &len, EVP_sha256(), NULL);
+	free(canon);
 }
 
 /* --- Cursors ------------------------------------------------------------- */

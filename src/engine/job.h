@@ -146,6 +146,10 @@ void job_txn_detach(struct job_txn *t);
 /* Frees a batch never committed. */
 void job_txn_free(struct job_txn *t);
 
+/* SHA-256 of the request body in canonical form (sorted keys, compact):
+ * what an Idempotency-Key is bound to. Pure. */
+void job_request_hash(const json_t *body, unsigned char out[32]);
+
 /* Opaque keyset cursors: "c1" + the base64url of the last job id. */
 char *job_cursor_encode(const char *job_id);
 bool job_cursor_decode(const char *cursor, char out[37]);

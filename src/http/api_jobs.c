@@ -4,7 +4,6 @@
  * its outcome to HTTP. The engine never sees a request; a request that
  * goes away cancels its engine operation. */
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,13 +186,6 @@ static bool media_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
-static void request_hash(const json_t *body, unsigned char out[32])
-{
-	char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
-	unsigned int len = 0;
-	EVP_Digest(canon ? canon : "", canon ? strlen(canon) : 0, out, &len, EVP_sha256(), NULL);
-	free(canon);
-}
 
 static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
@@ -292,7 +284,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	        .idempotency_key = idem,
 	        .request_id = http_req_id(req),
 	};
-	request_hash(doc, s.request_hash);
+	job_request_hash(doc, s.request_hash);
 	struct job_call *c = job_call_new(ctx, req, p);
 	http_req_on_abort(req, job_call_abort_cb, c);
 	c->op = job_submit(ctx->engine, &s, submit_done_cb, c);
