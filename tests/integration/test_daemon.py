@@ -282,3 +282,26 @@ def test_text_log_format(daemon):
     starts = [ln for ln in lines if "server.start" in ln]
     assert starts and re.match(r"^\S+\s+info\s+server\.start:", starts[0]), lines
     assert any("server.stop" in ln for ln in lines), lines
+
+
+def test_sighup_reopens_the_log_file(daemon, tmp_path):
+    """With log.file set, logrotate renames the file and sends SIGHUP: the
+    lines before the signal stay in the old file, the lines after go to a
+    new file at the configured path."""
+    path = tmp_path / "daemon-file.log"
+    d = daemon({"log.file": str(path)})
+    wait_for(lambda: path.exists() and "server.start" in path.read_text(), 5.0, 0.02,
+             "server.start in the log file")
+    rotated = tmp_path / "daemon-file.log.1"
+    path.rename(rotated)
+    d.http("GET", "/healthz")  # logged into the renamed file (same inode)
+    d.send_signal(signal.SIGHUP)
+    wait_for(lambda: path.exists() and "log.reopen" in path.read_text(), 5.0, 0.02,
+             "log.reopen in the new file")
+    st, h, _ = d.http("GET", "/healthz", headers={"X-Request-Id": "after-hup"})
+    assert st == 200
+    wait_for(lambda: "after-hup" in path.read_text(), 5.0, 0.02, "the request in the new file")
+    old = rotated.read_text()
+    assert "server.start" in old and "after-hup" not in old
+    for ln in path.read_text().splitlines():
+        json.loads(ln)  # every line in the new file is a JSON line
