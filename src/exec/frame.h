@@ -22,7 +22,7 @@
 
 struct frame_limits {
 	size_t max_bytes; /* payload (after the 4-byte length); 0 = default */
-	int max_depth;    /* 0 = default */
+	int max_depth; /* 0 = default */
 	size_t max_items; /* entries of one array or map; 0 = default */
 };
 
@@ -97,7 +97,7 @@ struct frame {
 			json_t *detail;
 		} warning;
 		struct {
-			json_t *output;    /* object */
+			json_t *output; /* object */
 			json_t *resources; /* object or NULL */
 		} result;
 		struct {
@@ -112,9 +112,9 @@ struct frame {
 void frame_clear(struct frame *f);
 
 enum frame_status {
-	FRAME_OK,        /* *f holds a frame; *used bytes were consumed */
+	FRAME_OK, /* *f holds a frame; *used bytes were consumed */
 	FRAME_NEED_MORE, /* buf holds a partial frame: feed more */
-	FRAME_BAD,       /* a protocol error: err says which; the stream can't continue */
+	FRAME_BAD, /* a protocol error: err says which; the stream can't continue */
 };
 
 struct frame_error {
@@ -129,10 +129,10 @@ enum frame_status frame_decode(const void *buf, size_t len, const struct frame_l
                                struct frame_error *err) __attribute__((warn_unused_result));
 
 /* Encoders: append one complete frame (length prefix included) to out. */
-void frame_encode_task(struct buf *out, const char *task_id, const char *job_id,
-                       const char *stage, int attempt, const json_t *params,
-                       const struct frame_input *inputs, size_t ninputs, const char *workdir,
-                       int64_t deadline_ms, const char *request_id);
+void frame_encode_task(struct buf *out, const char *task_id, const char *job_id, const char *stage,
+                       int attempt, const json_t *params, const struct frame_input *inputs,
+                       size_t ninputs, const char *workdir, int64_t deadline_ms,
+                       const char *request_id);
 void frame_encode_cancel(struct buf *out, const char *task_id, const char *reason);
 void frame_encode_shutdown(struct buf *out);
 /* Encodes any frame (either direction) from its struct: for tests, the

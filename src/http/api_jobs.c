@@ -186,7 +186,6 @@ static bool media_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
-
 static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
