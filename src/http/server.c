@@ -716,6 +716,16 @@ void http_set_header(struct http_req *req, const char *name, const char *value)
 	evhtp_headers_add_header(req->ev->headers_out, evhtp_header_new(name, value, 1, 1));
 }
 
+/* A header whose name and value outlive the response (literals, or req's
+ * own fields): libevhtp serializes headers when the reply is sent and never
+ * frees un-heaped strings, so nothing is copied on the hot path. */
+static void set_header_ref(struct http_req *req, const char *name, const char *value)
+{
+	if (req->ev == NULL)
+		return;
+	evhtp_headers_add_header(req->ev->headers_out, evhtp_header_new(name, value, 0, 0));
+}
+
 void http_reply(struct http_req *req, int status, const char *content_type, const void *body,
                 size_t len)
 {
@@ -727,8 +737,8 @@ void http_reply(struct http_req *req, int status, const char *content_type, cons
 	req->on_abort = NULL;
 	evhtp_request_t *r = req->ev;
 	if (content_type)
-		http_set_header(req, "Content-Type", content_type);
-	http_set_header(req, "X-Request-Id", req->id);
+		set_header_ref(req, "Content-Type", content_type);
+	set_header_ref(req, "X-Request-Id", req->id);
 	if (req->srv->draining)
 		evhtp_request_set_keepalive(r, 0);
 	if (len && req->method != HTTP_M_HEAD)
@@ -746,7 +756,7 @@ void http_reply_json(struct http_req *req, int status, json_t *body)
 		                   NULL);
 		return;
 	}
-	http_set_header(req, "Cache-Control", "no-store");
+	set_header_ref(req, "Cache-Control", "no-store");
 	http_reply(req, status, "application/json", s, strlen(s));
 	free(s);
 }
@@ -755,7 +765,7 @@ void http_reply_problem(struct http_req *req, int status, const char *slug, cons
                         const char *detail, const json_t *extra)
 {
 	char *s = problem_render(status, slug, title, detail, req->path, extra);
-	http_set_header(req, "Cache-Control", "no-store");
+	set_header_ref(req, "Cache-Control", "no-store");
 	http_reply(req, status, PROBLEM_CONTENT_TYPE, s, strlen(s));
 	free(s);
 }

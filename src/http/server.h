@@ -70,7 +70,8 @@ struct http_server *http_req_server(const struct http_req *req);
 void http_req_on_abort(struct http_req *req, http_abort_fn fn, void *arg);
 
 void http_set_header(struct http_req *req, const char *name, const char *value);
-/* Every reply ends the handler's use of req. */
+/* Every reply ends the handler's use of req. content_type must be a string
+ * that outlives the response (a literal): it is not copied. */
 void http_reply(struct http_req *req, int status, const char *content_type, const void *body,
                 size_t len);
 /* Takes the reference to body. */
