@@ -1248,10 +1248,10 @@ void job_op_cancel(struct job_op *op)
 	"LEFT JOIN x ON x.ord = num.ord LEFT JOIN y ON y.ord = num.ord "                           \
 	"RETURNING job_id, seq, id, data) "                                                        \
 	"SELECT num.ord, ev.seq, ev.id, ju.rev, ev.data::text, "                                   \
-	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
 	"(extract(epoch from jl.created_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from jl.queued_at) * 1e6)::bigint, "                                       \
-	"(extract(epoch from jl.started_at) * 1e6)::bigint "                                       \
+	"(extract(epoch from jl.started_at) * 1e6)::bigint, "                                      \
+	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev) "                      \
 	"FROM ev JOIN num ON num.job_id = ev.job_id AND num.seq = ev.seq "                         \
 	"JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id ORDER BY num.ord"
 

@@ -131,3 +131,29 @@ def test_other_instances_see_the_change_no_stale_304(cd, daemon, pg, tmp_path):
              0.05, "B sees the new revision")
     st, h, body = b.http("GET", path)
     assert json.loads(body)["status"] == "cancelled" and h["etag"] == '"2"'
+
+
+def metrics(d):
+    st, _, body = d.http("GET", "/metrics.json")
+    assert st == 200
+    return json.loads(body)
+
+
+def test_job_metrics_move_by_exact_deltas(cd):
+    """jobs.created_total, jobs.status_transition_total{from,to} and
+    jobs.total_latency_ms follow the jobs one for one."""
+    m1 = metrics(cd)
+    jobs = [create(cd) for _ in range(3)]
+    assert cd.http("DELETE", f"/v1/jobs/{jobs[0]['id']}")[0] == 202
+    assert cd.http("DELETE", f"/v1/jobs/{jobs[0]['id']}")[0] == 202  # idempotent: no new transition
+    m2 = metrics(cd)
+
+    def delta(kind, key):
+        return m2[kind].get(key, 0) - m1[kind].get(key, 0)
+
+    assert delta("counters", "jobs.created_total") == 3
+    assert delta("counters", "jobs.status_transition_total|from=pending,to=queued") == 3
+    assert delta("counters", "jobs.status_transition_total|from=queued,to=cancelled") == 1
+    h1 = m1["histograms"].get("jobs.total_latency_ms", {"count": 0})
+    h2 = m2["histograms"]["jobs.total_latency_ms"]
+    assert h2["count"] - h1["count"] == 1
