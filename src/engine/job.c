@@ -1175,10 +1175,11 @@ void job_op_cancel(struct job_op *op)
 	"jsonb)), "                                                                                \
 	"x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(ord int, id uuid, job_id uuid, "   \
 	"from_ text, to_ text, reason text, kind text, stage text, lease uuid, skip_reason text, " \
-	"error jsonb, not_before timestamptz, request_id text, data jsonb)), "                     \
+	"error jsonb, not_before timestamptz, request_id text, data jsonb, with_job bool)), "      \
 	"jl AS (SELECT j.id, j.status, j.project_id, j.pipeline, j.created_at, j.queued_at, "      \
 	"j.started_at FROM jobs j WHERE j.id IN (SELECT id FROM y UNION SELECT job_id FROM x) "    \
 	"ORDER BY j.id FOR UPDATE), "                                                              \
+	"yok AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_), "             \
 	"tu AS (UPDATE tasks t SET status = x.to_, "                                               \
 	"ready_at = CASE WHEN x.to_ = 'ready' THEN now() WHEN x.to_ = 'pending' THEN NULL "        \
 	"ELSE t.ready_at END, "                                                                    \
@@ -1203,8 +1204,8 @@ void job_op_cancel(struct job_op *op)
 	"lease_expires_at = CASE WHEN x.to_ = 'running' THEN t.lease_expires_at ELSE NULL END "    \
 	"FROM x WHERE t.id = x.id AND t.job_id = x.job_id AND t.job_id IN (SELECT id FROM jl) "    \
 	"AND t.status = x.from_ AND (x.lease IS NULL OR t.lease_token = x.lease) "                 \
+	"AND (NOT coalesce(x.with_job, false) OR x.job_id IN (SELECT id FROM yok)) "               \
 	"RETURNING x.ord, x.job_id, x.from_, x.to_), "                                             \
-	"yok AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_), "             \
 	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yok), "              \
 	"cnt AS (SELECT job_id, count(*)::bigint AS n FROM applied GROUP BY job_id), "             \
 	"ju AS (UPDATE jobs j SET event_seq = j.event_seq + cnt.n, rev = j.rev + 1, "              \
@@ -1397,6 +1398,9 @@ bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_stat
 	                  "kind", kind, "stage", k->stage, "lease", o ? o->lease_token : NULL,
 	                  "skip_reason", o ? o->skip_reason : NULL, "error", o ? o->error : NULL,
 	                  "not_before", nb[0] ? nb : NULL, "request_id", k->request_id));
+	if (o && o->with_job)
+		json_object_set_new(json_array_get(t->tasks, json_array_size(t->tasks) - 1),
+		                    "with_job", json_true());
 	return true;
 }
 

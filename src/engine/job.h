@@ -123,6 +123,9 @@ struct task_set_opts {
 	const char *skip_reason; /* to skipped */
 	const json_t *error; /* to failed (and kept on retries) */
 	int64_t not_before_us; /* to ready after a retryable failure */
+	/* Applies only if this batch's change of the task's job applies too:
+	 * a cancel moves the job and its stages together or not at all. */
+	bool with_job;
 };
 
 struct job_txn;

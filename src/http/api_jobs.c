@@ -544,7 +544,8 @@ static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 		                      pipeline,
 		                      json_string_value(json_object_get(stage, "stage")),
 		                      http_req_id(req)};
-		ok = task_set_status(c->txn, &tr, ts, TASK_CANCELLED, "job_cancelled", NULL) && ok;
+		struct task_set_opts o = {.with_job = true};
+		ok = task_set_status(c->txn, &tr, ts, TASK_CANCELLED, "job_cancelled", &o) && ok;
 	}
 	json_decref(job);
 	if (!ok) {
