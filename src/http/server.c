@@ -101,7 +101,7 @@ struct http_req {
 	struct http_conn *conn; /* NULL once the connection is gone */
 	evhtp_request_t *ev;
 	enum http_method method;
-	char *path;
+	const char *path; /* valid while the request lives */
 	struct route_match match;
 	struct req_str *strs; /* decoded query values, freed with the request */
 	char id[130];
@@ -516,7 +516,6 @@ static void req_finish(struct http_req *req)
 		free(req->strs);
 		req->strs = n;
 	}
-	free(req->path);
 	free(req->body);
 	free(req);
 }
@@ -572,8 +571,8 @@ static void dispatch_cb(evhtp_request_t *r, void *arg)
 	req->ev = r;
 	req->method = method_of(r);
 	req->start_us = hc && hc->req_start_us ? hc->req_start_us : clock_mono_us();
-	req->path =
-	        xstrdup(r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/");
+	/* Borrowed from libevhtp: it frees the URI only after our fini hook. */
+	req->path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
 	const char *rid = evhtp_header_find(r->headers_in, "X-Request-Id");
 	if (rid && id_request_id_valid(rid, strlen(rid)))
 		snprintf(req->id, sizeof req->id, "%s", rid);
