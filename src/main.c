@@ -21,6 +21,7 @@
 #include "db/pg.h"
 #include "db/pool.h"
 #include "engine/engine.h"
+#include "engine/instance.h"
 #include "engine/pipeline.h"
 #include "http/auth.h"
 #include "http/api.h"
@@ -70,6 +71,8 @@ struct daemon {
 	struct pg_pool *pool;
 	struct pg_migrate *migrate;
 	struct pg_listener *listener;
+	struct instance *instance;
+	struct instance *instance_leaving; /* instance_stop() under way */
 	struct pipeline_set *pipelines;
 	struct engine *engine;
 	struct auth *auth;
@@ -83,10 +86,25 @@ struct daemon {
 	int exit_code;
 };
 
+static void instance_gone_cb(void *arg)
+{
+	struct daemon *d = arg;
+	d->instance_leaving = NULL; /* it freed itself */
+	event_base_loopexit(d->app.base, NULL);
+}
+
 static void daemon_stop_loop(struct daemon *d, const char *why)
 {
 	log_info("server.drained", why,
 	         LF_UINT("open_connections", http_server_connections(d->http)));
+	if (d->instance) {
+		/* Take this instance's row away before leaving (bounded by the
+		 * pool's own timeouts), so nobody waits for its leases to lapse. */
+		d->instance_leaving = d->instance;
+		d->instance = NULL;
+		instance_stop(d->instance_leaving, instance_gone_cb, d);
+		return;
+	}
 	event_base_loopexit(d->app.base, NULL);
 }
 
@@ -298,6 +316,7 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		event_base_loopexit(d->app.base, NULL);
 		return;
 	}
+	d->instance = instance_start(&d->app, d->pool, d->app.cfg->scheduler.heartbeat_ms);
 	/* Other instances' changes arrive on the LISTEN connection. */
 	d->listener = pg_listener_new(d->app.base, d->app.cfg->database.url, jobs_notify_cb, d,
 	                              &(struct pg_listener_opts){.conn = {.reconnect_max_ms = 2000},
@@ -434,6 +453,8 @@ static void daemon_free(struct daemon *d)
 	sampler_free(d->sampler);
 	http_server_free(d->http);
 	http_server_free(d->metrics_http);
+	instance_free(d->instance);
+	instance_free(d->instance_leaving); /* the loop ended before it finished */
 	pg_listener_free(d->listener);
 	engine_free(d->engine);
 	auth_free(d->auth);

@@ -305,3 +305,21 @@ def test_sighup_reopens_the_log_file(daemon, tmp_path):
     assert "server.start" in old and "after-hup" not in old
     for ln in path.read_text().splitlines():
         json.loads(ln)  # every line in the new file is a JSON line
+
+
+def test_instance_row_heartbeats_and_leaves(daemon, pg):
+    """Each daemon registers itself in `instances` once the schema is
+    current, renews heartbeat_at every scheduler.heartbeat, and removes its
+    row on a clean stop."""
+    d = daemon({"scheduler.heartbeat": "1s"}, wait_ready=True)
+    st, _, body = d.http("GET", "/healthz")
+    iid = json.loads(body)["instance_id"]
+    row = lambda: pg.psql(f"SELECT pid, extract(epoch from heartbeat_at) FROM instances "
+                          f"WHERE id = '{iid}'").strip()
+    wait_for(row, 10.0, 0.05, "the instance row")
+    pid, first = row().split("|")
+    assert int(pid) == d.proc.pid
+    wait_for(lambda: float(row().split("|")[1]) > float(first), 5.0, 0.1,
+             "a newer heartbeat")
+    assert d.stop() == 0
+    assert row() == ""
