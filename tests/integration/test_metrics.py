@@ -596,10 +596,12 @@ def test_sampler_gauges(sl, tmp_path):
 
     lag = "event_loop.lag_ms"
     c1 = s1["histograms"][lag]["count"]
-    time.sleep(2.5)
-    s2 = scrape_json(sl)
+    t0 = time.monotonic()
+    # the sampler ticks once a second: two more observations within ~2 s
+    s2 = wait_for(lambda: (lambda snap: snap if snap["histograms"][lag]["count"] - c1 >= 2
+                           else None)(scrape_json(sl)), 5.0, 0.1, "two sampler ticks")
     c2 = s2["histograms"][lag]["count"]
-    assert c2 - c1 >= 2, f"the sampler ticks once a second: lag count {c1} -> {c2} over 2.5 s"
+    assert time.monotonic() - t0 >= 0.9, "ticks came faster than once a second"
     assert s2["gauges"]["process.start_time_seconds"] == start
     # on an idle loop the lag is small
     assert s2["histograms"][lag]["sum"] / c2 < 250, s2["histograms"][lag]
@@ -730,8 +732,10 @@ def test_histogram_buckets_match_the_documentation(daemon):
     d = daemon(wait_ready=True)  # with a database, so DB query latency has series
     d.http("GET", "/healthz")
     d.http("GET", "/readyz")
-    time.sleep(1.1)  # a sampler tick
-    snap = scrape_json(d)
+    # wait for a sampler tick, so the loop-lag histogram has a series
+    snap = wait_for(lambda: (lambda sn: sn if sn["histograms"].get("event_loop.lag_ms", {})
+                             .get("count") else None)(scrape_json(d)), 5.0, 0.05,
+                    "a sampler tick")
     docs = documented_buckets()
     hist = {c for c, v in CATALOG.items() if v["type"] == "histogram"}
     assert set(docs) == hist, f"bucket table vs catalog histograms: {set(docs) ^ hist}"
