@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
 
@@ -554,6 +555,22 @@ static void load_command(const struct load *ld, struct fy_node *k, struct fy_nod
 		char *abs = config_resolve_path(ld->cfg, argv[0]);
 		free(argv[0]);
 		argv[0] = abs;
+	}
+	/* "Relative paths are relative to the config file" (ARCHITECTURE §11)
+	 * holds for the arguments too — ["/usr/bin/python3",
+	 * "modules/tts.py"] — but an argument is only text to us: it is taken
+	 * as a path when it has a '/', isn't absolute or an option, and names
+	 * an existing file under the config's directory. */
+	for (size_t a = 1; a < n; a++) {
+		if (argv[a][0] == '/' || argv[a][0] == '-' || strchr(argv[a], '/') == NULL)
+			continue;
+		char *abs = config_resolve_path(ld->cfg, argv[a]);
+		if (access(abs, F_OK) == 0) {
+			free(argv[a]);
+			argv[a] = abs;
+		} else {
+			free(abs);
+		}
 	}
 	strv_free(m->argv, m->argc);
 	m->argv = argv;

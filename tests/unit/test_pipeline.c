@@ -168,7 +168,7 @@ static void test_speech_demo(void **state)
 	assert_non_null(tts);
 	assert_int_equal(tts->argc, 2);
 	assert_string_equal(tts->argv[0], "/usr/bin/python3");
-	assert_string_equal(tts->argv[1], "contrib/modules/tts.py"); /* only argv[0] resolves */
+	assert_string_equal(tts->argv[1], "contrib/modules/tts.py"); /* no such file here */
 	assert_null(tts->argv[2]);
 	assert_int_equal(tts->concurrency, 2);
 	assert_false(tts->persistent);
@@ -248,6 +248,35 @@ static void test_speech_demo(void **state)
 	dag_descendants(p->dag, 2, true, mask);
 	for (size_t i = 0; i < 7; i++)
 		assert_int_equal(mask[i], i == 2 || i == 5 || i == 6);
+}
+
+/* Relative arguments that name a file under the config's directory resolve
+ * like the program does; options, absolute paths, words and paths that
+ * don't exist stay as written. */
+static void test_argv_paths_resolve(void **state)
+{
+	struct fixture *f = *state;
+	free(write_file(f, "mods/run.py", "print('hi')\n"));
+	const struct pipeline_set *set =
+	        load_ok(f, "modules:\n"
+	                   "  m:\n"
+	                   "    command: [\"/usr/bin/python3\", \"mods/run.py\", \"--out=a/b\", "
+	                   "\"no/such.py\",\n"
+	                   "              \"/abs/x\", \"word\"]\n"
+	                   "pipelines:\n"
+	                   "  p:\n"
+	                   "    stages:\n"
+	                   "      - {name: s, module: m}\n");
+	const struct module_def *m = module_def_find(set, "m");
+	assert_non_null(m);
+	assert_int_equal(m->argc, 6);
+	char *want = xasprintf("%s/mods/run.py", f->cfg->dir);
+	assert_string_equal(m->argv[1], want);
+	free(want);
+	assert_string_equal(m->argv[2], "--out=a/b");
+	assert_string_equal(m->argv[3], "no/such.py");
+	assert_string_equal(m->argv[4], "/abs/x");
+	assert_string_equal(m->argv[5], "word");
 }
 
 static void test_order_is_topological(void **state)
@@ -944,17 +973,12 @@ int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
-	        T(test_speech_demo),
-	        T(test_order_is_topological),
-	        T(test_stage_params_yaml),
-	        T(test_empty_config),
-	        T(test_validation_errors),
-	        T(test_max_stages),
-	        T(test_all_errors_collected),
-	        T(test_pipelines_dir),
-	        T(test_check_params),
-	        T(test_stage_params_overlay),
-	        T(test_to_json),
+	        T(test_speech_demo),          T(test_argv_paths_resolve),
+	        T(test_order_is_topological), T(test_stage_params_yaml),
+	        T(test_empty_config),         T(test_validation_errors),
+	        T(test_max_stages),           T(test_all_errors_collected),
+	        T(test_pipelines_dir),        T(test_check_params),
+	        T(test_stage_params_overlay), T(test_to_json),
 	        cmocka_unit_test(test_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
