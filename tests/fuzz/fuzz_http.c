@@ -363,9 +363,13 @@ static bool is_limit_refusal(int status, const char *body, size_t bl)
 	                                    "malformed",      "version"};
 	if (status == 408 || status == 413 || status == 414 || status == 431)
 		return true;
+	/* The problem's type is its first member (problem.c). Matching it there,
+	 * not anywhere in the body, keeps a 404 whose `instance` echoes such
+	 * text from the path from passing for a refusal. */
 	for (size_t i = 0; i < sizeof slugs / sizeof slugs[0]; i++) {
-		char *type = xasprintf("\"urn:stageline:problem:%s\"", slugs[i]);
-		bool hit = find_mem(body, bl, type) != NULL;
+		char *type = xasprintf("{\"type\":\"urn:stageline:problem:%s\"", slugs[i]);
+		size_t tl = strlen(type);
+		bool hit = bl >= tl && memcmp(body, type, tl) == 0;
 		free(type);
 		if (hit)
 			return true;
