@@ -552,7 +552,7 @@ static void load_error(const struct load_ctx *lc, struct fy_node *at, struct fy_
 }
 
 /* YAML's null: an empty value, ~ or null, unquoted. */
-static bool node_is_null(struct fy_node *n)
+bool config_node_is_null(struct fy_node *n)
 {
 	if (n == NULL)
 		return true;
@@ -570,9 +570,9 @@ static bool node_is_null(struct fy_node *n)
 	return false;
 }
 
-static const char *node_kind(struct fy_node *n)
+const char *config_node_kind(struct fy_node *n)
 {
-	if (node_is_null(n))
+	if (config_node_is_null(n))
 		return "nothing";
 	switch (fy_node_get_type(n)) {
 	case FYNT_MAPPING: return "a mapping";
@@ -584,12 +584,14 @@ static const char *node_kind(struct fy_node *n)
 static void load_scalar(const struct load_ctx *lc, const struct setting *s, struct fy_node *k,
                         struct fy_node *v)
 {
-	if (v == NULL || !fy_node_is_scalar(v) || node_is_null(v)) {
+	if (v == NULL || !fy_node_is_scalar(v) || config_node_is_null(v)) {
 		struct buf want = BUF_INIT;
 		setting_describe(s, &want);
-		load_error(lc, v, k, "%s: expected %s, got %s%s", s->key, want.data, node_kind(v),
-		           s->type == SET_STRING && node_is_null(v) ? " (write \"\" for empty)"
-		                                                    : "");
+		load_error(lc, v, k, "%s: expected %s, got %s%s", s->key, want.data,
+		           config_node_kind(v),
+		           s->type == SET_STRING && config_node_is_null(v)
+		                   ? " (write \"\" for empty)"
+		                   : "");
 		buf_free(&want);
 		return;
 	}
@@ -610,7 +612,7 @@ static void load_mapping(const struct load_ctx *lc, const char *prefix, struct f
 		struct fy_node *v = fy_node_pair_value(pair);
 		size_t klen = 0;
 		const char *ktext = k && fy_node_is_scalar(k) ? fy_node_get_scalar(k, &klen) : NULL;
-		if (ktext == NULL || node_is_null(k)) {
+		if (ktext == NULL || config_node_is_null(k)) {
 			load_error(lc, k, NULL, "%s%skeys must be plain names", prefix,
 			           *prefix ? ": " : "");
 			continue;
@@ -627,15 +629,15 @@ static void load_mapping(const struct load_ctx *lc, const char *prefix, struct f
 			if (v != NULL && fy_node_is_mapping(v))
 				*(strcmp(full, "modules") == 0 ? &lc->cfg->modules
 				                               : &lc->cfg->pipelines) = v;
-			else if (!node_is_null(v))
+			else if (!config_node_is_null(v))
 				load_error(lc, v, k, "%s: expected a mapping, got %s", full,
-				           node_kind(v));
+				           config_node_kind(v));
 		} else if (plain && section_exists(full, strlen(full))) {
 			if (v != NULL && fy_node_is_mapping(v))
 				load_mapping(lc, full, v);
-			else if (!node_is_null(v)) /* an empty section sets nothing */
+			else if (!config_node_is_null(v)) /* an empty section sets nothing */
 				load_error(lc, v, k, "%s: expected a mapping, got %s", full,
-				           node_kind(v));
+				           config_node_kind(v));
 		} else {
 			load_error(lc, k, v, "unknown key '%s'", full);
 		}
@@ -776,9 +778,9 @@ bool config_load_file(struct config *cfg, const char *path, struct config_errors
 	struct fy_node *root = fy_document_root(doc);
 	if (root != NULL && fy_node_is_mapping(root))
 		load_mapping(&lc, "", root);
-	else if (!node_is_null(root))
+	else if (!config_node_is_null(root))
 		load_error(&lc, root, NULL, "the top level must be a mapping of sections, got %s",
-		           node_kind(root));
+		           config_node_kind(root));
 	return errs->n == before;
 }
 

@@ -123,6 +123,11 @@ char *config_resolve_path(const struct config *cfg, const char *path);
  * position (libfyaml 0.7 gives collections none). Caller frees. */
 char *config_node_where(const char *file, struct fy_node *at, struct fy_node *fallback);
 
+/* YAML's null (empty, ~, null; plain style) and a node's kind for error
+ * messages ("nothing", "a mapping", "a sequence", "a scalar"). */
+bool config_node_is_null(struct fy_node *n);
+const char *config_node_kind(struct fy_node *n);
+
 /* Pure parsers shared with the flags: "250ms", "10s", "2m", "1h" (a bare
  * number is seconds) and "512", "32KiB", "16MiB", "1GiB" (bytes). */
 bool config_parse_duration_ms(const char *s, int64_t *out);

@@ -121,40 +121,10 @@ static void load_error(const struct load *ld, struct fy_node *at, struct fy_node
 
 /* --- scalars --- */
 
-/* YAML's null: an empty value, ~ or null, unquoted. */
-static bool node_is_null(struct fy_node *n)
-{
-	if (n == NULL)
-		return true;
-	if (!fy_node_is_scalar(n) || fy_node_get_style(n) != FYNS_PLAIN)
-		return false;
-	size_t len;
-	const char *s = fy_node_get_scalar(n, &len);
-	if (s == NULL || len == 0)
-		return true;
-	static const char *const nulls[] = {"~", "null", "Null", "NULL"};
-	for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++) {
-		if (strlen(nulls[i]) == len && memcmp(s, nulls[i], len) == 0)
-			return true;
-	}
-	return false;
-}
-
-static const char *node_kind(struct fy_node *n)
-{
-	if (node_is_null(n))
-		return "nothing";
-	switch (fy_node_get_type(n)) {
-	case FYNT_MAPPING: return "a mapping";
-	case FYNT_SEQUENCE: return "a sequence";
-	default: return "a scalar";
-	}
-}
-
 /* The text of a non-null scalar (len set), else NULL. */
 static const char *scalar_text(struct fy_node *n, size_t *len)
 {
-	if (n == NULL || !fy_node_is_scalar(n) || node_is_null(n))
+	if (n == NULL || !fy_node_is_scalar(n) || config_node_is_null(n))
 		return NULL;
 	const char *s = fy_node_get_scalar(n, len);
 	if (s == NULL) {
@@ -183,7 +153,7 @@ static bool get_string(const struct load *ld, struct fy_node *k, struct fy_node 
 	size_t len;
 	const char *s = scalar_text(v, &len);
 	if (s == NULL) {
-		load_error(ld, v, k, path, "expected a string, got %s", node_kind(v));
+		load_error(ld, v, k, path, "expected a string, got %s", config_node_kind(v));
 		return false;
 	}
 	if (memchr(s, '\0', len) != NULL) {
@@ -214,7 +184,7 @@ static bool get_bool(const struct load *ld, struct fy_node *k, struct fy_node *v
 		}
 	}
 	if (s == NULL)
-		load_error(ld, v, k, path, "expected true or false, got %s", node_kind(v));
+		load_error(ld, v, k, path, "expected true or false, got %s", config_node_kind(v));
 	else
 		load_error(ld, v, k, path, "expected true or false, got '%.*s'", (int)len, s);
 	return false;
@@ -227,7 +197,7 @@ static bool get_int(const struct load *ld, struct fy_node *k, struct fy_node *v,
 	const char *s = scalar_text(v, &len);
 	if (s == NULL) {
 		load_error(ld, v, k, path, "expected a whole number from %d to %d, got %s", min,
-		           max, node_kind(v));
+		           max, config_node_kind(v));
 		return false;
 	}
 	int64_t n = 0;
@@ -251,7 +221,8 @@ static bool get_duration(const struct load *ld, struct fy_node *k, struct fy_nod
 	size_t len;
 	const char *s = scalar_text(v, &len);
 	if (s == NULL) {
-		load_error(ld, v, k, path, "expected a duration like 30s, got %s", node_kind(v));
+		load_error(ld, v, k, path, "expected a duration like 30s, got %s",
+		           config_node_kind(v));
 		return false;
 	}
 	char *text = xstrndup(s, len);
@@ -347,7 +318,7 @@ static json_t *scalar_to_json(const struct load *ld, struct fy_node *n, const ch
 		len = 0;
 	}
 	if (fy_node_get_style(n) == FYNS_PLAIN && !tagged_str(n)) {
-		if (node_is_null(n))
+		if (config_node_is_null(n))
 			return json_null();
 		static const char *const t[] = {"true", "True", "TRUE"};
 		static const char *const f[] = {"false", "False", "FALSE"};
@@ -528,7 +499,8 @@ static void load_command(const struct load *ld, struct fy_node *k, struct fy_nod
 {
 	if (v == NULL || !fy_node_is_sequence(v) || fy_node_sequence_item_count(v) == 0) {
 		load_error(ld, v, k, path, "expected a non-empty list of strings, got %s",
-		           v != NULL && fy_node_is_sequence(v) ? "an empty list" : node_kind(v));
+		           v != NULL && fy_node_is_sequence(v) ? "an empty list"
+		                                               : config_node_kind(v));
 		return;
 	}
 	size_t n = (size_t)fy_node_sequence_item_count(v);
@@ -592,11 +564,11 @@ static bool env_name_ok(const char *s)
 static void load_env(const struct load *ld, struct fy_node *k, struct fy_node *v, const char *path,
                      struct module_def *m)
 {
-	if (node_is_null(v))
+	if (config_node_is_null(v))
 		return;
 	if (!fy_node_is_mapping(v)) {
 		load_error(ld, v, k, path, "expected a mapping of NAME: value, got %s",
-		           node_kind(v));
+		           config_node_kind(v));
 		return;
 	}
 	void *iter = NULL;
@@ -637,7 +609,7 @@ static void load_module(struct load *ld, const char *name, struct fy_node *k, st
 		load_error(ld, k, v, path, "bad module name '%s': use " NAME_RULE, name);
 	bool has_command = false;
 	if (v == NULL || !fy_node_is_mapping(v)) {
-		load_error(ld, v, k, path, "expected a mapping, got %s", node_kind(v));
+		load_error(ld, v, k, path, "expected a mapping, got %s", config_node_kind(v));
 		goto out;
 	}
 	void *iter = NULL;
@@ -718,10 +690,11 @@ struct stage_tmp {
 static void load_needs(const struct load *ld, struct fy_node *k, struct fy_node *v,
                        const char *path, struct stage_tmp *t)
 {
-	if (node_is_null(v))
+	if (config_node_is_null(v))
 		return;
 	if (!fy_node_is_sequence(v)) {
-		load_error(ld, v, k, path, "expected a list of stage names, got %s", node_kind(v));
+		load_error(ld, v, k, path, "expected a list of stage names, got %s",
+		           config_node_kind(v));
 		return;
 	}
 	void *iter = NULL;
@@ -755,7 +728,7 @@ static void load_stage(struct load *ld, const char *path, struct fy_node *v, str
 	t->def.timeout_ms = PIPELINE_DEFAULT_TIMEOUT_MS;
 	if (v == NULL || !fy_node_is_mapping(v)) {
 		load_error(ld, v, NULL, path, "expected a mapping with name and module, got %s",
-		           node_kind(v));
+		           config_node_kind(v));
 		return;
 	}
 	struct fy_node *name_node = NULL, *module_node = NULL;
@@ -792,11 +765,11 @@ static void load_stage(struct load *ld, const char *path, struct fy_node *v, str
 		} else if (strcmp(key, "timeout") == 0) {
 			t->has_timeout = get_duration(ld, fk, fv, p, 1, &t->def.timeout_ms);
 		} else if (strcmp(key, "params") == 0) {
-			if (node_is_null(fv)) {
+			if (config_node_is_null(fv)) {
 				/* an empty section: no defaults */
 			} else if (!fy_node_is_mapping(fv)) {
 				load_error(ld, fv, fk, p, "expected a mapping, got %s",
-				           node_kind(fv));
+				           config_node_kind(fv));
 			} else {
 				json_decref(t->def.params);
 				t->def.params = yaml_to_json(ld, fv, p);
@@ -862,7 +835,8 @@ static void load_param(const struct load *ld, const char *name, struct fy_node *
 		           name);
 	if (v == NULL || !fy_node_is_mapping(v)) {
 		load_error(ld, v, k, path,
-		           "expected a mapping with type, required, default, got %s", node_kind(v));
+		           "expected a mapping with type, required, default, got %s",
+		           config_node_kind(v));
 		goto out;
 	}
 	void *iter = NULL;
@@ -932,13 +906,13 @@ static void load_params_decl(const struct load *ld, struct fy_node *k, struct fy
                              const char *path, struct pipeline *p)
 {
 	p->params_declared = true;
-	if (node_is_null(v))
+	if (config_node_is_null(v))
 		return;
 	if (!fy_node_is_mapping(v)) {
 		load_error(ld, v, k, path,
 		           "expected a mapping of name: {type, required, default}, "
 		           "got %s",
-		           node_kind(v));
+		           config_node_kind(v));
 		return;
 	}
 	void *iter = NULL;
@@ -1058,7 +1032,8 @@ static void load_stages(struct load *ld, struct fy_node *k, struct fy_node *v, c
 	char *sp = xasprintf("%s.stages", path);
 	if (v == NULL || !fy_node_is_sequence(v) || fy_node_sequence_item_count(v) == 0) {
 		load_error(ld, v, k, sp, "expected a non-empty list of stages, got %s",
-		           v != NULL && fy_node_is_sequence(v) ? "an empty list" : node_kind(v));
+		           v != NULL && fy_node_is_sequence(v) ? "an empty list"
+		                                               : config_node_kind(v));
 		free(sp);
 		return;
 	}
@@ -1110,7 +1085,7 @@ static void load_pipeline(struct load *ld, const char *name, struct fy_node *nam
 	struct pipeline p = {.name = xstrdup(name), .source = xstrdup(ld->file)};
 	if (v == NULL || !fy_node_is_mapping(v)) {
 		load_error(ld, v, name_node, path, "expected a mapping with stages, got %s",
-		           node_kind(v));
+		           config_node_kind(v));
 		goto out;
 	}
 	bool has_stages = false;
@@ -1254,7 +1229,7 @@ static void load_file(struct load *ld, const char *path, const char *base)
 		load_error(
 		        ld, root, NULL, path2,
 		        "expected a pipeline mapping (name, description, stages, params), got %s",
-		        node_kind(root));
+		        config_node_kind(root));
 		free(path2);
 		goto out;
 	}
