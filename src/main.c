@@ -23,10 +23,12 @@
 #include "engine/engine.h"
 #include "engine/instance.h"
 #include "engine/pipeline.h"
+#include "engine/scheduler.h"
 #include "http/auth.h"
 #include "http/api.h"
 #include "http/router.h"
 #include "http/server.h"
+#include "store/store.h"
 
 extern char **environ;
 
@@ -75,6 +77,10 @@ struct daemon {
 	struct instance *instance_leaving; /* instance_stop() under way */
 	struct pipeline_set *pipelines;
 	struct engine *engine;
+	struct store *store;
+	struct scheduler *sched;
+	bool http_done, sched_done; /* the two halves of a drain */
+	struct event *hard_stop; /* bounds the drain */
 	struct auth *auth;
 	struct api_ctx api;
 	enum run_mode mode;
@@ -95,6 +101,11 @@ static void instance_gone_cb(void *arg)
 
 static void daemon_stop_loop(struct daemon *d, const char *why)
 {
+	/* HTTP drained (or its grace passed); running tasks may still be
+	 * finishing or committing their cancellation. */
+	d->http_done = true;
+	if (!d->sched_done)
+		return;
 	log_info("server.drained", why,
 	         LF_UINT("open_connections", http_server_connections(d->http)));
 	if (d->instance) {
@@ -123,6 +134,23 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 	daemon_stop_loop(arg, "shutdown grace expired");
 }
 
+static void sched_drained_cb(void *arg)
+{
+	struct daemon *d = arg;
+	d->sched_done = true;
+	if (d->http_done)
+		daemon_stop_loop(d, "all connections closed and no task running");
+}
+
+static void hard_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	log_warn("server.stop", "tasks did not stop in time; stopping now",
+	         LF_UINT("tasks", scheduler_running(d->sched)));
+	d->sched_done = true;
+	daemon_stop_loop(d, "drain deadline passed");
+}
+
 static void on_stop_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon *d = arg;
@@ -138,6 +166,16 @@ static void on_stop_signal_cb(evutil_socket_t sig, short what, void *arg)
 	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 	d->grace = evtimer_new(d->app.base, grace_cb, d);
 	evtimer_add(d->grace, &tv);
+	if (d->sched) {
+		/* Cancelled modules get cancel_grace + kill_grace to die, then
+		 * their tasks are committed back to ready. */
+		struct timeval hard = {.tv_sec = ms / 1000 + 20, .tv_usec = (ms % 1000) * 1000};
+		d->hard_stop = evtimer_new(d->app.base, hard_stop_cb, d);
+		evtimer_add(d->hard_stop, &hard);
+		scheduler_drain(d->sched, ms, sched_drained_cb, d);
+	} else {
+		d->sched_done = true;
+	}
 	http_server_drain(d->http, http_drained_cb, d);
 }
 
@@ -288,6 +326,12 @@ static bool default_project_cb(PGresult *res, const struct pg_error *err, void *
 static void jobs_notify_cb(const char *channel, const char *payload, int be_pid, void *arg)
 {
 	struct daemon *d = arg;
+	if (strcmp(channel, SCHEDULER_READY_CHANNEL) == 0) {
+		scheduler_wake(d->sched);
+		return;
+	}
+	/* The scheduler compares with the revision it knew before this news. */
+	scheduler_on_job_notify(d->sched, payload);
 	engine_on_jobs_notify(d->engine, payload);
 }
 
@@ -323,6 +367,30 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 	                                                         .on_resync = jobs_resync_cb});
 	if (d->listener && pg_listener_listen(d->listener, ENGINE_JOBS_CHANNEL))
 		engine_set_listener(d->engine, d->listener);
+	if (d->listener && !pg_listener_listen(d->listener, SCHEDULER_READY_CHANNEL))
+		log_warn("server.start", "cannot LISTEN for ready tasks; polling only",
+		         LF_STR("channel", SCHEDULER_READY_CHANNEL));
+	if (!d->app.stopping && d->app.cfg->scheduler.enabled) {
+		struct config *cfg = d->app.cfg;
+		char *scratch = config_resolve_path(cfg, cfg->scheduler.scratch_dir);
+		struct scheduler_opts so = {
+		        .max_concurrency = cfg->scheduler.max_concurrency,
+		        .lease_ms = cfg->scheduler.lease_ms,
+		        .heartbeat_ms = cfg->scheduler.heartbeat_ms,
+		        .rescue_every_ms = cfg->scheduler.rescue_every_ms,
+		        .poll_ms = cfg->scheduler.poll_ms,
+		        .scratch_dir = scratch,
+		        .max_frame_bytes = cfg->limits.max_frame_bytes,
+		};
+		d->sched = scheduler_start(d->engine, d->store, &so);
+		free(scratch);
+		if (d->sched == NULL) {
+			d->exit_code = 1;
+			event_base_loopexit(d->app.base, NULL);
+			return;
+		}
+		d->api.sched = d->sched;
+	}
 	if (d->app.cfg->auth.enabled) {
 		d->api.migrated = true;
 		return;
@@ -387,6 +455,13 @@ static int daemon_run(struct daemon *d)
 		return 1;
 	}
 	d->engine = engine_new(&d->app, d->pool, d->pipelines, NULL);
+	char *serr = NULL;
+	d->store = store_new(d->app.base, cfg, &serr);
+	if (d->store == NULL) {
+		log_error("server.start", "cannot open the object store", LF_STR("error", serr));
+		free(serr);
+		return 1;
+	}
 	struct auth_opts aopts = {.enabled = cfg->auth.enabled};
 	d->auth = auth_new(d->pool, &aopts);
 	if (d->pool == NULL || d->auth == NULL || !engine_prepare(d->engine)) {
@@ -456,6 +531,8 @@ static void daemon_free(struct daemon *d)
 	instance_free(d->instance);
 	instance_free(d->instance_leaving); /* the loop ended before it finished */
 	pg_listener_free(d->listener);
+	scheduler_free(d->sched);
+	store_free(d->store);
 	engine_free(d->engine);
 	auth_free(d->auth);
 	pg_migrate_free(d->migrate);
@@ -472,6 +549,8 @@ static void daemon_free(struct daemon *d)
 		event_free(d->sig_hup);
 	if (d->grace)
 		event_free(d->grace);
+	if (d->hard_stop)
+		event_free(d->hard_stop);
 	if (d->migrate_deadline)
 		event_free(d->migrate_deadline);
 	if (d->retry)

@@ -88,6 +88,8 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	X("log.level", ENUM, log.level, log_levels, "info", "Lowest level written.")               \
 	X("log.file", STRING, log.file, NULL, "", "Process log file; empty = stderr.")             \
 	X("auth.enabled", BOOL, auth.enabled, NULL, "true", "Require API keys.")                   \
+	X("scheduler.enabled", BOOL, scheduler.enabled, NULL, "true",                              \
+	  "Run tasks here; false makes an API-only instance.")                                     \
 	X("scheduler.max_concurrency", INT, scheduler.max_concurrency, NULL, "64",                 \
 	  "Tasks running at once on this instance.")                                               \
 	X("scheduler.lease", DURATION, scheduler.lease_ms, NULL, "30s",                            \

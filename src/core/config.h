@@ -61,6 +61,7 @@ struct config {
 		bool enabled;
 	} auth;
 	struct {
+		bool enabled;
 		int64_t max_concurrency;
 		int64_t lease_ms;
 		int64_t heartbeat_ms;

@@ -39,7 +39,7 @@ void engine_free(struct engine *e)
 
 bool engine_prepare(struct engine *e)
 {
-	return job_engine_prepare(e);
+	return job_engine_prepare(e) && scheduler_prepare(e);
 }
 
 struct event_bus *engine_bus(struct engine *e)

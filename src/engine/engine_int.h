@@ -27,6 +27,22 @@ struct engine {
 	struct event *flush_ev;
 };
 
+/* After a commit: the event's log line (fields from ev->data for task
+ * events), metrics for job edges, the revision cache and the bus. */
+struct sl_event;
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+void job_announce(struct engine *e, const struct sl_event *ev, bool is_task, int64_t dur_ms,
+                  const json_t *error, int64_t created_us);
+
+/* The revision this instance last saw for a job (any project), and a way
+ * to record one (added when absent). */
+bool job_rev_known(struct engine *e, const char *job_id, int64_t *rev);
+void job_rev_note(struct engine *e, const char *job_id, const char *project_id, int64_t rev);
+/* scheduler.c's prepared statements. */
+bool scheduler_prepare(struct engine *e);
+
 /* job.c's share of engine_new()/engine_free(). */
 void job_engine_init(struct engine *e);
 void job_engine_fini(struct engine *e);

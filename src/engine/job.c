@@ -226,6 +226,22 @@ bool job_rev_cached(struct engine *e, const char *project_id, const char *job_id
 	return true;
 }
 
+bool job_rev_known(struct engine *e, const char *job_id, int64_t *rev)
+{
+	if (strlen(job_id) != ID_UUID_LEN)
+		return false;
+	struct rev_entry *s = rev_cache_slot(e->revs, job_id);
+	if (s->id[0] == '\0')
+		return false;
+	*rev = s->rev;
+	return true;
+}
+
+void job_rev_note(struct engine *e, const char *job_id, const char *project_id, int64_t rev)
+{
+	rev_cache_put(e->revs, job_id, project_id, rev, false);
+}
+
 void engine_set_listener(struct engine *e, struct pg_listener *l)
 {
 	e->listener = l;
@@ -345,6 +361,8 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 	json_object_set_new(o, "event_seq", json_integer(j->event_seq));
 
 	size_t n = json_array_size(tasks);
+	double progress_sum = 0;
+	const char *running_stage = NULL;
 	int64_t *ready = xcalloc(n ? n : 1, sizeof *ready);
 	int64_t *started = xcalloc(n ? n : 1, sizeof *started);
 	json_t *stages = json_array();
@@ -396,7 +414,31 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 		json_t *deps = json_object_get(t, "depends_on");
 		json_object_set_new(s, "depends_on",
 		                    json_is_array(deps) ? json_incref(deps) : json_array());
+		json_t *timing = json_object_get(t, "timing");
+		json_object_set_new(
+		        s, "timing",
+		        json_is_object(timing)
+		                ? json_incref(timing)
+		                : json_pack("{s:n, s:n, s:n}", "fetch_ms", "run_ms", "upload_ms"));
+		/* The job's progress: each stage weighs the same, a settled one
+		 * counts whole; current_stage: the first stage running. */
+		const char *st = json_string_value(json_object_get(t, "status"));
+		enum task_status ts = TASK_PENDING;
+		(void)task_status_parse(st, &ts);
+		if (ts == TASK_COMPLETED || ts == TASK_FAILED || ts == TASK_SKIPPED ||
+		    ts == TASK_CANCELLED)
+			progress_sum += 1;
+		else if (ts == TASK_RUNNING)
+			progress_sum += json_is_number(progress) ? json_number_value(progress) : 0;
+		if (ts == TASK_RUNNING && running_stage == NULL)
+			running_stage = json_string_value(json_object_get(t, "stage"));
 		json_array_append_new(stages, s);
+	}
+	if (n > 0) {
+		double p = progress_sum / (double)n;
+		json_object_set_new(o, "progress", json_real(p > 1 ? 1 : p));
+		if (running_stage)
+			json_object_set_new(o, "current_stage", json_string(running_stage));
 	}
 	json_object_set_new(o, "total_wait_ms",
 	                    json_integer(job_total_wait_ms(ready, started, n, now_us)));
@@ -471,7 +513,10 @@ static void job_op_free(struct job_op *op)
 	"status, attempt, retries, max_retries, duration_ms, progress, error, skip_reason, "      \
 	"(extract(epoch from ready_at) * 1e6)::bigint AS ready_us, "                              \
 	"(extract(epoch from started_at) * 1e6)::bigint AS started_us, "                          \
-	"(extract(epoch from completed_at) * 1e6)::bigint AS completed_us "                       \
+	"(extract(epoch from completed_at) * 1e6)::bigint AS completed_us, "                      \
+	"(SELECT json_build_object('fetch_ms', a.fetch_ms, 'run_ms', a.run_ms, 'upload_ms', "     \
+	"a.upload_ms) FROM task_attempts a WHERE a.task_id = tasks.id ORDER BY a.attempt DESC "   \
+	"LIMIT 1) AS timing "                                                                     \
 	"FROM tasks WHERE job_id = j.id) t)::text "                                               \
 	"FROM jobs j WHERE j.id = $1::uuid AND j.project_id = $2"
 
@@ -743,7 +788,8 @@ struct submit_batch {
 	"z(job_id uuid, seq bigint, project_id text, ts timestamptz, kind text, task_id uuid, "    \
 	"stage text, status_from text, status_to text, reason text, request_id text, data jsonb) " \
 	"WHERE z.job_id IN (SELECT id FROM j) RETURNING job_id, seq, id) "                         \
-	"SELECT job_id::text, seq, id FROM e"
+	"SELECT job_id::text, seq, id, (SELECT pg_notify('stageline_ready', '') WHERE EXISTS "     \
+	"(SELECT 1 FROM j)) FROM e"
 
 #define SQL_JOB_KEYS                                                                         \
 	"SELECT j.id::text, j.project_id, j.idempotency_key, encode(j.request_hash, 'hex') " \
@@ -1175,7 +1221,8 @@ void job_op_cancel(struct job_op *op)
 	"jsonb)), "                                                                                \
 	"x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(ord int, id uuid, job_id uuid, "   \
 	"from_ text, to_ text, reason text, kind text, stage text, lease uuid, skip_reason text, " \
-	"error jsonb, not_before timestamptz, request_id text, data jsonb, with_job bool)), "      \
+	"error jsonb, not_before timestamptz, request_id text, data jsonb, with_job bool, "        \
+	"output jsonb, att jsonb, keep_retries bool)), "                                           \
 	"jl AS (SELECT j.id, j.status, j.project_id, j.pipeline, j.created_at, j.queued_at, "      \
 	"j.started_at FROM jobs j WHERE j.id IN (SELECT id FROM y UNION SELECT job_id FROM x) "    \
 	"ORDER BY j.id FOR UPDATE), "                                                              \
@@ -1192,7 +1239,12 @@ void job_op_cancel(struct job_op *op)
 	"IS NOT NULL AND t.status = 'running' THEN (extract(epoch from now() - t.started_at) * "   \
 	"1000)::bigint WHEN x.to_ IN ('pending', 'ready') THEN NULL ELSE t.duration_ms END, "      \
 	"attempt = t.attempt + (x.to_ = 'running')::int, "                                         \
-	"retries = t.retries + (t.status = 'running' AND x.to_ = 'ready')::int, "                  \
+	"retries = t.retries + (t.status = 'running' AND x.to_ = 'ready' "                         \
+	"AND NOT coalesce(x.keep_retries, false))::int, "                                          \
+	"output = CASE WHEN x.to_ = 'completed' THEN x.output WHEN x.to_ = 'pending' THEN NULL "   \
+	"ELSE t.output END, "                                                                      \
+	"engine_id = CASE WHEN x.to_ = 'pending' THEN NULL ELSE coalesce(x.data->>'engine_id', "   \
+	"t.engine_id) END, "                                                                       \
 	"skip_reason = CASE WHEN x.to_ = 'skipped' THEN x.skip_reason WHEN x.to_ = 'pending' "     \
 	"THEN NULL ELSE t.skip_reason END, "                                                       \
 	"error = CASE WHEN x.error IS NOT NULL THEN x.error WHEN x.to_ = 'pending' THEN NULL "     \
@@ -1205,7 +1257,16 @@ void job_op_cancel(struct job_op *op)
 	"FROM x WHERE t.id = x.id AND t.job_id = x.job_id AND t.job_id IN (SELECT id FROM jl) "    \
 	"AND t.status = x.from_ AND (x.lease IS NULL OR t.lease_token = x.lease) "                 \
 	"AND (NOT coalesce(x.with_job, false) OR x.job_id IN (SELECT id FROM yok)) "               \
-	"RETURNING x.ord, x.job_id, x.from_, x.to_), "                                             \
+	"RETURNING x.ord, x.job_id, x.from_, x.to_, t.id, t.attempt, t.stage, t.stage_number, "    \
+	"x.att), "                                                                                 \
+	"ta AS (UPDATE task_attempts a SET ended_at = now(), outcome = tu.att->>'outcome', "       \
+	"pid = (tu.att->>'pid')::int, exit_code = (tu.att->>'exit_code')::int, "                   \
+	"signal = (tu.att->>'signal')::int, error = tu.att->'error', "                             \
+	"fetch_ms = (tu.att->>'fetch_ms')::bigint, run_ms = (tu.att->>'run_ms')::bigint, "         \
+	"upload_ms = (tu.att->>'upload_ms')::bigint, "                                             \
+	"cpu_seconds = (tu.att->>'cpu_seconds')::float8, "                                         \
+	"max_rss_bytes = (tu.att->>'max_rss_bytes')::bigint "                                      \
+	"FROM tu WHERE tu.att IS NOT NULL AND a.task_id = tu.id AND a.attempt = tu.attempt), "     \
 	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yok), "              \
 	"cnt AS (SELECT job_id, count(*)::bigint AS n FROM applied GROUP BY job_id), "             \
 	"ju AS (UPDATE jobs j SET event_seq = j.event_seq + cnt.n, rev = j.rev + 1, "              \
@@ -1217,7 +1278,13 @@ void job_op_cancel(struct job_op *op)
 	"WHEN yok.to_ = 'queued' THEN NULL ELSE j.completed_at END, "                              \
 	"error = CASE WHEN yok.to_ = 'failed' THEN yok.error WHEN yok.to_ = 'queued' THEN NULL "   \
 	"ELSE j.error END, "                                                                       \
-	"attempt = j.attempt + (yok.to_ = 'queued' AND yok.from_ <> 'pending')::int, "             \
+	"attempt = j.attempt + coalesce(yok.to_ = 'queued' AND yok.from_ <> 'pending', "           \
+	"false)::int, "                                                                            \
+	"progress = CASE WHEN yok.to_ = 'completed' THEN 1 WHEN yok.to_ = 'queued' THEN 0 ELSE "   \
+	"least(1, greatest(0, (SELECT coalesce(avg(CASE WHEN coalesce(tu.to_, t.status) IN "       \
+	"('completed', 'skipped', 'failed', 'cancelled') THEN 1 WHEN coalesce(tu.to_, t.status) "  \
+	"IN ('pending', 'ready') THEN 0 ELSE t.progress END), 0) FROM tasks t LEFT JOIN tu ON "    \
+	"tu.id = t.id WHERE t.job_id = j.id))) END, "                                              \
 	"cancel_requested = CASE WHEN yok.to_ = 'cancelled' THEN true WHEN yok.to_ = 'queued' "    \
 	"THEN false ELSE j.cancel_requested END "                                                  \
 	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id WHERE j.id = cnt.job_id "                   \
@@ -1252,7 +1319,9 @@ void job_op_cancel(struct job_op *op)
 	"(extract(epoch from jl.created_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from jl.queued_at) * 1e6)::bigint, "                                       \
 	"(extract(epoch from jl.started_at) * 1e6)::bigint, "                                      \
-	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev) "                      \
+	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
+	"(SELECT pg_notify('stageline_ready', '') WHERE EXISTS (SELECT 1 FROM tu WHERE tu.to_ = "  \
+	"'ready')) "                                                                               \
 	"FROM ev JOIN num ON num.job_id = ev.job_id AND num.seq = ev.seq "                         \
 	"JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id ORDER BY num.ord"
 
@@ -1390,23 +1459,79 @@ bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_stat
 	char nb[40] = "";
 	if (o && o->not_before_us > 0)
 		clock_fmt_rfc3339_us(nb, sizeof nb, o->not_before_us);
-	json_array_append_new(
-	        t->tasks,
+	json_t *row =
 	        json_pack("{s:I, s:s, s:s, s:s, s:s, s:s?, s:s, s:s, s:s?, s:s?, s:O?, s:s?, s:s?}",
 	                  "ord", (json_int_t)ord, "id", k->task_id, "job_id", k->job_id, "from_",
 	                  task_status_name(from), "to_", task_status_name(to), "reason", reason,
 	                  "kind", kind, "stage", k->stage, "lease", o ? o->lease_token : NULL,
 	                  "skip_reason", o ? o->skip_reason : NULL, "error", o ? o->error : NULL,
-	                  "not_before", nb[0] ? nb : NULL, "request_id", k->request_id));
+	                  "not_before", nb[0] ? nb : NULL, "request_id", k->request_id);
 	if (o && o->with_job)
-		json_object_set_new(json_array_get(t->tasks, json_array_size(t->tasks) - 1),
-		                    "with_job", json_true());
+		json_object_set_new(row, "with_job", json_true());
+	if (o && o->keep_retries)
+		json_object_set_new(row, "keep_retries", json_true());
+	if (o && o->data)
+		json_object_set(row, "data", (json_t *)o->data);
+	if (o && o->output)
+		json_object_set(row, "output", (json_t *)o->output);
+	if (o && o->attempt_end)
+		json_object_set(row, "att", (json_t *)o->attempt_end);
+	json_array_append_new(t->tasks, row);
 	return true;
 }
 
 size_t job_txn_size(const struct job_txn *t)
 {
 	return t->n;
+}
+
+static enum log_level task_event_level(const char *kind)
+{
+	if (strcmp(kind, "job.module.retry") == 0)
+		return LOG_LVL_WARN;
+	if (strcmp(kind, "job.module.error") == 0 || strcmp(kind, "job.module.panic") == 0 ||
+	    strcmp(kind, "job.module.timeout") == 0)
+		return LOG_LVL_ERROR;
+	return LOG_LVL_INFO;
+}
+
+#define DATA_INT(k) LF_INT(k, json_integer_value(json_object_get(ev->data, k)))
+#define DATA_JSON(k) LF_JSON(k, json_object_get(ev->data, k))
+
+void job_announce(struct engine *e, const struct sl_event *ev, bool is_task, int64_t dur_ms,
+                  const json_t *error, int64_t created_us)
+{
+	if (is_task) {
+		log_emit(task_event_level(ev->kind), ev->kind, "stage status changed",
+		         LF_STR("job_id", ev->job_id), LF_STR("project_id", ev->project_id),
+		         LF_STR("pipeline", ev->pipeline), LF_STR("task_id", ev->task_id),
+		         LF_STR("stage", ev->stage), LF_STR("status_from", ev->status_from),
+		         LF_STR("status_to", ev->status_to), LF_STR("reason", ev->reason),
+		         LF_INT("seq", ev->seq), DATA_JSON("module"), DATA_JSON("attempt"),
+		         DATA_JSON("pid"), DATA_JSON("duration_ms"), DATA_JSON("error"),
+		         DATA_JSON("exit_code"), DATA_JSON("signal"), DATA_JSON("retries"),
+		         DATA_JSON("backoff_ms"), DATA_INT("tasks_total"),
+		         DATA_INT("tasks_completed"), DATA_INT("tasks_failed"),
+		         DATA_INT("tasks_running"), LF_STR("request_id", ev->request_id), LF_END);
+	} else {
+		log_emit(error ? LOG_LVL_ERROR : LOG_LVL_INFO, ev->kind, "job status changed",
+		         LF_STR("job_id", ev->job_id), LF_STR("project_id", ev->project_id),
+		         LF_STR("pipeline", ev->pipeline), LF_STR("status_from", ev->status_from),
+		         LF_STR("status_to", ev->status_to), LF_STR("reason", ev->reason),
+		         LF_INT("duration_ms", dur_ms), LF_INT("seq", ev->seq),
+		         DATA_INT("tasks_total"), DATA_INT("tasks_completed"),
+		         DATA_INT("tasks_failed"), DATA_INT("tasks_running"),
+		         LF_JSON("error", error), LF_STR("request_id", ev->request_id), LF_END);
+		metric_inc(metrics_default_get(M_JOBS_STATUS_TRANSITION_TOTAL), 1, ev->status_from,
+		           ev->status_to);
+		enum job_status to;
+		if (job_status_parse(ev->status_to, &to) && job_status_terminal(to) &&
+		    created_us > 0)
+			metric_observe(metrics_default_get(M_JOBS_TOTAL_LATENCY_MS),
+			               (double)(clock_now_us() - created_us) / 1000.0);
+	}
+	rev_cache_put(e->revs, ev->job_id, ev->project_id, ev->rev, true);
+	event_bus_publish(e->bus, ev);
 }
 
 /* After the commit: a log line, metrics and a bus event per applied change. */
@@ -1437,54 +1562,15 @@ static void txn_announce(struct job_txn *t, const PGresult *res)
 		        .request_id = c->request_id,
 		        .data = data,
 		};
-		if (c->is_task) {
-			log_info(ev.kind, "stage status changed", LF_STR("job_id", ev.job_id),
-			         LF_STR("project_id", ev.project_id),
-			         LF_STR("pipeline", ev.pipeline), LF_STR("task_id", ev.task_id),
-			         LF_STR("stage", ev.stage), LF_STR("status_from", ev.status_from),
-			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
-			         LF_INT("seq", ev.seq),
-			         LF_INT("tasks_total",
-			                json_integer_value(json_object_get(data, "tasks_total"))),
-			         LF_INT("tasks_completed", json_integer_value(json_object_get(
-			                                           data, "tasks_completed"))),
-			         LF_INT("tasks_failed",
-			                json_integer_value(json_object_get(data, "tasks_failed"))),
-			         LF_INT("tasks_running",
-			                json_integer_value(json_object_get(data, "tasks_running"))),
-			         LF_STR("request_id", ev.request_id));
-		} else {
-			/* duration_ms: the time spent in the state left. */
-			int64_t created = strtoll(PQgetvalue(res, r, 5), NULL, 10);
-			int64_t queued = strtoll(PQgetvalue(res, r, 6), NULL, 10);
-			int64_t started = strtoll(PQgetvalue(res, r, 7), NULL, 10);
-			int64_t since = c->from == JOB_RUNNING  ? started
-			                : c->from == JOB_QUEUED ? queued
-			                                        : created;
-			int64_t dur_ms = since > 0 ? (now - since) / 1000 : 0;
-			log_info(ev.kind, "job status changed", LF_STR("job_id", ev.job_id),
-			         LF_STR("project_id", ev.project_id),
-			         LF_STR("pipeline", ev.pipeline),
-			         LF_STR("status_from", ev.status_from),
-			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
-			         LF_INT("duration_ms", dur_ms), LF_INT("seq", ev.seq),
-			         LF_INT("tasks_total",
-			                json_integer_value(json_object_get(data, "tasks_total"))),
-			         LF_INT("tasks_completed", json_integer_value(json_object_get(
-			                                           data, "tasks_completed"))),
-			         LF_INT("tasks_failed",
-			                json_integer_value(json_object_get(data, "tasks_failed"))),
-			         LF_INT("tasks_running",
-			                json_integer_value(json_object_get(data, "tasks_running"))),
-			         LF_JSON("error", c->error), LF_STR("request_id", ev.request_id));
-			metric_inc(metrics_default_get(M_JOBS_STATUS_TRANSITION_TOTAL), 1,
-			           ev.status_from, ev.status_to);
-			if (job_status_terminal((enum job_status)c->to) && created > 0)
-				metric_observe(metrics_default_get(M_JOBS_TOTAL_LATENCY_MS),
-				               (double)(now - created) / 1000.0);
-		}
-		rev_cache_put(t->e->revs, ev.job_id, ev.project_id, ev.rev, true);
-		event_bus_publish(t->e->bus, &ev);
+		/* duration_ms of a job edge: the time spent in the state left. */
+		int64_t created = strtoll(PQgetvalue(res, r, 5), NULL, 10);
+		int64_t queued = strtoll(PQgetvalue(res, r, 6), NULL, 10);
+		int64_t started = strtoll(PQgetvalue(res, r, 7), NULL, 10);
+		int64_t since = c->from == JOB_RUNNING  ? started
+		                : c->from == JOB_QUEUED ? queued
+		                                        : created;
+		int64_t dur_ms = since > 0 ? (now - since) / 1000 : 0;
+		job_announce(t->e, &ev, c->is_task, dur_ms, c->error, created);
 		json_decref(data);
 	}
 }
@@ -1496,8 +1582,15 @@ static bool txn_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 	if (res)
 		txn_announce(t, res);
 	size_t applied = res ? (size_t)PQntuples(res) : 0;
+	bool *which = xcalloc(t->n ? t->n : 1, sizeof *which);
+	for (int r = 0; res && r < PQntuples(res); r++) {
+		size_t ord = (size_t)strtoull(PQgetvalue(res, r, 0), NULL, 10);
+		if (ord < t->n)
+			which[ord] = true;
+	}
 	if (t->cb)
-		t->cb(applied, t->n, err, t->arg);
+		t->cb(applied, t->n, which, err, t->arg);
+	free(which);
 	job_txn_free(t);
 	return false;
 }

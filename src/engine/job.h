@@ -126,6 +126,15 @@ struct task_set_opts {
 	/* Applies only if this batch's change of the task's job applies too:
 	 * a cancel moves the job and its stages together or not at all. */
 	bool with_job;
+	const json_t *data; /* the event's own fields (module, attempt, pid, ...);
+	                     * an "engine_id" member is also kept on the task */
+	const json_t *output; /* to completed: the module's result output */
+	/* The end of the running attempt, written to its task_attempts row:
+	 * {outcome, pid, exit_code, signal, error, fetch_ms, run_ms, upload_ms,
+	 * cpu_seconds, max_rss_bytes} (absent members stay null). */
+	const json_t *attempt_end;
+	/* running -> ready without spending a retry (shutdown, lost lease). */
+	bool keep_retries;
 };
 
 struct job_txn;
@@ -140,8 +149,10 @@ bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_stat
         __attribute__((warn_unused_result));
 size_t job_txn_size(const struct job_txn *t);
 /* applied: how many changes the database took (the others found another
- * status or lease there); err: the transaction failed and nothing applied. */
-typedef void (*job_txn_cb)(size_t applied, size_t total, const struct pg_error *err, void *arg);
+ * status or lease there), which[i] whether change i (in the order they were
+ * added) did; err: the transaction failed and nothing applied. */
+typedef void (*job_txn_cb)(size_t applied, size_t total, const bool *which,
+                           const struct pg_error *err, void *arg);
 /* Writes the batch; the txn frees itself after cb. */
 void job_txn_commit(struct job_txn *t, job_txn_cb cb, void *arg);
 /* The owner went away: cb won't run, the changes still commit. */

@@ -117,6 +117,7 @@ struct module_proc {
 	int64_t term_at_us; /* KILL_LINGER: when SIGTERM goes */
 	bool discard; /* after a violation: drain stdout unread */
 	char *violation; /* the protocol error that ended it */
+	char engine_id[160]; /* module@version from the hello */
 	char *kill_reason; /* why we stopped it (hello timeout, stuck cancel) */
 	int64_t spawn_us, hello_us;
 	uint64_t stderr_bytes; /* persistent default stderr logging cap */
@@ -538,6 +539,7 @@ static enum module_outcome task_finish(struct module_task *t)
 	        .queued_ms = -1,
 	        .spawn_to_hello_ms = -1,
 	        .hello_to_done_ms = -1,
+	        .engine_id = p ? p->engine_id : "",
 	};
 	int64_t now = clock_mono_us();
 	if (t->start_us)
@@ -563,6 +565,7 @@ static enum module_outcome task_finish(struct module_task *t)
 	res.log_bytes_dropped = t->log_dropped;
 
 	if (p && p->violation) {
+		res.protocol_error = true;
 		res.outcome = MODULE_PANIC;
 		res.retryable = true;
 		res.message = p->violation;
@@ -1223,6 +1226,9 @@ static void proc_on_hello(struct module_proc *p, const struct frame *f)
 	}
 	p->got_hello = true;
 	p->hello_us = clock_mono_us();
+	snprintf(p->engine_id, sizeof p->engine_id, "%s@%s",
+	         f->u.hello.module ? f->u.hello.module : r->name,
+	         f->u.hello.version ? f->u.hello.version : "unknown");
 	event_del(p->hello_ev);
 	log_debug("module.hello", "module said hello", LF_STR("module", r->name),
 	          LF_INT("pid", p->pid), LF_STR("version", f->u.hello.version),

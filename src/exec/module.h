@@ -147,6 +147,8 @@ struct module_task_result {
 	 * step never happened. */
 	double queued_ms, spawn_to_hello_ms, hello_to_done_ms;
 	uint64_t log_bytes_dropped; /* stderr+log text past log_cap_bytes */
+	bool protocol_error; /* PANIC because the module broke the protocol */
+	const char *engine_id; /* "module@version" from the hello; "" before one */
 };
 
 /* Callbacks; any may be NULL. */

@@ -474,7 +474,8 @@ static void cancel_reply_cb(json_t *job, int64_t rev, const struct pg_error *err
 	}
 }
 
-static void cancel_done_cb(size_t applied, size_t total, const struct pg_error *err, void *arg)
+static void cancel_done_cb(size_t applied, size_t total, const bool *which,
+                           const struct pg_error *err, void *arg)
 {
 	struct cancel_call *c = arg;
 	c->txn = NULL;

@@ -188,7 +188,7 @@ def test_snapshots_are_valid_closed_schemas(snapshots):
     assert set(stage) == {
         "stage", "stage_number", "task_id", "module", "engine_id", "status", "started_at",
         "completed_at", "duration_ms", "required", "retries", "attempt", "error", "skip_reason",
-        "ready_at", "wait_ms", "progress", "depends_on"}
+        "ready_at", "wait_ms", "progress", "depends_on", "timing"}
     job, summary = snapshots["Job"]["properties"], snapshots["JobSummary"]["properties"]
     assert set(job) - set(summary) == {"stages", "total_wait_ms"}
     assert set(summary) <= set(job)
@@ -253,6 +253,7 @@ def start(daemon, pg, db, pipes_dir, auth=False, **config):
         "auth.enabled": auth,
         "modules.noop.command": ["/bin/true"],
         "pipelines_dir": pipes_dir,
+        "scheduler.enabled": False,  # the jobs here stay queued
     }
     cfg.update(config)
     d = daemon(cfg, wait_ready=True)
@@ -298,7 +299,8 @@ def test_health_and_readiness(api, sl):
 def test_readyz_503_is_a_documented_problem(api, daemon, pipes_dir, pg):
     # A database that does not exist: alive, never ready.
     d = daemon({"database.url": pg.url(dbname="apischema_missing"), "auth.enabled": False,
-                "modules.noop.command": ["/bin/true"], "pipelines_dir": pipes_dir},
+                "modules.noop.command": ["/bin/true"], "pipelines_dir": pipes_dir,
+                "scheduler.enabled": False},
                expect_errors=[r"."])
     r = d.http("GET", "/readyz")
     doc = check_response(api, "GET", "/readyz", 503, r)

@@ -40,7 +40,8 @@ def cd(daemon, pg, tmp_path):
     pipes.mkdir()
     (pipes / "demo.yaml").write_text(PIPELINE)
     d = daemon({"database.url": pg.url(dbname=DBNAME), "auth.enabled": False,
-                "modules.noop.command": ["/bin/true"], "pipelines_dir": str(pipes)},
+                "modules.noop.command": ["/bin/true"], "pipelines_dir": str(pipes),
+                "scheduler.enabled": False},
                wait_ready=True)
     wait_for(lambda: psql(pg, "SELECT 1 FROM projects WHERE id = 'default'").strip(),
              10.0, 0.05, "the default project")
@@ -119,7 +120,8 @@ def test_other_instances_see_the_change_no_stale_304(cd, daemon, pg, tmp_path):
     revision that is gone."""
     pipes = tmp_path / "pipelines"
     b = daemon({"database.url": pg.url(dbname=DBNAME), "auth.enabled": False,
-                "modules.noop.command": ["/bin/true"], "pipelines_dir": str(pipes)},
+                "modules.noop.command": ["/bin/true"], "pipelines_dir": str(pipes),
+                "scheduler.enabled": False},
                wait_ready=True)
     job = create(cd)
     path = f"/v1/jobs/{job['id']}"

@@ -58,6 +58,7 @@ def start_daemon(factory, pipeline):
     tree = factory.base_config(port)
     tree["auth"] = {"enabled": False}
     tree["modules"] = MODULES
+    tree["scheduler"] = {"enabled": False}  # the API under an outage, not the engine
     tree["pipelines"] = {
         pipeline: {
             "params": {"n": {"type": "integer", "required": True}},

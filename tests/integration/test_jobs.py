@@ -84,6 +84,7 @@ def start(factory, auth=False, config=None, name=None, expect_errors=()):
     tree["limits"]["max_params_bytes"] = f"{MAX_PARAMS_BYTES // 1024}KiB"
     tree["modules"] = MODULES
     tree["pipelines"] = PIPELINES
+    tree["scheduler"] = {"enabled": False}  # these jobs stay queued: API-only instance
     for k, v in (config or {}).items():
         node = tree
         parts = k.split(".")

@@ -226,9 +226,10 @@ static void test_job_to_json(void **state)
 	assert_string_equal(json_string_value(json_array_get(json_object_get(b, "depends_on"), 0)),
 	                    "a");
 	static const char *const stage_keys[] = {
-	        "stage",      "stage_number", "task_id",     "module",   "engine_id", "status",
-	        "started_at", "completed_at", "duration_ms", "required", "retries",   "attempt",
-	        "error",      "skip_reason",  "ready_at",    "wait_ms",  "progress",  "depends_on"};
+	        "stage",   "stage_number", "task_id",      "module",      "engine_id",
+	        "status",  "started_at",   "completed_at", "duration_ms", "required",
+	        "retries", "attempt",      "error",        "skip_reason", "ready_at",
+	        "wait_ms", "progress",     "depends_on",   "timing"};
 	assert_int_equal(json_object_size(a), sizeof stage_keys / sizeof stage_keys[0]);
 	for (size_t i = 0; i < sizeof stage_keys / sizeof stage_keys[0]; i++)
 		assert_non_null(json_object_get(a, stage_keys[i]));

@@ -1,0 +1,1902 @@
+/* The scheduler (scheduler.h). One struct stask per claimed task walks
+ *   FETCH (inputs into the scratch dir) -> RUN (its module) -> UPLOAD
+ *   (output.json, stage.log, the stage's input.json) -> COMMIT (a shared
+ *   transaction, fenced by the lease) -> gone
+ * and a task whose lease is lost or whose job stopped is cancelled where it
+ * is. Database work is batched: one claim statement per module per pass,
+ * every outcome of a loop pass in one job_txn, one read and one job_txn for
+ * the DAG steps that follow. */
+#include "engine/scheduler.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libpq-fe.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/app.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/xmalloc.h"
+#include "db/pool.h"
+#include "engine/engine_int.h"
+#include "engine/events.h"
+#include "engine/job.h"
+#include "engine/pipeline.h"
+#include "exec/module.h"
+#include "store/store.h"
+
+/* --- Pure parts ----------------------------------------------------------- */
+
+int64_t scheduler_backoff_ms(int64_t base_ms, int64_t cap_ms, int retries, double rnd)
+{
+	if (base_ms <= 0)
+		return 0;
+	double hi = (double)base_ms * pow(2.0, retries < 0 ? 0 : retries > 60 ? 60 : retries);
+	if (cap_ms > 0 && hi > (double)cap_ms)
+		hi = (double)cap_ms;
+	if (rnd < 0)
+		rnd = 0;
+	if (rnd >= 1)
+		rnd = 0.999999;
+	return (int64_t)(hi * rnd);
+}
+
+static bool adv_settled(enum adv_task_status s)
+{
+	return s == ADV_COMPLETED || s == ADV_FAILED || s == ADV_SKIPPED || s == ADV_CANCELLED;
+}
+
+enum adv_job scheduler_advance_plan(struct adv_task *t, size_t n, size_t *failed)
+{
+	bool any_required_failed = false;
+	for (size_t i = 0; i < n; i++) {
+		t[i].next = t[i].status;
+		if (t[i].status == ADV_FAILED && t[i].required && !any_required_failed) {
+			any_required_failed = true;
+			*failed = i;
+		}
+	}
+	if (any_required_failed) {
+		/* Fail fast: nothing more starts. */
+		for (size_t i = 0; i < n; i++)
+			if (t[i].status == ADV_PENDING || t[i].status == ADV_READY)
+				t[i].next = ADV_CANCELLED;
+		return ADV_JOB_FAIL;
+	}
+	/* Stage order is topological: one pass settles chains of skips. */
+	for (size_t i = 0; i < n; i++) {
+		if (t[i].status != ADV_PENDING)
+			continue;
+		bool all_done = true, blocked = false;
+		for (size_t k = 0; k < t[i].ndeps; k++) {
+			const struct adv_task *d = &t[t[i].deps[k]];
+			enum adv_task_status ds = d->next;
+			if (ds == ADV_COMPLETED || (ds == ADV_SKIPPED && d->reused))
+				continue;
+			all_done = false;
+			if (ds == ADV_FAILED || ds == ADV_CANCELLED || ds == ADV_SKIPPED) {
+				blocked = true;
+				t[i].cause = ds == ADV_SKIPPED ? d->cause : t[i].deps[k];
+				break;
+			}
+		}
+		if (blocked)
+			t[i].next = ADV_SKIPPED;
+		else if (all_done)
+			t[i].next = ADV_READY;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!adv_settled(t[i].next))
+			return ADV_JOB_NOTHING;
+	return ADV_JOB_COMPLETE;
+}
+
+/* --- State ----------------------------------------------------------------- */
+
+enum stask_state { ST_FETCH, ST_RUN, ST_UPLOAD, ST_COMMIT };
+
+struct srunner {
+	struct scheduler *s;
+	const struct module_def *def;
+	struct module_runner *r;
+	int running; /* claimed and not yet committed */
+	bool claiming;
+	bool more; /* the last claim was full: there may be more */
+	bool starved; /* wanted slots, but other claims held them all */
+};
+
+#define STASK_MAX_OPS 70
+
+struct stask {
+	TAILQ_ENTRY(stask) link;
+	struct scheduler *s;
+	struct srunner *sr;
+	enum stask_state state;
+	char *id, *job_id, *project, *pipeline, *stage, *lease, *request_id;
+	int stage_number, attempt, retries, max_retries;
+	int64_t backoff_ms, timeout_ms;
+	json_t *params, *input, *resume_from;
+	const struct pipeline *p;
+	const struct stage_def *sd;
+	char *workdir;
+	struct store_op *ops[STASK_MAX_OPS];
+	int nops; /* store operations in flight */
+	struct frame_input *inputs;
+	size_t ninputs;
+	struct module_task *mt;
+	int64_t t_claimed, t_fetch_end, t_run_end, t_upload_start, t_upload_end;
+	struct buf log; /* stage.log text */
+	/* the attempt's end */
+	enum module_outcome outcome;
+	bool have_outcome;
+	json_t *error; /* typed error, NULL on success */
+	json_t *output;
+	char *engine_id;
+	bool protocol_error;
+	pid_t pid;
+	int exit_code, term_signal;
+	double cpu_seconds;
+	int64_t max_rss_bytes;
+	const char *stop_reason; /* why we cancelled it: job_cancelled, shutdown */
+	bool lost; /* the lease is gone: nothing of it is written */
+	bool fetch_failed;
+	/* progress frames, flushed every PROGRESS_EVERY_MS */
+	double progress;
+	bool progress_dirty;
+};
+
+#define PROGRESS_EVERY_MS 500
+#define STAGE_LOG_CAP (8u * 1024 * 1024)
+#define ADVANCE_BATCH_MAX 1000
+#define COMMIT_INFLIGHT_MAX 4
+
+struct scheduler {
+	struct engine *e;
+	struct app *app;
+	struct store *store;
+	struct scheduler_opts o;
+	struct srunner *runners;
+	size_t nrunners;
+	TAILQ_HEAD(, stask) tasks; /* every local task */
+	int running; /* all claimed, not committed */
+	struct event *kick_ev, *poll_ev, *hb_ev, *rescue_ev, *progress_ev, *commit_ev, *advance_ev,
+	        *nb_ev, *grace_ev, *drained_ev;
+	int64_t nb_at_us; /* the not_before timer's target, 0 when off */
+	/* outcomes waiting for the next commit */
+	TAILQ_HEAD(, stask) to_commit;
+	size_t commit_inflight;
+	/* jobs waiting for a DAG step */
+	char **adv;
+	size_t nadv, capadv;
+	size_t adv_inflight;
+	bool hb_inflight, rescue_inflight, progress_inflight;
+	bool draining;
+	void (*drain_done)(void *arg);
+	void *drain_arg;
+	struct pg_pool_query *hb_q, *rescue_q, *stuck_q, *stats_q, *progress_q;
+	struct pg_pool_query **adv_qs; /* reads in flight, for cancel at free */
+	uint64_t rnd;
+};
+
+static void sched_kick(struct scheduler *s);
+static void stask_commit(struct stask *t);
+static void stask_free(struct stask *t);
+static void adv_add(struct scheduler *s, const char *job_id);
+
+static double sched_rand(struct scheduler *s)
+{
+	/* xorshift64*: jitter only */
+	s->rnd ^= s->rnd >> 12;
+	s->rnd ^= s->rnd << 25;
+	s->rnd ^= s->rnd >> 27;
+	return (double)((s->rnd * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+static void tv_ms(struct timeval *tv, int64_t ms)
+{
+	if (ms < 0)
+		ms = 0;
+	tv->tv_sec = ms / 1000;
+	tv->tv_usec = (ms % 1000) * 1000;
+}
+
+static const char *col(const PGresult *r, int row, int c)
+{
+	return PQgetisnull(r, row, c) ? NULL : PQgetvalue(r, row, c);
+}
+
+static int64_t col_i(const PGresult *r, int row, int c)
+{
+	return PQgetisnull(r, row, c) ? 0 : strtoll(PQgetvalue(r, row, c), NULL, 10);
+}
+
+static json_t *col_j(const PGresult *r, int row, int c)
+{
+	return PQgetisnull(r, row, c) ? NULL
+	                              : json_loads(PQgetvalue(r, row, c), JSON_DECODE_ANY, NULL);
+}
+
+/* --- SQL ------------------------------------------------------------------- */
+
+/* The claim (TOOLCHAIN §10): candidate ready tasks of one module in id order,
+ * their jobs locked first (the order job_txn locks in; SKIP LOCKED, so two
+ * instances never wait on each other), then the tasks, re-checked. One
+ * statement writes the leases, the attempts, the job start and the events. */
+#define SQL_CLAIM                                                                                  \
+	"WITH c AS (SELECT id, job_id FROM tasks WHERE status = 'ready' AND module = $2 AND "      \
+	"(not_before IS NULL OR not_before <= now()) ORDER BY id LIMIT $4), "                      \
+	"jl AS (SELECT j.id, j.status, j.input, j.resume_from, j.created_at, j.queued_at, "        \
+	"j.request_id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM c)) AND j.status IN "  \
+	"('queued', 'running') ORDER BY j.id FOR UPDATE SKIP LOCKED), "                            \
+	"tu AS (UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, started_at = "     \
+	"now(), lease_owner = $1, lease_token = gen_random_uuid(), lease_expires_at = now() + "    \
+	"$3::bigint * interval '1 millisecond', progress = 0 WHERE t.id = ANY(ARRAY(SELECT c.id "  \
+	"FROM c JOIN jl ON jl.id = c.job_id)) AND t.status = 'ready' RETURNING t.id, t.job_id, "   \
+	"t.stage, t.stage_number, t.module, t.attempt, t.retries, t.max_retries, t.backoff_ms, "   \
+	"t.timeout_ms, t.params, t.lease_token, "                                                  \
+	"greatest(0, (extract(epoch from now() - t.ready_at) * 1000))::bigint AS wait_ms), "       \
+	"cnt AS (SELECT job_id, count(*) AS n FROM tu GROUP BY job_id), "                          \
+	"ju AS (UPDATE jobs j SET status = 'running', started_at = coalesce(j.started_at, "        \
+	"now()), event_seq = j.event_seq + cnt.n + (jl.status = 'queued')::int, rev = j.rev + 1, " \
+	"current_stage = (SELECT tu.stage FROM tu WHERE tu.job_id = j.id ORDER BY "                \
+	"tu.stage_number LIMIT 1) FROM cnt JOIN jl ON jl.id = cnt.job_id WHERE j.id = "            \
+	"cnt.job_id RETURNING j.id, jl.status AS old_status, j.event_seq - cnt.n - (jl.status = "  \
+	"'queued')::int AS base, j.rev, j.project_id, j.pipeline), "                               \
+	"tc AS (SELECT t.job_id, count(*) AS total, count(*) FILTER (WHERE t.status = "            \
+	"'completed') AS completed, count(*) FILTER (WHERE t.status = 'failed') AS failed, "       \
+	"count(*) FILTER (WHERE t.status = 'running') AS running FROM tasks t WHERE t.job_id IN "  \
+	"(SELECT job_id FROM cnt) GROUP BY t.job_id), "                                            \
+	"counts AS (SELECT tc.job_id, jsonb_build_object('tasks_total', tc.total, "                \
+	"'tasks_completed', tc.completed, 'tasks_failed', tc.failed, 'tasks_running', "            \
+	"tc.running + cnt.n) AS c FROM tc JOIN cnt USING (job_id)), "                              \
+	"evs AS (SELECT ju.id AS job_id, ju.base + 1 AS seq, ju.project_id, "                      \
+	"'job.lifecycle.start' AS kind, NULL::uuid AS task_id, NULL::text AS stage, "              \
+	"'queued' AS status_from, 'running' AS status_to, 'task_claimed' AS reason, counts.c AS "  \
+	"data FROM ju JOIN counts ON counts.job_id = ju.id WHERE ju.old_status = 'queued' "        \
+	"UNION ALL SELECT tu.job_id, ju.base + (ju.old_status = 'queued')::int + row_number() "    \
+	"OVER (PARTITION BY tu.job_id ORDER BY tu.stage_number, tu.id), ju.project_id, "           \
+	"'job.module.spawn', tu.id, tu.stage, 'ready', 'running', 'claimed', "                     \
+	"jsonb_build_object('module', tu.module, 'attempt', tu.attempt, 'lease_token', "           \
+	"tu.lease_token, 'instance_id', $1::text, 'duration_ms', tu.wait_ms) || counts.c FROM "    \
+	"tu JOIN ju ON ju.id = tu.job_id JOIN counts ON counts.job_id = tu.job_id), "              \
+	"ev AS (INSERT INTO job_events (job_id, seq, project_id, kind, task_id, stage, "           \
+	"status_from, status_to, reason, data) SELECT * FROM evs RETURNING job_id, seq, id, "      \
+	"task_id, kind, data), "                                                                   \
+	"ta AS (INSERT INTO task_attempts (task_id, attempt, job_id, instance_id, wait_ms) "       \
+	"SELECT tu.id, tu.attempt, tu.job_id, $1, tu.wait_ms FROM tu ON CONFLICT DO NOTHING) "     \
+	"SELECT ev.kind, ev.job_id::text, ev.seq, ev.id, ev.data::text, ju.rev, ju.project_id, "   \
+	"ju.pipeline, (extract(epoch from jl.created_at) * 1e6)::bigint, "                         \
+	"(extract(epoch from jl.queued_at) * 1e6)::bigint, tu.id::text, tu.stage, "                \
+	"tu.stage_number, tu.module, tu.attempt, tu.retries, tu.max_retries, tu.backoff_ms, "      \
+	"tu.timeout_ms, tu.params::text, tu.lease_token::text, jl.input::text, "                   \
+	"jl.resume_from::text, jl.request_id, "                                                    \
+	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev) "                      \
+	"FROM ev JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id LEFT JOIN tu ON "       \
+	"tu.id = ev.task_id ORDER BY ev.job_id, ev.seq"
+
+/* Lease renewal for the tasks this instance holds; what comes back is still
+ * ours, with its job's status (a stopped job stops its modules). */
+#define SQL_HEARTBEAT                                                                           \
+	"WITH l AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS l(id uuid, lease uuid)) "    \
+	"UPDATE tasks t SET lease_expires_at = now() + $3::bigint * interval '1 millisecond' "  \
+	"FROM l WHERE t.id = l.id AND t.lease_token = l.lease AND t.lease_owner = $1 AND "      \
+	"t.status = 'running' RETURNING t.id::text, (SELECT j.status FROM jobs j WHERE j.id = " \
+	"t.job_id)"
+
+/* Running tasks whose lease lapsed, or whose owner's heartbeat stopped. */
+#define SQL_RESCUE_FIND                                                                            \
+	"SELECT t.id::text, t.job_id::text, j.project_id, j.pipeline, t.stage, "                   \
+	"t.lease_token::text, t.lease_owner, j.status, t.attempt, t.module FROM tasks t JOIN "     \
+	"jobs j ON j.id = t.job_id WHERE t.status = 'running' AND t.lease_owner IS DISTINCT FROM " \
+	"$1 AND (t.lease_expires_at < now() OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id "  \
+	"= t.lease_owner AND i.heartbeat_at > now() - $2::bigint * interval '1 millisecond')) "    \
+	"ORDER BY t.lease_expires_at LIMIT 1000"
+
+/* Active jobs with nothing ready or running: a crash between a commit and
+ * its DAG step, or a retry just re-queued. */
+#define SQL_STUCK                                                                               \
+	"SELECT j.id::text FROM jobs j WHERE j.status IN ('queued', 'running') AND NOT EXISTS " \
+	"(SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.status IN ('ready', 'running')) "   \
+	"LIMIT 500"
+
+#define SQL_ADV_READ                                                                               \
+	"SELECT j.id::text, j.status, j.project_id, j.pipeline, (SELECT "                          \
+	"json_agg(json_build_object("                                                              \
+	"'id', t.id, 'stage', t.stage, 'status', t.status, 'required', t.required, 'depends_on', " \
+	"t.depends_on, 'skip_reason', t.skip_reason, 'error', t.error) ORDER BY t.stage_number) "  \
+	"FROM tasks t WHERE t.job_id = j.id)::text, j.request_id FROM jobs j WHERE j.id = "        \
+	"ANY($1::uuid[]) AND j.status IN ('queued', 'running')"
+
+#define SQL_PROGRESS                                                                               \
+	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, job_id uuid, lease " \
+	"uuid, p float8)), jl AS (SELECT id FROM jobs WHERE id IN (SELECT job_id FROM x) ORDER "   \
+	"BY "                                                                                      \
+	"id FOR UPDATE), tu AS (UPDATE tasks t SET progress = least(1, greatest(0, x.p)) FROM x "  \
+	"WHERE t.id = x.id AND t.lease_token = x.lease AND t.status = 'running' AND t.job_id IN "  \
+	"(SELECT id FROM jl) RETURNING t.job_id), ju AS (UPDATE jobs j SET rev = j.rev + 1 WHERE " \
+	"j.id IN (SELECT job_id FROM tu) RETURNING j.id, j.rev, j.project_id) SELECT id::text, "   \
+	"rev, project_id, pg_notify('" ENGINE_JOBS_CHANNEL "', id::text || ' ' || rev) FROM ju"
+
+#define SQL_QUEUE_STATS                                                                           \
+	"SELECT j.pipeline, count(*), coalesce(max(extract(epoch from now() - t.ready_at) * "     \
+	"1000), 0)::bigint FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.status = 'ready' " \
+	"GROUP BY j.pipeline"
+
+bool scheduler_prepare(struct engine *e)
+{
+	struct pg_pool *p = e->pool;
+	return pg_pool_prepare(p, "sched_claim", SQL_CLAIM, 4, NULL) &&
+	       pg_pool_prepare(p, "sched_heartbeat", SQL_HEARTBEAT, 3, NULL) &&
+	       pg_pool_prepare(p, "sched_rescue_find", SQL_RESCUE_FIND, 2, NULL) &&
+	       pg_pool_prepare(p, "sched_stuck", SQL_STUCK, 0, NULL) &&
+	       pg_pool_prepare(p, "sched_adv_read", SQL_ADV_READ, 1, NULL) &&
+	       pg_pool_prepare(p, "sched_progress", SQL_PROGRESS, 1, NULL) &&
+	       pg_pool_prepare(p, "sched_queue_stats", SQL_QUEUE_STATS, 0, NULL);
+}
+
+/* --- Scratch directories ---------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP || flag == FTW_D)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+static void rm_rf(const char *dir)
+{
+	if (dir && dir[0])
+		nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static bool write_file(const char *path, const char *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (fd < 0)
+		return false;
+	size_t off = 0;
+	while (off < len) {
+		ssize_t w = write(fd, data + off, len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			close(fd);
+			return false;
+		}
+		off += (size_t)w;
+	}
+	return close(fd) == 0;
+}
+
+/* --- Keys ----------------------------------------------------------------- */
+
+static char *stage_key(const char *project, const char *job_id, int stage_number, const char *stage,
+                       const char *file)
+{
+	return xasprintf("%s/%s/%02d_%s/%s", project, job_id, stage_number, stage, file);
+}
+
+/* --- Task life ------------------------------------------------------------- */
+
+static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* A stage.log line in the reference's shape. */
+static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
+{
+	if (t->log.len >= STAGE_LOG_CAP)
+		return;
+	char ts[32];
+	clock_fmt_log_ms(ts, sizeof ts, clock_now_us());
+	buf_printf(&t->log, "[%s] [%s] [%s] ", ts, t->stage, level);
+	va_list ap;
+	va_start(ap, fmt);
+	buf_vprintf(&t->log, fmt, ap);
+	va_end(ap);
+	buf_addc(&t->log, '\n');
+}
+
+static json_t *typed_error(const char *code, const char *category, bool retryable,
+                           const char *message, const json_t *detail)
+{
+	return json_pack("{s:s, s:s, s:b, s:s, s:O?}", "code", code, "category", category,
+	                 "retryable", retryable, "message", message ? message : "", "detail",
+	                 detail);
+}
+
+static void stask_cancel_ops(struct stask *t)
+{
+	for (int i = 0; i < STASK_MAX_OPS; i++) {
+		if (t->ops[i]) {
+			store_op_cancel(t->ops[i]);
+			t->ops[i] = NULL;
+		}
+	}
+	t->nops = 0;
+}
+
+static void stask_free(struct stask *t)
+{
+	struct scheduler *s = t->s;
+	TAILQ_REMOVE(&s->tasks, t, link);
+	s->running--;
+	t->sr->running--;
+	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
+	stask_cancel_ops(t);
+	if (t->mt)
+		module_task_detach(t->mt);
+	rm_rf(t->workdir);
+	for (size_t i = 0; i < t->ninputs; i++) {
+		free(t->inputs[i].name);
+		free(t->inputs[i].type);
+		free(t->inputs[i].path);
+		free(t->inputs[i].format);
+	}
+	free(t->inputs);
+	free(t->id);
+	free(t->job_id);
+	free(t->project);
+	free(t->pipeline);
+	free(t->stage);
+	free(t->lease);
+	free(t->request_id);
+	free(t->workdir);
+	free(t->engine_id);
+	json_decref(t->params);
+	json_decref(t->input);
+	json_decref(t->resume_from);
+	json_decref(t->error);
+	json_decref(t->output);
+	buf_free(&t->log);
+	free(t);
+	if (s->draining && s->running == 0 && s->drained_ev)
+		event_active(s->drained_ev, EV_TIMEOUT, 0);
+	sched_kick(s);
+}
+
+/* Registers a store op in a free slot. */
+static void stask_op_add(struct stask *t, struct store_op *op)
+{
+	for (int i = 0; i < STASK_MAX_OPS; i++) {
+		if (t->ops[i] == NULL) {
+			t->ops[i] = op;
+			t->nops++;
+			return;
+		}
+	}
+	abort(); /* STASK_MAX_OPS covers 64 dependencies and the uploads */
+}
+
+static void stask_op_done(struct stask *t, const struct store_op *op)
+{
+	for (int i = 0; i < STASK_MAX_OPS; i++) {
+		if (t->ops[i] == op) {
+			t->ops[i] = NULL;
+			t->nops--;
+			return;
+		}
+	}
+}
+
+/* The attempt ended before its module ran (inputs could not be fetched). */
+static void stask_fail_infra(struct stask *t, const char *code, const char *msg)
+{
+	if (t->have_outcome)
+		return;
+	t->have_outcome = true;
+	t->outcome = MODULE_ERROR;
+	t->error = typed_error(code, "infra", true, msg, NULL);
+	stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, msg);
+}
+
+static void upload_start(struct stask *t);
+
+/* The module answered (or never ran): classify and upload. */
+static void stask_module_done(struct module_task *mt, const struct module_task_result *res,
+                              void *arg)
+{
+	struct stask *t = arg;
+	(void)mt;
+	t->mt = NULL;
+	t->t_run_end = clock_now_us();
+	t->pid = res->pid;
+	t->exit_code = res->exit_code;
+	t->term_signal = res->term_signal;
+	t->cpu_seconds = res->cpu_seconds;
+	t->max_rss_bytes = res->max_rss_bytes;
+	t->protocol_error = res->protocol_error;
+	if (res->engine_id && res->engine_id[0])
+		t->engine_id = xstrdup(res->engine_id);
+	t->have_outcome = true;
+	t->outcome = res->outcome;
+	double secs = (double)(t->t_run_end - t->t_fetch_end) / 1e6;
+	switch (res->outcome) {
+	case MODULE_COMPLETE:
+		t->output = json_deep_copy(res->output);
+		stage_log(t, "INFO", "Stage %s: COMPLETED (%.1fs)", t->stage, secs);
+		break;
+	case MODULE_ERROR: {
+		const char *cat = frame_category_name(res->category);
+		bool retryable = res->retryable && res->category != FRAME_CAT_INPUT;
+		t->error = typed_error(res->error_code ? res->error_code : "module_error", cat,
+		                       retryable, res->message, res->detail);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		break;
+	}
+	case MODULE_PANIC:
+		t->error = typed_error(res->protocol_error ? "protocol_error" : "module_panic",
+		                       "module", true, res->message, NULL);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		break;
+	case MODULE_TIMEOUT:
+		t->error = typed_error("deadline_exceeded", "timeout", true, res->message, NULL);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		break;
+	case MODULE_CANCELLED:
+		t->error = typed_error("cancelled", "cancelled", false,
+		                       t->stop_reason ? t->stop_reason : "cancelled", NULL);
+		stage_log(t, "WARNING", "Stage %s: CANCELLED (%s)", t->stage,
+		          t->stop_reason ? t->stop_reason : "cancelled");
+		break;
+	}
+	if (res->log_bytes_dropped)
+		stage_log(t, "WARNING", "[stage.log truncated: %llu bytes dropped]",
+		          (unsigned long long)res->log_bytes_dropped);
+	upload_start(t);
+}
+
+static void stask_on_frame(struct module_task *mt, const struct frame *f, void *arg)
+{
+	struct stask *t = arg;
+	(void)mt;
+	switch (f->type) {
+	case FRAME_PROGRESS:
+		t->progress = f->u.progress.fraction;
+		t->progress_dirty = true;
+		if (f->u.progress.message)
+			stage_log(t, "INFO", "%s", f->u.progress.message);
+		break;
+	case FRAME_LOG:
+		stage_log(t,
+		          strcmp(f->u.log.level, "warn") == 0    ? "WARNING"
+		          : strcmp(f->u.log.level, "error") == 0 ? "ERROR"
+		          : strcmp(f->u.log.level, "debug") == 0 ? "DEBUG"
+		                                                 : "INFO",
+		          "%s", f->u.log.message ? f->u.log.message : "");
+		break;
+	case FRAME_WARNING:
+		stage_log(t, "WARNING", "%s", f->u.warning.message ? f->u.warning.message : "");
+		break;
+	case FRAME_ARTIFACT:
+		stage_log(t, "INFO", "artifact %s: %s",
+		          f->u.artifact.name ? f->u.artifact.name : "",
+		          f->u.artifact.path ? f->u.artifact.path : "");
+		break;
+	default: break;
+	}
+}
+
+static void stask_on_stderr(struct module_task *mt, const char *line, size_t len, void *arg)
+{
+	struct stask *t = arg;
+	(void)mt;
+	if (t->log.len >= STAGE_LOG_CAP)
+		return;
+	buf_add(&t->log, line, len);
+	buf_addc(&t->log, '\n');
+}
+
+static void inputs_sizes(struct stask *t)
+{
+	struct stat st;
+	for (size_t i = 0; i < t->ninputs; i++)
+		t->inputs[i].size_bytes = stat(t->inputs[i].path, &st) == 0 ? st.st_size : 0;
+}
+
+static void run_start(struct stask *t)
+{
+	t->t_fetch_end = clock_now_us();
+	if (t->stop_reason && !t->have_outcome) { /* stopped while fetching */
+		t->have_outcome = true;
+		t->outcome = MODULE_CANCELLED;
+		t->error = typed_error("cancelled", "cancelled", false, t->stop_reason, NULL);
+	}
+	if (t->have_outcome) { /* the fetch failed, or it was stopped */
+		t->t_run_end = t->t_fetch_end;
+		upload_start(t);
+		return;
+	}
+	t->state = ST_RUN;
+	inputs_sizes(t);
+	stage_log(t, "INFO", "Stage %s: STARTING", t->stage);
+	struct module_task_spec spec = {
+	        .task_id = t->id,
+	        .job_id = t->job_id,
+	        .stage = t->stage,
+	        .request_id = t->request_id,
+	        .workdir = t->workdir,
+	        .attempt = t->attempt,
+	        .params = t->params,
+	        .inputs = t->inputs,
+	        .ninputs = t->ninputs,
+	        .deadline_ms = t->timeout_ms > 0 ? clock_now_us() / 1000 + t->timeout_ms : 0,
+	};
+	struct module_task_cbs cbs = {
+	        .on_frame = stask_on_frame,
+	        .on_stderr_line = stask_on_stderr,
+	        .on_done = stask_module_done,
+	};
+	t->mt = module_runner_submit(t->sr->r, &spec, &cbs, t);
+	if (t->mt == NULL) {
+		stask_fail_infra(t, "module_unavailable", "the module runner refused the task");
+		t->t_run_end = clock_now_us();
+		upload_start(t);
+	}
+}
+
+struct fetch_ctx {
+	struct stask *t;
+	struct store_op *op;
+	char *path, *fallback_key;
+};
+
+static void fetch_done_cb(const struct store_error *err, void *arg);
+
+static void fetch_one(struct stask *t, const char *key, const char *path, const char *fallback)
+{
+	struct fetch_ctx *c = xcalloc(1, sizeof *c);
+	c->t = t;
+	c->path = xstrdup(path);
+	c->fallback_key = fallback ? xstrdup(fallback) : NULL;
+	c->op = store_get_file(t->s->store, key, path, fetch_done_cb, c);
+	stask_op_add(t, c->op);
+}
+
+static void fetch_done_cb(const struct store_error *err, void *arg)
+{
+	struct fetch_ctx *c = arg;
+	struct stask *t = c->t;
+	stask_op_done(t, c->op);
+	if (err && err->kind == STORE_ERR_NOT_FOUND && c->fallback_key) {
+		/* resume_from: a reused stage's output lives under the earlier job */
+		char *fb = c->fallback_key;
+		c->fallback_key = NULL;
+		fetch_one(t, fb, c->path, NULL);
+		free(fb);
+	} else if (err) {
+		stask_fail_infra(t, "fetch_failed", err->message);
+	}
+	free(c->path);
+	free(c->fallback_key);
+	free(c);
+	if (t->nops == 0 && t->state == ST_FETCH)
+		run_start(t);
+}
+
+/* proto/worker-protocol.md: input.json (job-input), <stage>.output
+ * (stage-output). size_bytes is filled in once the file is there. */
+static void input_add(struct stask *t, const char *name, const char *type, const char *path)
+{
+	t->inputs = xrealloc(t->inputs, (t->ninputs + 1) * sizeof *t->inputs);
+	struct frame_input *in = &t->inputs[t->ninputs++];
+	memset(in, 0, sizeof *in);
+	in->name = xstrdup(name);
+	in->type = xstrdup(type);
+	in->path = xstrdup(path);
+	in->format = xstrdup("json");
+}
+
+/* FETCH: the job's input and each dependency's output.json into workdir. */
+static void fetch_start(struct stask *t)
+{
+	struct scheduler *s = t->s;
+	t->state = ST_FETCH;
+	t->workdir = xasprintf("%s/%s.%d", s->o.scratch_dir, t->id, t->attempt);
+	char *inputs_dir = xasprintf("%s/inputs", t->workdir);
+	if ((mkdir(t->workdir, 0750) < 0 && errno != EEXIST) ||
+	    (mkdir(inputs_dir, 0750) < 0 && errno != EEXIST)) {
+		stask_fail_infra(t, "scratch_failed", strerror(errno));
+		free(inputs_dir);
+		run_start(t);
+		return;
+	}
+	char *in_path = xasprintf("%s/input.json", t->workdir);
+	char *text = json_dumps(t->input ? t->input : json_null(),
+	                        JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
+	if (!write_file(in_path, text, strlen(text)))
+		stask_fail_infra(t, "scratch_failed", "cannot write input.json");
+	else
+		input_add(t, "input.json", "job-input", in_path);
+	free(text);
+	free(in_path);
+	const char *reuse_job = json_string_value(json_object_get(t->resume_from, "job_id"));
+	for (size_t k = 0; t->sd && k < t->sd->nneeds && !t->have_outcome; k++) {
+		const struct stage_def *d = &t->p->stages[t->sd->dep_idx[k]];
+		char *path = xasprintf("%s/%s.output.json", inputs_dir, d->name);
+		char *name = xasprintf("%s.output", d->name);
+		char *key =
+		        stage_key(t->project, t->job_id, d->stage_number, d->name, "output.json");
+		char *fb = reuse_job ? stage_key(t->project, reuse_job, d->stage_number, d->name,
+		                                 "output.json")
+		                     : NULL;
+		input_add(t, name, "stage-output", path);
+		fetch_one(t, key, path, fb);
+		free(name);
+		free(path);
+		free(key);
+		free(fb);
+	}
+	free(inputs_dir);
+	if (t->nops == 0)
+		run_start(t);
+}
+
+/* --- UPLOAD ----------------------------------------------------------------- */
+
+static void upload_done_cb(const struct store_error *err, void *arg);
+
+struct upload_ctx {
+	struct stask *t;
+	struct store_op *op;
+};
+
+static void upload_put(struct stask *t, const char *file, const char *data, size_t len,
+                       const char *ctype)
+{
+	char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, file);
+	struct upload_ctx *c = xcalloc(1, sizeof *c);
+	c->t = t;
+	c->op = store_put_buf(t->s->store, key, data, len, ctype, upload_done_cb, c);
+	stask_op_add(t, c->op);
+	free(key);
+}
+
+static void upload_done_cb(const struct store_error *err, void *arg)
+{
+	struct upload_ctx *c = arg;
+	struct stask *t = c->t;
+	stask_op_done(t, c->op);
+	free(c);
+	if (err && (t->outcome == MODULE_COMPLETE || !t->error)) {
+		/* The outputs are not where the next stage will look: retry. */
+		t->outcome = MODULE_ERROR;
+		json_decref(t->output);
+		t->output = NULL;
+		json_decref(t->error);
+		t->error = typed_error("upload_failed", "infra", true, err->message, NULL);
+	}
+	if (t->nops == 0 && t->state == ST_UPLOAD) {
+		t->t_upload_end = clock_now_us();
+		stask_commit(t);
+	}
+}
+
+static void upload_start(struct stask *t)
+{
+	t->state = ST_UPLOAD;
+	t->t_upload_start = clock_now_us();
+	if (t->lost) {
+		stask_commit(t);
+		return;
+	}
+	/* What the module was given: its task frame's contents. */
+	json_t *given = json_pack("{s:s, s:s, s:s, s:i, s:O, s:[]}", "job_id", t->job_id, "task_id",
+	                          t->id, "stage", t->stage, "attempt", t->attempt, "params",
+	                          t->params ? t->params : json_object(), "inputs");
+	json_t *arr = json_object_get(given, "inputs");
+	for (size_t i = 0; i < t->ninputs; i++)
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "name", t->inputs[i].name,
+		                                     "type", t->inputs[i].type, "format",
+		                                     t->inputs[i].format));
+	char *text = json_dumps(given, JSON_COMPACT | JSON_SORT_KEYS);
+	upload_put(t, "input.json", text, strlen(text), "application/json");
+	free(text);
+	json_decref(given);
+	if (t->outcome == MODULE_COMPLETE && t->output) {
+		char *out = json_dumps(t->output, JSON_COMPACT | JSON_SORT_KEYS);
+		upload_put(t, "output.json", out, strlen(out), "application/json");
+		free(out);
+	}
+	if (t->log.len > 0)
+		upload_put(t, "stage.log", t->log.data, t->log.len, "text/plain");
+	if (t->nops == 0) {
+		t->t_upload_end = clock_now_us();
+		stask_commit(t);
+	}
+}
+
+/* --- COMMIT ------------------------------------------------------------------ */
+
+static void sched_commit_schedule(struct scheduler *s)
+{
+	if (s->commit_ev && !TAILQ_EMPTY(&s->to_commit) && s->commit_inflight < COMMIT_INFLIGHT_MAX)
+		event_active(s->commit_ev, EV_TIMEOUT, 0);
+}
+
+static void stask_commit(struct stask *t)
+{
+	t->state = ST_COMMIT;
+	TAILQ_REMOVE(&t->s->tasks, t, link);
+	if (t->lost) {
+		TAILQ_INSERT_TAIL(&t->s->tasks, t, link);
+		log_warn("job.module.lease_lost",
+		         "the task's lease is gone; its outcome is dropped",
+		         LF_STR("job_id", t->job_id), LF_STR("task_id", t->id),
+		         LF_STR("stage", t->stage), LF_INT("attempt", t->attempt));
+		stask_free(t);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&t->s->to_commit, t, link);
+	sched_commit_schedule(t->s);
+}
+
+static int64_t ms_between(int64_t a, int64_t b)
+{
+	return a > 0 && b >= a ? (b - a) / 1000 : 0;
+}
+
+static const char *outcome_attempt_name(const struct stask *t)
+{
+	switch (t->outcome) {
+	case MODULE_COMPLETE: return "completed";
+	case MODULE_ERROR: return "error";
+	case MODULE_PANIC: return "panic";
+	case MODULE_TIMEOUT: return "timeout";
+	case MODULE_CANCELLED: return "cancelled";
+	}
+	return "error";
+}
+
+/* The reason of a module edge (proto/events.md). */
+static const char *end_reason(const struct stask *t)
+{
+	switch (t->outcome) {
+	case MODULE_COMPLETE: return "result";
+	case MODULE_ERROR: return "error_frame";
+	case MODULE_TIMEOUT: return "deadline";
+	case MODULE_CANCELLED: return t->stop_reason ? t->stop_reason : "job_cancelled";
+	case MODULE_PANIC:
+		return t->protocol_error ? "protocol_error"
+		       : t->term_signal  ? "signalled"
+		                         : "crashed";
+	}
+	return "crashed";
+}
+
+struct commit_batch {
+	struct scheduler *s;
+	struct stask **t;
+	size_t n;
+};
+
+static void commit_done_cb(size_t applied, size_t total, const bool *which,
+                           const struct pg_error *err, void *arg)
+{
+	struct commit_batch *b = arg;
+	struct scheduler *s = b->s;
+	s->commit_inflight--;
+	for (size_t i = 0; i < b->n; i++) {
+		struct stask *t = b->t[i];
+		if (err) {
+			/* Nothing applied; the lease still holds: try again soon. */
+			TAILQ_INSERT_TAIL(&s->to_commit, t, link);
+			continue;
+		}
+		if (!which[i])
+			log_warn("job.module.result_fenced",
+			         "the task's outcome was not applied: its lease or status moved on",
+			         LF_STR("job_id", t->job_id), LF_STR("task_id", t->id),
+			         LF_STR("stage", t->stage), LF_INT("attempt", t->attempt));
+		else
+			adv_add(s, t->job_id);
+		TAILQ_INSERT_TAIL(&s->tasks, t, link); /* stask_free removes it */
+		stask_free(t);
+	}
+	if (err) {
+		log_warn("sched.commit_failed", "task outcomes could not be written; retrying",
+		         LF_STR("error", err->message), LF_UINT("tasks", b->n));
+		struct timeval tv;
+		tv_ms(&tv, 500);
+		evtimer_add(s->commit_ev, &tv);
+	}
+	(void)applied;
+	(void)total;
+	free(b->t);
+	free(b);
+	if (!err)
+		sched_commit_schedule(s);
+}
+
+static void nb_timer_arm(struct scheduler *s, int64_t at_us)
+{
+	int64_t now = clock_now_us();
+	if (s->nb_at_us && s->nb_at_us <= at_us && s->nb_at_us > now)
+		return;
+	s->nb_at_us = at_us;
+	struct timeval tv;
+	tv_ms(&tv, (at_us - now) / 1000 + 1);
+	evtimer_add(s->nb_ev, &tv);
+}
+
+/* Adds one task's outcome to txn; false when the change is refused. */
+static bool commit_add(struct scheduler *s, struct job_txn *txn, struct stask *t)
+{
+	struct task_ref tr = {t->id, t->job_id, t->project, t->pipeline, t->stage, t->request_id};
+	int64_t now = clock_now_us();
+	int64_t run_ms = ms_between(t->t_fetch_end, t->t_run_end);
+	json_t *att = json_pack(
+	        "{s:s, s:I, s:I, s:I, s:f, s:I}", "outcome", outcome_attempt_name(t), "fetch_ms",
+	        (json_int_t)ms_between(t->t_claimed, t->t_fetch_end), "run_ms", (json_int_t)run_ms,
+	        "upload_ms", (json_int_t)ms_between(t->t_upload_start, t->t_upload_end),
+	        "cpu_seconds", t->cpu_seconds, "max_rss_bytes", (json_int_t)t->max_rss_bytes);
+	json_t *data = json_pack("{s:s, s:i, s:I}", "module", t->sr->def->name, "attempt",
+	                         t->attempt, "duration_ms", (json_int_t)run_ms);
+	if (t->pid > 0) {
+		json_object_set_new(att, "pid", json_integer(t->pid));
+		json_object_set_new(data, "pid", json_integer(t->pid));
+	}
+	if (t->exit_code >= 0 && t->pid > 0 && !t->sr->def->persistent) {
+		json_object_set_new(att, "exit_code", json_integer(t->exit_code));
+		json_object_set_new(data, "exit_code", json_integer(t->exit_code));
+	}
+	if (t->term_signal > 0 && !t->sr->def->persistent) {
+		json_object_set_new(att, "signal", json_integer(t->term_signal));
+		json_object_set_new(data, "signal", json_integer(t->term_signal));
+	}
+	if (t->engine_id)
+		json_object_set_new(data, "engine_id", json_string(t->engine_id));
+	if (t->error) {
+		json_object_set(att, "error", t->error);
+		json_object_set(data, "error", t->error);
+	}
+	struct task_set_opts o = {
+	        .lease_token = t->lease,
+	        .data = data,
+	        .attempt_end = att,
+	};
+	enum task_status to;
+	const char *kind;
+	const char *reason = end_reason(t);
+	bool shutdown = t->outcome == MODULE_CANCELLED && t->stop_reason &&
+	                strcmp(t->stop_reason, "shutdown") == 0;
+	bool retryable = t->error && json_is_true(json_object_get(t->error, "retryable"));
+	if (t->outcome == MODULE_COMPLETE) {
+		to = TASK_COMPLETED;
+		kind = "job.module.complete";
+		o.output = t->output;
+		metric_observe(metrics_default_get(M_WORKER_STAGE_LATENCY_MS), (double)run_ms,
+		               t->stage);
+	} else if (shutdown) {
+		/* §10: cancelled by the drain, back to ready without a penalty */
+		to = TASK_READY;
+		kind = "job.module.retry";
+		o.keep_retries = true;
+		json_object_set_new(data, "retries", json_integer(t->retries));
+	} else if (t->outcome == MODULE_CANCELLED) {
+		to = TASK_CANCELLED;
+		kind = "job.stage.cancelled";
+	} else if (retryable && t->retries < t->max_retries) {
+		int64_t delay = scheduler_backoff_ms(t->backoff_ms, SCHEDULER_BACKOFF_CAP_MS,
+		                                     t->retries, sched_rand(s));
+		to = TASK_READY;
+		kind = "job.module.retry";
+		o.not_before_us = now + delay * 1000;
+		char nb[40];
+		clock_fmt_rfc3339_us(nb, sizeof nb, o.not_before_us);
+		json_object_set_new(data, "not_before", json_string(nb));
+		json_object_set_new(data, "backoff_ms", json_integer(delay));
+		json_object_set_new(data, "retries", json_integer(t->retries + 1));
+		o.error = t->error;
+		nb_timer_arm(s, o.not_before_us);
+	} else {
+		to = TASK_FAILED;
+		kind = t->outcome == MODULE_PANIC     ? "job.module.panic"
+		       : t->outcome == MODULE_TIMEOUT ? "job.module.timeout"
+		                                      : "job.module.error";
+		o.error = t->error;
+	}
+	if (t->error && !shutdown && t->outcome != MODULE_CANCELLED)
+		metric_inc(metrics_default_get(M_WORKER_STAGE_FAILURES_TOTAL), 1, t->stage,
+		           json_string_value(json_object_get(t->error, "category")));
+	o.kind = kind;
+	bool ok = task_set_status(txn, &tr, TASK_RUNNING, to, reason, &o);
+	json_decref(att);
+	json_decref(data);
+	return ok;
+}
+
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	while (!TAILQ_EMPTY(&s->to_commit) && s->commit_inflight < COMMIT_INFLIGHT_MAX) {
+		struct commit_batch *b = xcalloc(1, sizeof *b);
+		b->s = s;
+		struct job_txn *txn = job_txn_new(s->e);
+		struct stask *t;
+		size_t cap = 0;
+		while ((t = TAILQ_FIRST(&s->to_commit)) != NULL && b->n < SCHEDULER_CLAIM_MAX) {
+			TAILQ_REMOVE(&s->to_commit, t, link);
+			if (!commit_add(s, txn, t)) {
+				/* a refused edge is a bug, logged by job.c: drop it */
+				TAILQ_INSERT_TAIL(&s->tasks, t, link);
+				stask_free(t);
+				continue;
+			}
+			if (b->n == cap) {
+				cap = cap ? cap * 2 : 64;
+				b->t = xrealloc(b->t, cap * sizeof *b->t);
+			}
+			b->t[b->n++] = t;
+		}
+		if (b->n == 0) {
+			job_txn_free(txn);
+			free(b);
+			break;
+		}
+		s->commit_inflight++;
+		job_txn_commit(txn, commit_done_cb, b);
+	}
+}
+
+/* --- DAG steps ------------------------------------------------------------------ */
+
+static void adv_add(struct scheduler *s, const char *job_id)
+{
+	for (size_t i = 0; i < s->nadv; i++)
+		if (strcmp(s->adv[i], job_id) == 0)
+			return;
+	if (s->nadv == s->capadv) {
+		s->capadv = s->capadv ? s->capadv * 2 : 64;
+		s->adv = xrealloc(s->adv, s->capadv * sizeof *s->adv);
+	}
+	s->adv[s->nadv++] = xstrdup(job_id);
+	if (s->adv_inflight < 2)
+		event_active(s->advance_ev, EV_TIMEOUT, 0);
+}
+
+void scheduler_advance(struct scheduler *s, const char *job_id)
+{
+	if (s && id_uuid_valid(job_id))
+		adv_add(s, job_id);
+}
+
+static enum adv_task_status adv_status(const char *s)
+{
+	enum task_status ts = TASK_PENDING;
+	(void)task_status_parse(s, &ts);
+	switch (ts) {
+	case TASK_PENDING: return ADV_PENDING;
+	case TASK_READY: return ADV_READY;
+	case TASK_RUNNING: return ADV_RUNNING;
+	case TASK_COMPLETED: return ADV_COMPLETED;
+	case TASK_FAILED: return ADV_FAILED;
+	case TASK_SKIPPED: return ADV_SKIPPED;
+	default: return ADV_CANCELLED;
+	}
+}
+
+static enum task_status adv_to_task(enum adv_task_status s)
+{
+	static const enum task_status map[] = {TASK_PENDING,   TASK_READY,  TASK_RUNNING,
+	                                       TASK_COMPLETED, TASK_FAILED, TASK_SKIPPED,
+	                                       TASK_CANCELLED};
+	return map[s];
+}
+
+/* One job's step into txn; returns the number of changes added. */
+static size_t adv_job(struct job_txn *txn, const PGresult *r, int row)
+{
+	const char *job_id = col(r, row, 0), *status = col(r, row, 1), *project = col(r, row, 2),
+	           *pipeline = col(r, row, 3), *request_id = col(r, row, 5);
+	json_t *tasks = col_j(r, row, 4);
+	size_t n = json_array_size(tasks);
+	if (n == 0) {
+		json_decref(tasks);
+		return 0;
+	}
+	struct adv_task *at = xcalloc(n, sizeof *at);
+	size_t *deps = xcalloc(n * n + 1, sizeof *deps);
+	for (size_t i = 0; i < n; i++) {
+		json_t *t = json_array_get(tasks, i);
+		at[i].status = adv_status(json_string_value(json_object_get(t, "status")));
+		at[i].required = json_is_true(json_object_get(t, "required"));
+		const char *sr = json_string_value(json_object_get(t, "skip_reason"));
+		at[i].reused = at[i].status == ADV_SKIPPED && sr && strcmp(sr, "reused") == 0;
+		at[i].deps = deps + i * n;
+		size_t k;
+		json_t *d;
+		json_array_foreach(json_object_get(t, "depends_on"), k, d)
+		{
+			for (size_t m = 0; m < n; m++) {
+				const char *name = json_string_value(
+				        json_object_get(json_array_get(tasks, m), "stage"));
+				if (name && strcmp(name, json_string_value(d)) == 0 &&
+				    at[i].ndeps < n)
+					deps[i * n + at[i].ndeps++] = m;
+			}
+		}
+	}
+	size_t failed = 0;
+	enum adv_job verdict = scheduler_advance_plan(at, n, &failed);
+	size_t added = 0;
+	struct job_ref jr = {job_id, project, pipeline, request_id};
+	enum job_status js = JOB_RUNNING;
+	(void)job_status_parse(status, &js);
+	for (size_t i = 0; i < n; i++) {
+		if (at[i].next == at[i].status)
+			continue;
+		json_t *t = json_array_get(tasks, i);
+		struct task_ref tr = {json_string_value(json_object_get(t, "id")),
+		                      job_id,
+		                      project,
+		                      pipeline,
+		                      json_string_value(json_object_get(t, "stage")),
+		                      request_id};
+		struct task_set_opts o = {0};
+		json_t *data = NULL;
+		const char *reason;
+		if (at[i].next == ADV_READY) {
+			reason = "dependencies_completed";
+		} else if (at[i].next == ADV_SKIPPED) {
+			reason = "dependency_failed";
+			o.skip_reason = "dependency_failed";
+			data = json_pack("{s:s}", "cause_stage",
+			                 json_string_value(json_object_get(
+			                         json_array_get(tasks, at[i].cause), "stage")));
+			o.data = data;
+		} else {
+			reason = "job_failed";
+		}
+		if (task_set_status(txn, &tr, adv_to_task(at[i].status), adv_to_task(at[i].next),
+		                    reason, &o))
+			added++;
+		json_decref(data);
+	}
+	if (verdict == ADV_JOB_COMPLETE && js == JOB_RUNNING) {
+		if (job_set_status(txn, &jr, JOB_RUNNING, JOB_COMPLETED, "all_stages_done", NULL))
+			added++;
+	} else if (verdict == ADV_JOB_FAIL) {
+		json_t *ft = json_array_get(tasks, failed);
+		json_t *err = json_deep_copy(json_object_get(ft, "error"));
+		if (!json_is_object(err)) {
+			json_decref(err);
+			err = typed_error("stage_failed", "module", false,
+			                  "a required stage failed", NULL);
+		}
+		if (job_set_status(txn, &jr, js, JOB_FAILED, "stage_failed", err))
+			added++;
+		json_decref(err);
+	}
+	free(deps);
+	free(at);
+	json_decref(tasks);
+	return added;
+}
+
+struct adv_read {
+	struct scheduler *s;
+	struct pg_pool_query *q;
+};
+
+static void adv_txn_done_cb(size_t applied, size_t total, const bool *which,
+                            const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)which;
+	s->adv_inflight--;
+	if (err)
+		log_warn("sched.advance_failed",
+		         "a DAG step could not be written; the sweep retries",
+		         LF_STR("error", err->message));
+	if (applied > 0)
+		sched_kick(s);
+	(void)total;
+	if (s->nadv > 0)
+		event_active(s->advance_ev, EV_TIMEOUT, 0);
+}
+
+static bool adv_read_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	if (err) {
+		s->adv_inflight--;
+		log_warn("sched.advance_failed", "jobs could not be read for a DAG step",
+		         LF_STR("error", err->message));
+		return false;
+	}
+	struct job_txn *txn = job_txn_new(s->e);
+	for (int r = 0; r < PQntuples(res); r++)
+		adv_job(txn, res, r);
+	if (job_txn_size(txn) == 0) {
+		job_txn_free(txn);
+		s->adv_inflight--;
+		if (s->nadv > 0)
+			event_active(s->advance_ev, EV_TIMEOUT, 0);
+		return false;
+	}
+	job_txn_commit(txn, adv_txn_done_cb, s);
+	return false;
+}
+
+static void advance_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	if (s->nadv == 0 || s->adv_inflight >= 2)
+		return;
+	struct buf b = BUF_INIT;
+	buf_addc(&b, '{');
+	size_t n = s->nadv < ADVANCE_BATCH_MAX ? s->nadv : ADVANCE_BATCH_MAX;
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			buf_addc(&b, ',');
+		buf_adds(&b, s->adv[i]);
+		free(s->adv[i]);
+	}
+	buf_addc(&b, '}');
+	memmove(s->adv, s->adv + n, (s->nadv - n) * sizeof *s->adv);
+	s->nadv -= n;
+	const char *v[1] = {b.data};
+	s->adv_inflight++;
+	(void)pg_pool_query_prepared(s->e->pool, "sched_adv_read", 1, v, adv_read_cb, s);
+	buf_free(&b);
+	if (s->nadv > 0 && s->adv_inflight < 2)
+		event_active(s->advance_ev, EV_TIMEOUT, 0);
+}
+
+/* --- Claims ---------------------------------------------------------------------- */
+
+struct claim_ctx {
+	struct srunner *sr;
+	int limit;
+};
+
+static void claim_announce(struct scheduler *s, const PGresult *res, int r)
+{
+	job_rev_note(s->e, col(res, r, 1), col(res, r, 6), col_i(res, r, 5));
+	const char *kind = col(res, r, 0);
+	bool is_task = !PQgetisnull(res, r, 10);
+	json_t *data = col_j(res, r, 4);
+	struct sl_event ev = {
+	        .id = col_i(res, r, 3),
+	        .seq = col_i(res, r, 2),
+	        .rev = col_i(res, r, 5),
+	        .ts_us = clock_now_us(),
+	        .kind = kind,
+	        .job_id = col(res, r, 1),
+	        .project_id = col(res, r, 6),
+	        .pipeline = col(res, r, 7),
+	        .task_id = col(res, r, 10),
+	        .stage = col(res, r, 11),
+	        .status_from = is_task ? "ready" : "queued",
+	        .status_to = "running",
+	        .reason = is_task ? "claimed" : "task_claimed",
+	        .request_id = col(res, r, 23),
+	        .data = data,
+	};
+	int64_t queued = col_i(res, r, 9);
+	job_announce(s->e, &ev, is_task, queued > 0 ? (ev.ts_us - queued) / 1000 : 0, NULL,
+	             col_i(res, r, 8));
+	json_decref(data);
+}
+
+static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct claim_ctx *c = arg;
+	struct srunner *sr = c->sr;
+	struct scheduler *s = sr->s;
+	sr->claiming = false;
+	int limit = c->limit;
+	free(c);
+	if (err) {
+		log_warn("sched.claim_failed", "could not claim tasks",
+		         LF_STR("module", sr->def->name), LF_STR("error", err->message));
+		sr->running -= limit;
+		s->running -= limit;
+		return false;
+	}
+	int64_t now = clock_now_us();
+	int claimed = 0;
+	for (int r = 0; r < PQntuples(res); r++) {
+		claim_announce(s, res, r);
+		if (PQgetisnull(res, r, 10))
+			continue;
+		claimed++;
+		struct stask *t = xcalloc(1, sizeof *t);
+		t->s = s;
+		t->sr = sr;
+		t->t_claimed = now;
+		t->job_id = xstrdup(col(res, r, 1));
+		t->project = xstrdup(col(res, r, 6));
+		t->pipeline = xstrdup(col(res, r, 7));
+		t->id = xstrdup(col(res, r, 10));
+		t->stage = xstrdup(col(res, r, 11));
+		t->stage_number = (int)col_i(res, r, 12);
+		t->attempt = (int)col_i(res, r, 14);
+		t->retries = (int)col_i(res, r, 15);
+		t->max_retries = (int)col_i(res, r, 16);
+		t->backoff_ms = col_i(res, r, 17);
+		t->timeout_ms = col_i(res, r, 18);
+		t->params = col_j(res, r, 19);
+		t->lease = xstrdup(col(res, r, 20));
+		t->input = col_j(res, r, 21);
+		t->resume_from = col_j(res, r, 22);
+		t->request_id = col(res, r, 23) ? xstrdup(col(res, r, 23)) : NULL;
+		t->exit_code = -1;
+		t->p = pipeline_set_find(s->e->pipelines, t->pipeline);
+		t->sd = t->p ? pipeline_stage_find(t->p, t->stage) : NULL;
+		TAILQ_INSERT_TAIL(&s->tasks, t, link);
+		if (t->sd == NULL) {
+			/* Another instance's configuration: this one cannot run it. */
+			t->have_outcome = true;
+			t->outcome = MODULE_ERROR;
+			t->error = typed_error("unknown_stage", "infra", true,
+			                       "this instance's configuration has no such pipeline "
+			                       "stage",
+			                       NULL);
+			t->t_fetch_end = t->t_run_end = now;
+			upload_start(t);
+			continue;
+		}
+		fetch_start(t);
+	}
+	/* Give back the slots the claim did not fill. */
+	sr->running -= limit - claimed;
+	s->running -= limit - claimed;
+	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
+	sr->more = claimed == limit;
+	bool starved = false;
+	for (size_t i = 0; i < s->nrunners; i++)
+		starved = starved || s->runners[i].starved;
+	if (sr->more || (starved && claimed < limit))
+		sched_kick(s);
+	return false;
+}
+
+static void claim_pass(struct scheduler *s)
+{
+	if (s->draining || !pg_pool_is_up(s->e->pool))
+		return;
+	/* Runners left without a slot last time go first, so one busy module's
+	 * claims cannot keep the global slots from the others. */
+	for (size_t k = 0; k < 2 * s->nrunners; k++) {
+		struct srunner *sr = &s->runners[k % s->nrunners];
+		if (sr->claiming || (k < s->nrunners) != sr->starved)
+			continue;
+		int free_global = s->o.max_concurrency - s->running;
+		int free_mod = sr->def->concurrency - sr->running;
+		int n = free_global < free_mod ? free_global : free_mod;
+		if (n > SCHEDULER_CLAIM_MAX)
+			n = SCHEDULER_CLAIM_MAX;
+		sr->starved = n <= 0 && free_mod > 0;
+		if (n <= 0)
+			continue;
+		/* Slots are held while the claim is in flight. */
+		sr->claiming = true;
+		sr->running += n;
+		s->running += n;
+		struct claim_ctx *c = xcalloc(1, sizeof *c);
+		c->sr = sr;
+		c->limit = n;
+		char lease[32], lim[16];
+		snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
+		snprintf(lim, sizeof lim, "%d", n);
+		const char *v[4] = {s->app->instance_id, sr->def->name, lease, lim};
+		(void)pg_pool_query_prepared(s->e->pool, "sched_claim", 4, v, claim_cb, c);
+	}
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	claim_pass(arg);
+}
+
+static void sched_kick(struct scheduler *s)
+{
+	if (s->kick_ev && !s->draining)
+		event_active(s->kick_ev, EV_TIMEOUT, 0);
+}
+
+void scheduler_wake(struct scheduler *s)
+{
+	if (s)
+		sched_kick(s);
+}
+
+static void nb_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	s->nb_at_us = 0;
+	claim_pass(s);
+}
+
+/* --- Heartbeat: leases, and jobs that stopped ------------------------------------- */
+
+static struct stask *task_find(struct scheduler *s, const char *id)
+{
+	struct stask *t;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	if (strcmp(t->id, id) == 0)
+		return t;
+	return NULL;
+}
+
+static void stask_stop(struct stask *t, const char *reason, bool lost)
+{
+	if (lost)
+		t->lost = true;
+	if (t->stop_reason == NULL)
+		t->stop_reason = reason;
+	if (t->mt)
+		module_task_cancel(t->mt, reason);
+}
+
+struct hb_ctx {
+	struct scheduler *s;
+	char **ids; /* the tasks asked about */
+	size_t n;
+};
+
+static bool hb_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct hb_ctx *c = arg;
+	struct scheduler *s = c->s;
+	s->hb_q = NULL;
+	s->hb_inflight = false;
+	if (!err) {
+		/* A task asked about that did not come back is no longer ours. */
+		for (size_t i = 0; i < c->n; i++) {
+			int found = -1;
+			for (int r = 0; r < PQntuples(res); r++)
+				if (strcmp(PQgetvalue(res, r, 0), c->ids[i]) == 0)
+					found = r;
+			struct stask *t = task_find(s, c->ids[i]);
+			if (t == NULL || t->state == ST_COMMIT)
+				continue;
+			if (found < 0) {
+				stask_stop(t, "lease_lost", true);
+				continue;
+			}
+			const char *js = PQgetvalue(res, found, 1);
+			if (strcmp(js, "cancelled") == 0)
+				stask_stop(t, "job_cancelled", false);
+			else if (strcmp(js, "failed") == 0 || strcmp(js, "completed") == 0)
+				stask_stop(t, "job_failed", false);
+		}
+	} else {
+		log_warn("sched.heartbeat_failed", "leases could not be renewed",
+		         LF_STR("error", err->message));
+	}
+	for (size_t i = 0; i < c->n; i++)
+		free(c->ids[i]);
+	free(c->ids);
+	free(c);
+	return false;
+}
+
+/* Renews the leases of the local tasks (only those of job_id when given). */
+static void heartbeat_send(struct scheduler *s, const char *job_id)
+{
+	if (s->hb_inflight)
+		return;
+	struct hb_ctx *c = xcalloc(1, sizeof *c);
+	c->s = s;
+	json_t *arr = json_array();
+	struct stask *t;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	{
+		if (job_id && strcmp(t->job_id, job_id) != 0)
+			continue;
+		json_array_append_new(arr, json_pack("{s:s, s:s}", "id", t->id, "lease", t->lease));
+		c->ids = xrealloc(c->ids, (c->n + 1) * sizeof *c->ids);
+		c->ids[c->n++] = xstrdup(t->id);
+	}
+	if (c->n == 0) {
+		json_decref(arr);
+		free(c);
+		return;
+	}
+	char *p = json_dumps(arr, JSON_COMPACT);
+	char lease[32];
+	snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
+	const char *v[3] = {s->app->instance_id, p, lease};
+	s->hb_inflight = true;
+	s->hb_q = pg_pool_query_prepared(s->e->pool, "sched_heartbeat", 3, v, hb_cb, c);
+	free(p);
+	json_decref(arr);
+}
+
+static void hb_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	heartbeat_send(arg, NULL);
+}
+
+void scheduler_on_job_notify(struct scheduler *s, const char *payload)
+{
+	if (s == NULL || payload == NULL)
+		return;
+	char id[ID_UUID_LEN + 1];
+	const char *sp = strchr(payload, ' ');
+	if (sp == NULL || (size_t)(sp - payload) != ID_UUID_LEN)
+		return;
+	memcpy(id, payload, ID_UUID_LEN);
+	id[ID_UUID_LEN] = '\0';
+	int64_t rev = strtoll(sp + 1, NULL, 10), known = 0;
+	/* Our own changes come back too: only news matters. */
+	if (job_rev_known(s->e, id, &known) && known >= rev)
+		return;
+	struct stask *t;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	{
+		if (strcmp(t->job_id, id) == 0 && t->state != ST_COMMIT) {
+			heartbeat_send(s, id);
+			return;
+		}
+	}
+}
+
+/* --- Rescue and the stuck-job sweep -------------------------------------------------- */
+
+static void rescue_txn_cb(size_t applied, size_t total, const bool *which,
+                          const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)total;
+	(void)which;
+	s->rescue_inflight = false;
+	if (err)
+		log_warn("sched.rescue_failed", "expired leases could not be returned",
+		         LF_STR("error", err->message));
+	else if (applied)
+		metric_inc(metrics_default_get(M_WORKER_RECOVERED_JOBS_TOTAL), (double)applied,
+		           "lease_expired");
+	if (applied)
+		sched_kick(s);
+}
+
+static bool rescue_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	s->rescue_q = NULL;
+	if (err || PQntuples(res) == 0) {
+		s->rescue_inflight = false;
+		return false;
+	}
+	struct job_txn *txn = job_txn_new(s->e);
+	for (int r = 0; r < PQntuples(res); r++) {
+		struct task_ref tr = {col(res, r, 0), col(res, r, 1), col(res, r, 2),
+		                      col(res, r, 3), col(res, r, 4), NULL};
+		const char *js = col(res, r, 7);
+		bool active = strcmp(js, "queued") == 0 || strcmp(js, "running") == 0;
+		json_t *err_o = typed_error("lease_expired", "infra", true,
+		                            "the instance running the task stopped", NULL);
+		json_t *att = json_pack("{s:s, s:O}", "outcome", "lost", "error", err_o);
+		json_t *data = json_pack("{s:s, s:I, s:s?, s:O}", "module", col(res, r, 9),
+		                         "attempt", (json_int_t)col_i(res, r, 8), "lost_owner",
+		                         col(res, r, 6), "error", err_o);
+		struct task_set_opts o = {
+		        .kind = active ? "job.module.retry" : "job.stage.cancelled",
+		        .lease_token = col(res, r, 5),
+		        .data = data,
+		        .attempt_end = att,
+		        .keep_retries = true,
+		};
+		log_warn("sched.rescue", "returning a task whose lease expired",
+		         LF_STR("task_id", tr.task_id), LF_STR("job_id", tr.job_id),
+		         LF_STR("lease_owner", col(res, r, 6)));
+		if (!task_set_status(txn, &tr, TASK_RUNNING, active ? TASK_READY : TASK_CANCELLED,
+		                     active ? "lease_expired" : "job_cancelled", &o))
+			log_error("sched.rescue", "the rescue edge was refused",
+			          LF_STR("task_id", tr.task_id));
+		json_decref(err_o);
+		json_decref(att);
+		json_decref(data);
+		adv_add(s, tr.job_id);
+	}
+	job_txn_commit(txn, rescue_txn_cb, s);
+	return false;
+}
+
+static bool stuck_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	s->stuck_q = NULL;
+	for (int r = 0; !err && r < PQntuples(res); r++)
+		adv_add(s, PQgetvalue(res, r, 0));
+	return false;
+}
+
+static bool stats_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	s->stats_q = NULL;
+	if (err)
+		return false;
+	/* Pipelines with nothing ready read 0. */
+	const struct pipeline_set *ps = s->e->pipelines;
+	for (size_t i = 0; ps && i < ps->npipelines; i++) {
+		double depth = 0, age = 0;
+		for (int r = 0; r < PQntuples(res); r++) {
+			if (strcmp(PQgetvalue(res, r, 0), ps->pipelines[i].name) == 0) {
+				depth = (double)col_i(res, r, 1);
+				age = (double)col_i(res, r, 2);
+			}
+		}
+		metric_set(metrics_default_get(M_QUEUE_DEPTH), depth, ps->pipelines[i].name);
+		metric_set(metrics_default_get(M_QUEUE_OLDEST_READY_AGE_MS), age,
+		           ps->pipelines[i].name);
+	}
+	return false;
+}
+
+static void rescue_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	if (!s->rescue_inflight && !s->draining) {
+		s->rescue_inflight = true;
+		char lease[32];
+		snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
+		const char *v[2] = {s->app->instance_id, lease};
+		s->rescue_q =
+		        pg_pool_query_prepared(s->e->pool, "sched_rescue_find", 2, v, rescue_cb, s);
+	}
+	if (s->stuck_q == NULL && !s->draining)
+		s->stuck_q =
+		        pg_pool_query_prepared(s->e->pool, "sched_stuck", 0, NULL, stuck_cb, s);
+}
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	claim_pass(s);
+	if (s->stats_q == NULL)
+		s->stats_q = pg_pool_query_prepared(s->e->pool, "sched_queue_stats", 0, NULL,
+		                                    stats_cb, s);
+}
+
+/* --- Progress ------------------------------------------------------------------- */
+
+static bool progress_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	s->progress_q = NULL;
+	s->progress_inflight = false;
+	for (int r = 0; !err && r < PQntuples(res); r++)
+		job_rev_note(s->e, PQgetvalue(res, r, 0), PQgetvalue(res, r, 2), col_i(res, r, 1));
+	return false;
+}
+
+static void progress_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	if (s->progress_inflight)
+		return;
+	json_t *arr = NULL;
+	struct stask *t;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	{
+		if (!t->progress_dirty || t->state != ST_RUN)
+			continue;
+		t->progress_dirty = false;
+		if (arr == NULL)
+			arr = json_array();
+		json_array_append_new(arr,
+		                      json_pack("{s:s, s:s, s:s, s:f}", "id", t->id, "job_id",
+		                                t->job_id, "lease", t->lease, "p", t->progress));
+	}
+	if (arr == NULL)
+		return;
+	char *p = json_dumps(arr, JSON_COMPACT);
+	const char *v[1] = {p};
+	s->progress_inflight = true;
+	s->progress_q = pg_pool_query_prepared(s->e->pool, "sched_progress", 1, v, progress_cb, s);
+	free(p);
+	json_decref(arr);
+}
+
+/* --- Start, drain, free ------------------------------------------------------------- */
+
+static void runner_stderr_cb(struct module_runner *r, pid_t pid, const char *line, size_t len,
+                             void *arg)
+{
+	(void)arg;
+	log_info("module.stderr", "persistent module wrote to stderr",
+	         LF_STR("module", module_runner_name(r)), LF_INT("pid", pid),
+	         LF_STRN("line", line, len));
+}
+
+struct scheduler *scheduler_start(struct engine *e, struct store *store,
+                                  const struct scheduler_opts *o)
+{
+	if (mkdir(o->scratch_dir, 0750) < 0 && errno != EEXIST) {
+		log_error("sched.start", "cannot create the scratch directory",
+		          LF_STR("scratch_dir", o->scratch_dir), LF_STR("error", strerror(errno)));
+		return NULL;
+	}
+	struct scheduler *s = xcalloc(1, sizeof *s);
+	s->e = e;
+	s->app = e->app;
+	s->store = store;
+	s->o = *o;
+	s->o.scratch_dir = xstrdup(o->scratch_dir);
+	if (s->o.max_concurrency < 1)
+		s->o.max_concurrency = 1;
+	id_random(&s->rnd, sizeof s->rnd);
+	s->rnd |= 1;
+	TAILQ_INIT(&s->tasks);
+	TAILQ_INIT(&s->to_commit);
+	const struct pipeline_set *ps = e->pipelines;
+	s->nrunners = ps ? ps->nmodules : 0;
+	s->runners = xcalloc(s->nrunners ? s->nrunners : 1, sizeof *s->runners);
+	for (size_t i = 0; i < s->nrunners; i++) {
+		const struct module_def *d = &ps->modules[i];
+		struct module_runner_def rd = {
+		        .name = d->name,
+		        .argv = (const char *const *)d->argv,
+		        .env = (const char *const *)d->env,
+		        .cwd = s->o.scratch_dir,
+		        .persistent = d->persistent,
+		        .concurrency = (unsigned)d->concurrency,
+		        .limits = {.max_bytes = o->max_frame_bytes},
+		};
+		s->runners[i].s = s;
+		s->runners[i].def = d;
+		s->runners[i].r = module_runner_new(s->app->base, &rd);
+		if (s->runners[i].r == NULL) {
+			scheduler_free(s);
+			return NULL;
+		}
+		if (d->persistent)
+			module_runner_set_stderr_cb(s->runners[i].r, runner_stderr_cb, s);
+	}
+	struct event_base *b = s->app->base;
+	s->kick_ev = event_new(b, -1, 0, kick_cb, s);
+	s->commit_ev = event_new(b, -1, 0, commit_cb, s);
+	s->advance_ev = event_new(b, -1, 0, advance_cb, s);
+	s->nb_ev = evtimer_new(b, nb_cb, s);
+	/* Work arrives in bursts: the claim runs after the pass's other events. */
+	event_priority_set(s->kick_ev, event_base_get_npriorities(b) - 1);
+	event_priority_set(s->commit_ev, event_base_get_npriorities(b) - 1);
+	event_priority_set(s->advance_ev, event_base_get_npriorities(b) - 1);
+	struct timeval tv;
+	s->poll_ev = event_new(b, -1, EV_PERSIST, poll_cb, s);
+	tv_ms(&tv, o->poll_ms > 0 ? o->poll_ms : 5000);
+	event_add(s->poll_ev, &tv);
+	s->hb_ev = event_new(b, -1, EV_PERSIST, hb_timer_cb, s);
+	tv_ms(&tv, o->heartbeat_ms > 0 ? o->heartbeat_ms : 10000);
+	event_add(s->hb_ev, &tv);
+	s->rescue_ev = event_new(b, -1, EV_PERSIST, rescue_timer_cb, s);
+	tv_ms(&tv, o->rescue_every_ms > 0 ? o->rescue_every_ms : 15000);
+	event_add(s->rescue_ev, &tv);
+	s->progress_ev = event_new(b, -1, EV_PERSIST, progress_timer_cb, s);
+	tv_ms(&tv, PROGRESS_EVERY_MS);
+	event_add(s->progress_ev, &tv);
+	log_info("sched.start", "scheduler started",
+	         LF_INT("max_concurrency", s->o.max_concurrency), LF_UINT("modules", s->nrunners),
+	         LF_INT("lease_ms", s->o.lease_ms), LF_STR("scratch_dir", s->o.scratch_dir));
+	/* Work left by a crash: expired leases and half-advanced jobs. */
+	rescue_timer_cb(-1, 0, s);
+	sched_kick(s);
+	return s;
+}
+
+static void drained_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	if (s->running > 0 || s->drain_done == NULL)
+		return;
+	void (*done)(void *) = s->drain_done;
+	s->drain_done = NULL;
+	log_info("sched.drained", "no task runs here any more");
+	done(s->drain_arg);
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	struct stask *t;
+	int n = 0;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	{
+		if (t->state == ST_FETCH || t->state == ST_RUN) {
+			stask_stop(t, "shutdown", false);
+			n++;
+		}
+	}
+	log_info("sched.drain", "shutdown grace over: cancelling running tasks",
+	         LF_INT("tasks", n));
+}
+
+void scheduler_drain(struct scheduler *s, int64_t grace_ms, void (*done)(void *arg), void *arg)
+{
+	s->draining = true;
+	s->drain_done = done;
+	s->drain_arg = arg;
+	s->drained_ev = event_new(s->app->base, -1, 0, drained_cb, s);
+	s->grace_ev = evtimer_new(s->app->base, grace_cb, s);
+	struct timeval tv;
+	tv_ms(&tv, grace_ms);
+	evtimer_add(s->grace_ev, &tv);
+	log_info("sched.drain", "claiming stopped; letting running tasks finish",
+	         LF_INT("tasks", s->running), LF_INT("grace_ms", grace_ms));
+	event_active(s->drained_ev, EV_TIMEOUT, 0);
+}
+
+size_t scheduler_running(const struct scheduler *s)
+{
+	return s && s->running > 0 ? (size_t)s->running : 0;
+}
+
+void scheduler_free(struct scheduler *s)
+{
+	if (s == NULL)
+		return;
+	struct stask *t;
+	while ((t = TAILQ_FIRST(&s->to_commit)) != NULL) {
+		TAILQ_REMOVE(&s->to_commit, t, link);
+		TAILQ_INSERT_TAIL(&s->tasks, t, link);
+	}
+	/* no callbacks from stask_free */
+	struct event *kick = s->kick_ev, *drained = s->drained_ev;
+	s->drained_ev = NULL;
+	s->kick_ev = NULL;
+	while ((t = TAILQ_FIRST(&s->tasks)) != NULL)
+		stask_free(t);
+	if (kick)
+		event_free(kick);
+	if (drained)
+		event_free(drained);
+	for (size_t i = 0; i < s->nrunners; i++)
+		module_runner_free(s->runners[i].r);
+	free(s->runners);
+	pg_pool_cancel(s->hb_q);
+	pg_pool_cancel(s->rescue_q);
+	pg_pool_cancel(s->stuck_q);
+	pg_pool_cancel(s->stats_q);
+	pg_pool_cancel(s->progress_q);
+	struct event *evs[] = {s->poll_ev,   s->hb_ev,      s->rescue_ev, s->progress_ev,
+	                       s->commit_ev, s->advance_ev, s->nb_ev,     s->grace_ev};
+	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+		if (evs[i])
+			event_free(evs[i]);
+	for (size_t i = 0; i < s->nadv; i++)
+		free(s->adv[i]);
+	free(s->adv);
+	free((char *)s->o.scratch_dir);
+	free(s);
+}
