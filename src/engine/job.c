@@ -450,7 +450,7 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 
 /* --- Operations ---------------------------------------------------------- */
 
-enum job_op_kind { OP_SUBMIT, OP_GET, OP_LIST };
+enum job_op_kind { OP_SUBMIT, OP_GET, OP_LIST, OP_ATTEMPTS };
 
 struct submit_batch;
 
@@ -527,11 +527,27 @@ static void job_op_free(struct job_op *op)
 #define SQL_JOB_LIST_TAIL \
 	" AND j.id < $2::uuid AND j.created_at > $3::timestamptz ORDER BY j.id DESC LIMIT $4"
 
+/* A task's attempts, oldest first; the task must belong to the project's job. */
+#define SQL_TASK_ATTEMPTS                                                                        \
+	"SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'instance_id', "       \
+	"a.instance_id, 'pid', a.pid, 'started_at', to_char(a.started_at AT TIME ZONE 'UTC', "   \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'ended_at', to_char(a.ended_at AT TIME ZONE "     \
+	"'UTC', "                                                                                \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'outcome', a.outcome, 'exit_code', a.exit_code, " \
+	"'signal', a.signal, 'error', a.error, 'wait_ms', a.wait_ms, 'fetch_ms', a.fetch_ms, "   \
+	"'run_ms', a.run_ms, 'upload_ms', a.upload_ms, 'cpu_seconds', a.cpu_seconds, "           \
+	"'max_rss_bytes', a.max_rss_bytes) ORDER BY a.attempt), '[]')::text FROM tasks t JOIN "  \
+	"jobs "                                                                                  \
+	"j ON j.id = t.job_id LEFT JOIN task_attempts a ON a.task_id = t.id WHERE t.id = "       \
+	"$1::uuid "                                                                              \
+	"AND t.job_id = $2::uuid AND j.project_id = $3 GROUP BY t.id"
+
 static const struct {
 	const char *name;
 	const char *sql;
 	int nparams;
 } job_statements[] = {
+        {"task_attempts", SQL_TASK_ATTEMPTS, 3},
         {"job_get", SQL_JOB_GET, 2},
         {"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
         {"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
@@ -619,6 +635,32 @@ struct job_op *job_get(struct engine *e, const char *project_id, const char *job
 	snprintf(op->job_id, sizeof op->job_id, "%s", job_id);
 	const char *values[2] = {job_id, project_id};
 	op->q = pg_pool_query_prepared(e->pool, "job_get", 2, values, job_get_result_cb, op);
+	return op;
+}
+
+static bool task_attempts_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *attempts = NULL;
+	if (res && PQntuples(res) == 1)
+		attempts = col_json(res, 0, 0);
+	op->cb.list(attempts, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
+                                 const char *task_id, job_list_cb cb, void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_ATTEMPTS;
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	const char *values[3] = {task_id, job_id, project_id};
+	op->q = pg_pool_query_prepared(e->pool, "task_attempts", 3, values, task_attempts_result_cb,
+	                               op);
 	return op;
 }
 
@@ -763,24 +805,29 @@ struct submit_batch {
 #define SQL_JOB_SUBMIT                                                                             \
 	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "   \
 	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "      \
-	"request_id text, created_at timestamptz, logs_key text, event_seq bigint)), "             \
+	"request_id text, created_at timestamptz, logs_key text, event_seq bigint, "               \
+	"resume_from jsonb)), "                                                                    \
 	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, "                \
 	"idempotency_key, "                                                                        \
-	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev) "              \
+	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev, resume_from) " \
 	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "              \
-	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, 1 " \
+	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, "   \
+	"1, "                                                                                      \
+	"resume_from "                                                                             \
 	"FROM x ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id), "              \
 	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, "           \
 	"depends_on, "                                                                             \
-	"required, status, max_retries, backoff_ms, timeout_ms, params, ready_at) "                \
+	"required, status, max_retries, backoff_ms, timeout_ms, params, ready_at, skip_reason, "   \
+	"completed_at) "                                                                           \
 	"SELECT y.id, y.job_id, y.project_id, y.stage, y.stage_number, y.module, "                 \
 	"ARRAY(SELECT jsonb_array_elements_text(y.depends_on)), y.required, y.status, "            \
-	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at "                         \
+	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at, y.skip_reason, "         \
+	"CASE WHEN y.status = 'skipped' THEN y.ready_at END "                                      \
 	"FROM jsonb_to_recordset($2::jsonb) AS y(id uuid, job_id uuid, project_id text, "          \
 	"stage text, stage_number int, module text, depends_on jsonb, required bool, status "      \
 	"text, "                                                                                   \
 	"max_retries int, backoff_ms bigint, timeout_ms bigint, params jsonb, ready_at "           \
-	"timestamptz) WHERE y.job_id IN (SELECT id FROM j)), "                                     \
+	"timestamptz, skip_reason text) WHERE y.job_id IN (SELECT id FROM j)), "                   \
 	"e AS (INSERT INTO job_events (job_id, seq, project_id, ts, kind, task_id, stage, "        \
 	"status_from, status_to, reason, request_id, data) "                                       \
 	"SELECT z.job_id, z.seq, z.project_id, z.ts, z.kind, z.task_id, z.stage, z.status_from, "  \
@@ -844,7 +891,10 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 		const struct stage_def *st = &p->stages[i];
 		char tid[ID_UUID_LEN + 1];
 		id_uuid7_at(tid, (uint64_t)(now / 1000));
-		bool root = st->nneeds == 0;
+		bool reused = s->reused && s->reused[i];
+		bool root = !reused;
+		for (size_t k = 0; k < st->nneeds && root; k++)
+			root = s->reused && s->reused[st->dep_idx[k]];
 		json_t *deps = json_array();
 		for (size_t k = 0; k < st->nneeds; k++)
 			json_array_append_new(deps, json_string(st->needs[k]));
@@ -853,24 +903,46 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 		        op->rows_tasks,
 		        json_pack(
 		                "{s:s, s:s, s:s, s:s, s:i, s:s, s:O, s:b, s:s, s:i, s:I, s:I, s:o, "
-		                "s:s?}",
+		                "s:s?, s:s?}",
 		                "id", tid, "job_id", id, "project_id", s->project_id, "stage",
 		                st->name, "stage_number", st->stage_number, "module", st->module,
 		                "depends_on", deps, "required", st->required, "status",
-		                root ? "ready" : "pending", "max_retries", st->retries,
-		                "backoff_ms", (json_int_t)st->backoff_ms, "timeout_ms",
+		                reused ? "skipped"
+		                : root ? "ready"
+		                       : "pending",
+		                "max_retries", st->retries, "backoff_ms",
+		                (json_int_t)st->backoff_ms, "timeout_ms",
 		                (json_int_t)st->timeout_ms, "params", params, "ready_at",
-		                root ? ts : NULL));
+		                root || reused ? ts : NULL, "skip_reason",
+		                reused ? "reused" : NULL));
 		json_array_append_new(
-		        tasks,
-		        json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
-		                  "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
-		                  "id", tid, "stage", st->name, "stage_number", st->stage_number,
-		                  "module", st->module, "engine_id", "depends_on", deps, "required",
-		                  st->required, "status", root ? "ready" : "pending", "attempt", 0,
-		                  "retries", 0, "max_retries", st->retries, "duration_ms",
-		                  "progress", 0.0, "error", "skip_reason", "ready_us",
-		                  (json_int_t)(root ? now : 0), "started_us", "completed_us"));
+		        tasks, json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
+		                         "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
+		                         "id", tid, "stage", st->name, "stage_number",
+		                         st->stage_number, "module", st->module, "engine_id",
+		                         "depends_on", deps, "required", st->required, "status",
+		                         reused ? "skipped"
+		                         : root ? "ready"
+		                                : "pending",
+		                         "attempt", 0, "retries", 0, "max_retries", st->retries,
+		                         "duration_ms", "progress", 0.0, "error", "skip_reason",
+		                         "ready_us", (json_int_t)(root ? now : 0), "started_us",
+		                         "completed_us"));
+		if (reused) {
+			json_t *row = json_array_get(tasks, json_array_size(tasks) - 1);
+			json_object_set_new(row, "skip_reason", json_string("reused"));
+			json_object_set_new(row, "completed_us", json_integer(now));
+			json_array_append_new(
+			        op->rows_events,
+			        json_pack(
+			                "{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s?, "
+			                "s:o}",
+			                "job_id", id, "seq", (json_int_t)++seq, "project_id",
+			                s->project_id, "ts", ts, "kind", "job.stage.skipped",
+			                "task_id", tid, "stage", st->name, "status_from", "pending",
+			                "status_to", "skipped", "reason", "reused", "request_id",
+			                s->request_id, "data", counts_json(p->nstages)));
+		}
 		if (root) {
 			op->nready++;
 			json_array_append_new(
@@ -890,11 +962,11 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 	hex32(s->request_hash, op->hash_hex);
 	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
 	op->rows_job =
-	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I}", "id", id,
-	                  "project_id", s->project_id, "pipeline", p->name, "params", s->params,
+	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?}", "id",
+	                  id, "project_id", s->project_id, "pipeline", p->name, "params", s->params,
 	                  "input", s->input, "idempotency_key", s->idempotency_key, "request_hash",
 	                  op->hash_hex, "request_id", s->request_id, "created_at", ts, "logs_key",
-	                  logs_key, "event_seq", (json_int_t)seq);
+	                  logs_key, "event_seq", (json_int_t)seq, "resume_from", s->resume_from);
 	struct job_row jr = {
 	        .id = id,
 	        .project_id = s->project_id,
@@ -975,8 +1047,10 @@ static void submit_announce(struct engine *e, struct job_op *op, const PGresult 
 			         LF_INT("tasks_failed", 0), LF_INT("tasks_running", 0),
 			         LF_STR("request_id", ev.request_id));
 		else
-			log_info(ev.kind, "stage ready", LF_STR("job_id", ev.job_id),
-			         LF_STR("project_id", ev.project_id),
+			log_info(ev.kind,
+			         strcmp(ev.kind, "job.stage.ready") == 0 ? "stage ready"
+			                                                 : "stage skipped",
+			         LF_STR("job_id", ev.job_id), LF_STR("project_id", ev.project_id),
 			         LF_STR("pipeline", ev.pipeline), LF_STR("task_id", ev.task_id),
 			         LF_STR("stage", ev.stage), LF_STR("status_from", ev.status_from),
 			         LF_STR("status_to", ev.status_to), LF_STR("reason", ev.reason),
@@ -1202,6 +1276,7 @@ void job_op_cancel(struct job_op *op)
 		break;
 	case OP_GET:
 	case OP_LIST:
+	case OP_ATTEMPTS:
 		pg_pool_cancel(op->q);
 		job_op_free(op);
 		break;
@@ -1239,7 +1314,8 @@ void job_op_cancel(struct job_op *op)
 	"IS NOT NULL AND t.status = 'running' THEN (extract(epoch from now() - t.started_at) * "   \
 	"1000)::bigint WHEN x.to_ IN ('pending', 'ready') THEN NULL ELSE t.duration_ms END, "      \
 	"attempt = t.attempt + (x.to_ = 'running')::int, "                                         \
-	"retries = t.retries + (t.status = 'running' AND x.to_ = 'ready' "                         \
+	"retries = CASE WHEN x.to_ = 'pending' THEN 0 ELSE t.retries END + (t.status = "           \
+	"'running' AND x.to_ = 'ready' "                                                           \
 	"AND NOT coalesce(x.keep_retries, false))::int, "                                          \
 	"output = CASE WHEN x.to_ = 'completed' THEN x.output WHEN x.to_ = 'pending' THEN NULL "   \
 	"ELSE t.output END, "                                                                      \
@@ -1394,6 +1470,13 @@ static char *dup_or_null(const char *s)
 bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status from,
                     enum job_status to, const char *reason, const json_t *error)
 {
+	return job_set_status_data(t, j, from, to, reason, error, NULL);
+}
+
+bool job_set_status_data(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                         enum job_status to, const char *reason, const json_t *error,
+                         const json_t *data)
+{
 	const char *kind = job_lifecycle_kind(from, to);
 	if (kind == NULL) {
 		log_error("job.invalid_transition", "refused a job status change",
@@ -1417,6 +1500,9 @@ bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status 
 	                                         job_status_name(from), "to_", job_status_name(to),
 	                                         "reason", reason, "error", error, "kind", kind,
 	                                         "request_id", j->request_id));
+	if (data)
+		json_object_set(json_array_get(t->jobs, json_array_size(t->jobs) - 1), "data",
+		                (json_t *)data);
 	return true;
 }
 
@@ -1427,6 +1513,7 @@ static const char *task_stage_kind(enum task_status to)
 	case TASK_READY: return "job.stage.ready";
 	case TASK_SKIPPED: return "job.stage.skipped";
 	case TASK_CANCELLED: return "job.stage.cancelled";
+	case TASK_PENDING: return "job.stage.reset"; /* retry-from-stage */
 	default: return NULL; /* module edges name their job.module.* kind */
 	}
 }

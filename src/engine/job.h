@@ -61,6 +61,11 @@ struct job_submit {
 	const char *idempotency_key; /* NULL when none */
 	unsigned char request_hash[32]; /* SHA-256 of the canonical request */
 	const char *request_id;
+	/* resume_from: {job_id, stage} as given (kept on the job), and per
+	 * stage (pipeline order) whether it is taken over from that job:
+	 * created skipped with skip_reason "reused". NULL for none. */
+	const json_t *resume_from;
+	const bool *reused;
 };
 
 enum job_submit_result {
@@ -144,6 +149,10 @@ struct job_txn *job_txn_new(struct engine *e);
 bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status from,
                     enum job_status to, const char *reason, const json_t *error)
         __attribute__((warn_unused_result));
+/* As job_set_status, with the event's own fields (data, an object). */
+bool job_set_status_data(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                         enum job_status to, const char *reason, const json_t *error,
+                         const json_t *data) __attribute__((warn_unused_result));
 bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_status from,
                      enum task_status to, const char *reason, const struct task_set_opts *o)
         __attribute__((warn_unused_result));
@@ -159,6 +168,13 @@ void job_txn_commit(struct job_txn *t, job_txn_cb cb, void *arg);
 void job_txn_detach(struct job_txn *t);
 /* Frees a batch never committed. */
 void job_txn_free(struct job_txn *t);
+
+/* The attempts of a task of the project's job, oldest first: a JSON array
+ * (owned by the callback) of {attempt, instance_id, pid, started_at,
+ * ended_at, outcome, exit_code, signal, error, wait_ms, fetch_ms, run_ms,
+ * upload_ms, cpu_seconds, max_rss_bytes}; NULL when there is no such task. */
+struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
+                                 const char *task_id, job_list_cb cb, void *arg);
 
 /* SHA-256 of the request body in canonical form (sorted keys, compact):
  * what an Idempotency-Key is bound to. Pure. */

@@ -186,7 +186,7 @@ struct scheduler {
 	void (*drain_done)(void *arg);
 	void *drain_arg;
 	struct pg_pool_query *hb_q, *rescue_q, *stuck_q, *stats_q, *progress_q;
-	struct pg_pool_query **adv_qs; /* reads in flight, for cancel at free */
+	struct event_sub *bus_sub; /* this instance's own job changes */
 	uint64_t rnd;
 };
 
@@ -1536,6 +1536,25 @@ static void hb_timer_cb(evutil_socket_t fd, short what, void *arg)
 	heartbeat_send(arg, NULL);
 }
 
+/* A job this instance stopped (DELETE here, or a required stage failing
+ * here) stops its tasks running here at once; other instances hear of it
+ * through NOTIFY and the heartbeat. */
+static void sched_bus_cb(const struct sl_event *ev, void *arg)
+{
+	struct scheduler *s = arg;
+	if (ev->task_id != NULL || strncmp(ev->kind, "job.lifecycle.", 14) != 0)
+		return;
+	bool cancelled = strcmp(ev->status_to, "cancelled") == 0;
+	if (!cancelled && strcmp(ev->status_to, "failed") != 0)
+		return;
+	struct stask *t;
+	TAILQ_FOREACH(t, &s->tasks, link)
+	{
+		if (strcmp(t->job_id, ev->job_id) == 0 && t->state != ST_COMMIT)
+			stask_stop(t, cancelled ? "job_cancelled" : "job_failed", false);
+	}
+}
+
 void scheduler_on_job_notify(struct scheduler *s, const char *payload)
 {
 	if (s == NULL || payload == NULL)
@@ -1780,6 +1799,7 @@ struct scheduler *scheduler_start(struct engine *e, struct store *store,
 		if (d->persistent)
 			module_runner_set_stderr_cb(s->runners[i].r, runner_stderr_cb, s);
 	}
+	s->bus_sub = event_bus_subscribe(e->bus, sched_bus_cb, s);
 	struct event_base *b = s->app->base;
 	s->kick_ev = event_new(b, -1, 0, kick_cb, s);
 	s->commit_ev = event_new(b, -1, 0, commit_cb, s);
@@ -1884,6 +1904,7 @@ void scheduler_free(struct scheduler *s)
 	for (size_t i = 0; i < s->nrunners; i++)
 		module_runner_free(s->runners[i].r);
 	free(s->runners);
+	event_sub_cancel(s->bus_sub);
 	pg_pool_cancel(s->hb_q);
 	pg_pool_cancel(s->rescue_q);
 	pg_pool_cancel(s->stuck_q);

@@ -18,6 +18,7 @@
 #include "db/pg.h"
 #include "engine/job.h"
 #include "engine/pipeline.h"
+#include "engine/scheduler.h"
 #include "http/api.h"
 #include "http/auth.h"
 #include "http/server.h"
@@ -186,6 +187,156 @@ static bool media_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
+/* resume_from: {job_id, stage}; problems go to errors. */
+static void resume_check(const json_t *r, const struct pipeline *pipe, json_t *errors,
+                         size_t *stage_idx)
+{
+	if (!json_is_object(r)) {
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "resume_from",
+		                                        "message", "must be an object"));
+		return;
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach((json_t *)r, key, v)
+	{
+		if (strcmp(key, "job_id") != 0 && strcmp(key, "stage") != 0) {
+			char *f = xasprintf("resume_from.%s", key);
+			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", f, "message",
+			                                        "unknown field"));
+			free(f);
+		}
+	}
+	const json_t *jid = json_object_get(r, "job_id");
+	if (!json_is_string(jid) || !id_uuid_valid(json_string_value(jid)))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "resume_from.job_id",
+		                                        "message",
+		                                        jid ? "must be a job id" : "is required"));
+	const json_t *st = json_object_get(r, "stage");
+	const struct stage_def *sd = NULL;
+	if (!json_is_string(st))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "resume_from.stage",
+		                                        "message",
+		                                        st ? "must be a string" : "is required"));
+	else if (pipe && (sd = pipeline_stage_find(pipe, json_string_value(st))) == NULL)
+		json_array_append_new(errors,
+		                      json_pack("{s:s, s:s}", "field", "resume_from.stage",
+		                                "message", "no such stage in the pipeline"));
+	if (sd)
+		*stage_idx = (size_t)(sd - pipe->stages);
+}
+
+struct resume_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	char project[AUTH_PROJECT_MAX + 1];
+	json_t *doc, *effective;
+	char *idem;
+	const struct pipeline *pipe;
+	size_t stage_idx;
+	unsigned char hash[32];
+	bool *reused;
+};
+
+static void resume_call_free(struct resume_call *rc)
+{
+	json_decref(rc->doc);
+	json_decref(rc->effective);
+	free(rc->idem);
+	free(rc->reused);
+	free(rc);
+}
+
+static void resume_abort_cb(struct http_req *req, void *arg)
+{
+	struct resume_call *rc = arg;
+	job_op_cancel(rc->op);
+	resume_call_free(rc);
+}
+
+static void resume_submit_done_cb(enum job_submit_result r, json_t *job, int64_t rev,
+                                  const struct pg_error *err, void *arg)
+{
+	struct resume_call *rc = arg;
+	struct job_call *c = xcalloc(1, sizeof *c);
+	c->ctx = rc->ctx;
+	c->req = rc->req;
+	resume_call_free(rc);
+	submit_done_cb(r, job, rev, err, c);
+}
+
+static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct resume_call *rc = arg;
+	struct http_req *req = rc->req;
+	rc->op = NULL;
+	(void)rev;
+	if (err || earlier == NULL) {
+		if (err)
+			reply_db_error(req, err);
+		else
+			http_reply_problem(req, 404, "not-found", NULL,
+			                   "resume_from.job_id: no such job in this project", NULL);
+		resume_call_free(rc);
+		return;
+	}
+	const char *ep = json_string_value(json_object_get(earlier, "pipeline"));
+	if (ep == NULL || strcmp(ep, rc->pipe->name) != 0) {
+		json_decref(earlier);
+		reply_field_422(req, "resume_from.job_id", "the earlier job ran another pipeline");
+		resume_call_free(rc);
+		return;
+	}
+	/* The stage and its dependents run again; every other stage is taken
+	 * over, and must have completed in the earlier job. */
+	size_t n = rc->pipe->nstages;
+	bool *rerun = xcalloc(n, sizeof *rerun);
+	pipeline_stage_closure(rc->pipe, rc->stage_idx, rerun);
+	rc->reused = xcalloc(n, sizeof *rc->reused);
+	json_t *missing = json_array();
+	for (size_t i = 0; i < n; i++) {
+		if (rerun[i])
+			continue;
+		rc->reused[i] = true;
+		const char *status = NULL;
+		size_t k;
+		json_t *st;
+		json_array_foreach(json_object_get(earlier, "stages"), k, st)
+		{
+			if (strcmp(json_string_value(json_object_get(st, "stage")),
+			           rc->pipe->stages[i].name) == 0)
+				status = json_string_value(json_object_get(st, "status"));
+		}
+		if (status == NULL || strcmp(status, "completed") != 0)
+			json_array_append_new(missing, json_string(rc->pipe->stages[i].name));
+	}
+	free(rerun);
+	json_decref(earlier);
+	if (json_array_size(missing) > 0) {
+		json_t *extra = json_pack("{s:o}", "stages", missing);
+		http_reply_problem(req, 409, "resume-not-possible", "Cannot resume",
+		                   "stages to take over did not complete in the earlier job",
+		                   extra);
+		json_decref(extra);
+		resume_call_free(rc);
+		return;
+	}
+	json_decref(missing);
+	struct job_submit s = {
+	        .project_id = rc->project,
+	        .pipeline = rc->pipe,
+	        .params = rc->effective,
+	        .input = json_object_get(rc->doc, "input"),
+	        .idempotency_key = rc->idem,
+	        .request_id = http_req_id(req),
+	        .resume_from = json_object_get(rc->doc, "resume_from"),
+	        .reused = rc->reused,
+	};
+	memcpy(s.request_hash, rc->hash, sizeof s.request_hash);
+	rc->op = job_submit(rc->ctx->engine, &s, resume_submit_done_cb, rc);
+}
+
 static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
@@ -217,7 +368,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	json_object_foreach(doc, key, val)
 	{
 		if (strcmp(key, "pipeline") != 0 && strcmp(key, "params") != 0 &&
-		    strcmp(key, "input") != 0)
+		    strcmp(key, "input") != 0 && strcmp(key, "resume_from") != 0)
 			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key,
 			                                        "message", "unknown field"));
 	}
@@ -252,6 +403,10 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 		}
 		free(ps);
 	}
+	const json_t *resume = json_object_get(doc, "resume_from");
+	size_t resume_stage = 0;
+	if (resume)
+		resume_check(resume, pipe, errors, &resume_stage);
 	json_t *effective = NULL;
 	if (pipe && json_array_size(errors) == 0) {
 		json_t *perr = pipeline_check_params(pipe, params, &effective);
@@ -284,6 +439,24 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	        .request_id = http_req_id(req),
 	};
 	job_request_hash(doc, s.request_hash);
+	if (resume) {
+		/* The earlier job decides which stages are taken over. */
+		struct resume_call *rc = xcalloc(1, sizeof *rc);
+		rc->ctx = ctx;
+		rc->req = req;
+		snprintf(rc->project, sizeof rc->project, "%s", p->project_id);
+		rc->doc = doc;
+		rc->effective = effective;
+		rc->idem = idem ? xstrdup(idem) : NULL;
+		rc->pipe = pipe;
+		rc->stage_idx = resume_stage;
+		memcpy(rc->hash, s.request_hash, sizeof rc->hash);
+		http_req_on_abort(req, resume_abort_cb, rc);
+		rc->op = job_get(ctx->engine, rc->project,
+		                 json_string_value(json_object_get(resume, "job_id")),
+		                 resume_got_cb, rc);
+		return;
+	}
 	struct job_call *c = job_call_new(ctx, req, p);
 	http_req_on_abort(req, job_call_abort_cb, c);
 	c->op = job_submit(ctx->engine, &s, submit_done_cb, c);
@@ -587,6 +760,373 @@ static void jobs_cancel(struct http_req *req, void *arg)
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_cancel_authed, ctx);
 }
 
+/* --- POST /v1/jobs/{id}/retry ------------------------------------------- */
+
+struct retry_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	struct job_txn *txn;
+	char project[AUTH_PROJECT_MAX + 1];
+	char job_id[ID_UUID_LEN + 1];
+	char *from_stage; /* NULL: the first failed stage */
+};
+
+static void retry_call_free(struct retry_call *c)
+{
+	free(c->from_stage);
+	free(c);
+}
+
+static void retry_abort_cb(struct http_req *req, void *arg)
+{
+	struct retry_call *c = arg;
+	job_op_cancel(c->op);
+	if (c->txn)
+		job_txn_detach(c->txn);
+	retry_call_free(c);
+}
+
+static void retry_reply_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct retry_call *c = arg;
+	struct http_req *req = c->req;
+	retry_call_free(c);
+	if (err || job == NULL) {
+		if (err)
+			reply_db_error(req, err);
+		else
+			reply_no_such_job(req);
+		return;
+	}
+	set_etag(req, rev);
+	http_reply_json(req, 202, job);
+}
+
+static void retry_done_cb(size_t applied, size_t total, const bool *which,
+                          const struct pg_error *err, void *arg)
+{
+	struct retry_call *c = arg;
+	c->txn = NULL;
+	(void)applied;
+	(void)total;
+	if (err) {
+		struct http_req *req = c->req;
+		retry_call_free(c);
+		reply_db_error(req, err);
+		return;
+	}
+	if (!which[0]) { /* the job moved on between the read and the write */
+		struct http_req *req = c->req;
+		retry_call_free(c);
+		http_reply_problem(
+		        req, 409, "conflict", "Conflict",
+		        "the job changed while it was being retried; read it and try again", NULL);
+		return;
+	}
+	scheduler_advance(c->ctx->sched, c->job_id);
+	c->op = job_get(c->ctx->engine, c->project, c->job_id, retry_reply_cb, c);
+}
+
+static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct retry_call *c = arg;
+	struct http_req *req = c->req;
+	c->op = NULL;
+	(void)rev;
+	if (err || job == NULL) {
+		retry_call_free(c);
+		if (err)
+			reply_db_error(req, err);
+		else
+			reply_no_such_job(req);
+		return;
+	}
+	enum job_status st = JOB_PENDING;
+	(void)job_status_parse(json_string_value(json_object_get(job, "status")), &st);
+	const char *pname = json_string_value(json_object_get(job, "pipeline"));
+	const struct pipeline *pipe = pipeline_set_find(c->ctx->pipelines, pname);
+	json_t *stages = json_object_get(job, "stages");
+	const char *problem = NULL;
+	bool running = false;
+	size_t i;
+	json_t *stg;
+	json_array_foreach(stages, i, stg)
+	{
+		if (strcmp(json_string_value(json_object_get(stg, "status")), "running") == 0)
+			running = true;
+	}
+	if (!job_status_terminal(st))
+		problem = "the job has not finished; cancel it first or wait";
+	else if (running)
+		problem = "a stage of the job is still stopping; retry in a moment";
+	else if (pipe == NULL || pipe->nstages != json_array_size(stages))
+		problem = "the job's pipeline is no longer configured as it ran";
+	if (problem) {
+		json_t *extra = json_pack("{s:s}", "job_status", job_status_name(st));
+		http_reply_problem(req, 409, "job-not-finished", "Job not retryable", problem,
+		                   extra);
+		json_decref(extra);
+		json_decref(job);
+		retry_call_free(c);
+		return;
+	}
+	/* stages come in stage_number order, as pipe->stages */
+	ssize_t from = -1;
+	if (c->from_stage) {
+		const struct stage_def *sd = pipeline_stage_find(pipe, c->from_stage);
+		if (sd == NULL) {
+			json_decref(job);
+			retry_call_free(c);
+			reply_field_422(req, "from_stage", "no such stage in the job's pipeline");
+			return;
+		}
+		from = sd - pipe->stages;
+	} else {
+		const char *want[] = {"failed", "cancelled"};
+		for (size_t w = 0; w < 2 && from < 0; w++) {
+			json_array_foreach(stages, i, stg)
+			{
+				if (strcmp(json_string_value(json_object_get(stg, "status")),
+				           want[w]) == 0) {
+					from = (ssize_t)i;
+					break;
+				}
+			}
+		}
+	}
+	if (from < 0) {
+		json_decref(job);
+		retry_call_free(c);
+		http_reply_problem(req, 409, "nothing-to-retry", "Nothing to retry",
+		                   "every stage completed; name one with from_stage", NULL);
+		return;
+	}
+	bool *reset = xcalloc(pipe->nstages, sizeof *reset);
+	pipeline_stage_closure(pipe, (size_t)from, reset);
+	struct job_ref jr = {c->job_id, c->project, pname, http_req_id(req)};
+	c->txn = job_txn_new(c->ctx->engine);
+	int attempt = (int)json_integer_value(json_object_get(job, "attempt"));
+	json_t *data = json_pack("{s:i, s:s}", "attempt", attempt + 1, "from_stage",
+	                         pipe->stages[from].name);
+	bool ok = job_set_status_data(c->txn, &jr, st, JOB_QUEUED, "requested", NULL, data);
+	json_decref(data);
+	json_array_foreach(stages, i, stg)
+	{
+		enum task_status ts;
+		if (!reset[i] ||
+		    !task_status_parse(json_string_value(json_object_get(stg, "status")), &ts) ||
+		    ts == TASK_PENDING)
+			continue;
+		struct task_ref tr = {json_string_value(json_object_get(stg, "task_id")),
+		                      c->job_id,
+		                      c->project,
+		                      pname,
+		                      json_string_value(json_object_get(stg, "stage")),
+		                      http_req_id(req)};
+		struct task_set_opts o = {.with_job = true};
+		ok = task_set_status(c->txn, &tr, ts, TASK_PENDING, "retry", &o) && ok;
+	}
+	free(reset);
+	json_decref(job);
+	if (!ok) {
+		job_txn_free(c->txn);
+		retry_call_free(c);
+		http_reply_problem(req, 500, "internal", NULL, "the job could not be retried",
+		                   NULL);
+		return;
+	}
+	job_txn_commit(c->txn, retry_done_cb, c);
+}
+
+static void jobs_retry_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	char id[ID_UUID_LEN + 1];
+	if (!job_id_param(req, id))
+		return;
+	size_t len;
+	const char *body = http_req_body(req, &len);
+	char *from = NULL;
+	if (len > 0) {
+		const char *ctype = http_req_header(req, "Content-Type");
+		if (ctype && !media_type_is_json(ctype)) {
+			http_reply_problem(req, 415, "unsupported-media-type", NULL,
+			                   "the body must be application/json", NULL);
+			return;
+		}
+		json_error_t jerr;
+		json_t *doc =
+		        json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+		if (doc == NULL) {
+			char *detail = xasprintf("invalid JSON at line %d, column %d: %s",
+			                         jerr.line, jerr.column, jerr.text);
+			http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
+			free(detail);
+			return;
+		}
+		json_t *errors = json_array();
+		if (!json_is_object(doc)) {
+			json_array_append_new(errors,
+			                      json_pack("{s:s, s:s}", "field", "", "message",
+			                                "the body must be a JSON object"));
+		} else {
+			const char *key;
+			json_t *v;
+			json_object_foreach(doc, key, v)
+			{
+				if (strcmp(key, "from_stage") != 0)
+					json_array_append_new(
+					        errors, json_pack("{s:s, s:s}", "field", key,
+					                          "message", "unknown field"));
+			}
+			json_t *fs = json_object_get(doc, "from_stage");
+			if (fs && !json_is_string(fs) && !json_is_null(fs))
+				json_array_append_new(errors,
+				                      json_pack("{s:s, s:s}", "field", "from_stage",
+				                                "message", "must be a string"));
+			else if (json_is_string(fs))
+				from = xstrdup(json_string_value(fs));
+		}
+		json_decref(doc);
+		if (json_array_size(errors) > 0) {
+			free(from);
+			reply_422(req, "the request has invalid fields", errors);
+			return;
+		}
+		json_decref(errors);
+	}
+	struct retry_call *c = xcalloc(1, sizeof *c);
+	c->ctx = ctx;
+	c->req = req;
+	c->from_stage = from;
+	snprintf(c->project, sizeof c->project, "%s", p->project_id);
+	memcpy(c->job_id, id, sizeof c->job_id);
+	http_req_on_abort(req, retry_abort_cb, c);
+	c->op = job_get(ctx->engine, c->project, c->job_id, retry_got_cb, c);
+}
+
+static void jobs_retry(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_retry_authed, ctx);
+}
+
+/* --- GET /v1/jobs/{id}/tasks/{task_id} ------------------------------------ */
+
+struct task_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	char project[AUTH_PROJECT_MAX + 1];
+	char job_id[ID_UUID_LEN + 1], task_id[ID_UUID_LEN + 1];
+	json_t *task;
+};
+
+static void task_call_free(struct task_call *c)
+{
+	json_decref(c->task);
+	free(c);
+}
+
+static void task_abort_cb(struct http_req *req, void *arg)
+{
+	struct task_call *c = arg;
+	job_op_cancel(c->op);
+	task_call_free(c);
+}
+
+static void reply_no_such_task(struct http_req *req)
+{
+	http_reply_problem(req, 404, "not-found", NULL, "no such task in this job", NULL);
+}
+
+static void task_attempts_cb(json_t *attempts, const struct pg_error *err, void *arg)
+{
+	struct task_call *c = arg;
+	struct http_req *req = c->req;
+	c->op = NULL;
+	if (err || attempts == NULL) {
+		task_call_free(c);
+		if (err)
+			reply_db_error(req, err);
+		else
+			reply_no_such_task(req);
+		return;
+	}
+	json_t *t = c->task;
+	c->task = NULL;
+	task_call_free(c);
+	json_object_set_new(t, "attempts", attempts);
+	http_reply_json(req, 200, t);
+}
+
+static void task_got_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct task_call *c = arg;
+	struct http_req *req = c->req;
+	c->op = NULL;
+	(void)rev;
+	if (err || job == NULL) {
+		task_call_free(c);
+		if (err)
+			reply_db_error(req, err);
+		else
+			reply_no_such_job(req);
+		return;
+	}
+	size_t i;
+	json_t *stg;
+	json_array_foreach(json_object_get(job, "stages"), i, stg)
+	{
+		if (strcmp(json_string_value(json_object_get(stg, "task_id")), c->task_id) == 0) {
+			c->task = json_deep_copy(stg);
+			break;
+		}
+	}
+	json_decref(job);
+	if (c->task == NULL) {
+		task_call_free(c);
+		reply_no_such_task(req);
+		return;
+	}
+	json_object_set_new(c->task, "job_id", json_string(c->job_id));
+	c->op = job_task_attempts(c->ctx->engine, c->project, c->job_id, c->task_id,
+	                          task_attempts_cb, c);
+}
+
+static void jobs_task_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	char id[ID_UUID_LEN + 1];
+	if (!job_id_param(req, id))
+		return;
+	const char *tid = http_req_param(req, "task_id");
+	if (!id_uuid_valid(tid)) {
+		reply_no_such_task(req);
+		return;
+	}
+	struct task_call *c = xcalloc(1, sizeof *c);
+	c->ctx = ctx;
+	c->req = req;
+	snprintf(c->project, sizeof c->project, "%s", p->project_id);
+	memcpy(c->job_id, id, sizeof c->job_id);
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		c->task_id[i] = (char)((tid[i] >= 'A' && tid[i] <= 'F') ? tid[i] + 32 : tid[i]);
+	http_req_on_abort(req, task_abort_cb, c);
+	c->op = job_get(ctx->engine, c->project, c->job_id, task_got_cb, c);
+}
+
+static void jobs_task(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_task_authed, ctx);
+}
+
 /* --- GET /v1/pipelines --------------------------------------------------- */
 
 static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
@@ -612,5 +1152,7 @@ bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 	       http_route(r, HTTP_M_GET, "/v1/jobs", jobs_list, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}", jobs_get, ctx) &&
 	       http_route(r, HTTP_M_DELETE, "/v1/jobs/{id}", jobs_cancel, ctx) &&
+	       http_route(r, HTTP_M_POST, "/v1/jobs/{id}/retry", jobs_retry, ctx) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}", jobs_task, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/pipelines", pipelines_list, ctx);
 }
