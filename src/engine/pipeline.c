@@ -1464,13 +1464,3 @@ json_t *pipeline_stage_params(const struct stage_def *s, const json_t *job_param
 	}
 	return out;
 }
-
-void pipeline_stage_closure(const struct pipeline *p, size_t idx, bool *out)
-{
-	for (size_t i = 0; i < p->nstages; i++)
-		out[i] = i == idx;
-	/* stages[] is topological: one pass reaches every dependent. */
-	for (size_t i = idx + 1; i < p->nstages; i++)
-		for (size_t k = 0; k < p->stages[i].nneeds && !out[i]; k++)
-			out[i] = out[p->stages[i].dep_idx[k]];
-}

@@ -130,8 +130,4 @@ json_t *pipeline_check_params(const struct pipeline *p, const json_t *params, js
  * object replaces an object whole. New reference. */
 json_t *pipeline_stage_params(const struct stage_def *s, const json_t *job_params);
 
-/* out[i] (p->nstages entries) is true for stage idx and every stage that
- * depends on it, directly or not: what a retry from idx re-runs. Pure. */
-void pipeline_stage_closure(const struct pipeline *p, size_t idx, bool *out);
-
 #endif

@@ -88,7 +88,10 @@ enum adv_job scheduler_advance_plan(struct adv_task *t, size_t n, size_t *failed
 			all_done = false;
 			if (ds == ADV_FAILED || ds == ADV_CANCELLED || ds == ADV_SKIPPED) {
 				blocked = true;
-				t[i].cause = ds == ADV_SKIPPED ? d->cause : t[i].deps[k];
+				/* a dependency skipped in this pass passes its cause on */
+				t[i].cause = ds == ADV_SKIPPED && d->status != ADV_SKIPPED
+				                     ? d->cause
+				                     : t[i].deps[k];
 				break;
 			}
 		}

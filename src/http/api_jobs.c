@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/xmalloc.h"
 #include "db/pg.h"
+#include "engine/dag.h"
 #include "engine/job.h"
 #include "engine/pipeline.h"
 #include "engine/scheduler.h"
@@ -292,7 +293,7 @@ static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *e
 	 * over, and must have completed in the earlier job. */
 	size_t n = rc->pipe->nstages;
 	bool *rerun = xcalloc(n, sizeof *rerun);
-	pipeline_stage_closure(rc->pipe, rc->stage_idx, rerun);
+	dag_descendants(rc->pipe->dag, rc->stage_idx, true, rerun);
 	rc->reused = xcalloc(n, sizeof *rc->reused);
 	json_t *missing = json_array();
 	for (size_t i = 0; i < n; i++) {
@@ -903,7 +904,7 @@ static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, v
 		return;
 	}
 	bool *reset = xcalloc(pipe->nstages, sizeof *reset);
-	pipeline_stage_closure(pipe, (size_t)from, reset);
+	dag_descendants(pipe->dag, (size_t)from, true, reset);
 	struct job_ref jr = {c->job_id, c->project, pname, http_req_id(req)};
 	c->txn = job_txn_new(c->ctx->engine);
 	int attempt = (int)json_integer_value(json_object_get(job, "attempt"));
