@@ -1297,7 +1297,7 @@ void job_op_cancel(struct job_op *op)
 	"x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(ord int, id uuid, job_id uuid, "   \
 	"from_ text, to_ text, reason text, kind text, stage text, lease uuid, skip_reason text, " \
 	"error jsonb, not_before timestamptz, request_id text, data jsonb, with_job bool, "        \
-	"output jsonb, att jsonb, keep_retries bool)), "                                           \
+	"output jsonb, att jsonb, keep_retries bool, artifacts jsonb)), "                          \
 	"jl AS (SELECT j.id, j.status, j.project_id, j.pipeline, j.created_at, j.queued_at, "      \
 	"j.started_at FROM jobs j WHERE j.id IN (SELECT id FROM y UNION SELECT job_id FROM x) "    \
 	"ORDER BY j.id FOR UPDATE), "                                                              \
@@ -1319,6 +1319,8 @@ void job_op_cancel(struct job_op *op)
 	"AND NOT coalesce(x.keep_retries, false))::int, "                                          \
 	"output = CASE WHEN x.to_ = 'completed' THEN x.output WHEN x.to_ = 'pending' THEN NULL "   \
 	"ELSE t.output END, "                                                                      \
+	"artifacts = CASE WHEN x.to_ = 'completed' THEN x.artifacts WHEN x.to_ = 'pending' THEN "  \
+	"NULL ELSE t.artifacts END, "                                                              \
 	"engine_id = CASE WHEN x.to_ = 'pending' THEN NULL ELSE coalesce(x.data->>'engine_id', "   \
 	"t.engine_id) END, "                                                                       \
 	"skip_reason = CASE WHEN x.to_ = 'skipped' THEN x.skip_reason WHEN x.to_ = 'pending' "     \
@@ -1563,6 +1565,8 @@ bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_stat
 		json_object_set(row, "output", (json_t *)o->output);
 	if (o && o->attempt_end)
 		json_object_set(row, "att", (json_t *)o->attempt_end);
+	if (o && o->artifacts)
+		json_object_set(row, "artifacts", (json_t *)o->artifacts);
 	json_array_append_new(t->tasks, row);
 	return true;
 }

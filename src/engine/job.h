@@ -134,6 +134,7 @@ struct task_set_opts {
 	const json_t *data; /* the event's own fields (module, attempt, pid, ...);
 	                     * an "engine_id" member is also kept on the task */
 	const json_t *output; /* to completed: the module's result output */
+	const json_t *artifacts; /* to completed: the stored files, for dependents */
 	/* The end of the running attempt, written to its task_attempts row:
 	 * {outcome, pid, exit_code, signal, error, fetch_ms, run_ms, upload_ms,
 	 * cpu_seconds, max_rss_bytes} (absent members stay null). */

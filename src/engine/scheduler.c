@@ -118,9 +118,8 @@ struct srunner {
 	bool claiming;
 	bool more; /* the last claim was full: there may be more */
 	bool starved; /* wanted slots, but other claims held them all */
+	bool again; /* a wake-up came while the claim was in flight */
 };
-
-#define STASK_MAX_OPS 70
 
 struct stask {
 	TAILQ_ENTRY(stask) link;
@@ -131,11 +130,15 @@ struct stask {
 	int stage_number, attempt, retries, max_retries;
 	int64_t backoff_ms, timeout_ms;
 	json_t *params, *input, *resume_from;
+	json_t *dep_artifacts; /* [{stage, name, type, format, key, ...}] to fetch */
+	json_t *declared; /* the module's artifact frames: [{name, path, type, ...}] */
+	json_t *stored; /* what was uploaded, for tasks.artifacts */
 	const struct pipeline *p;
 	const struct stage_def *sd;
 	char *workdir;
-	struct store_op *ops[STASK_MAX_OPS];
-	int nops; /* store operations in flight */
+	struct store_op **ops; /* store operations in flight (NULL slots free) */
+	size_t capops;
+	int nops;
 	struct frame_input *inputs;
 	size_t ninputs;
 	struct module_task *mt;
@@ -248,7 +251,7 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"$3::bigint * interval '1 millisecond', progress = 0 WHERE t.id = ANY(ARRAY(SELECT c.id "  \
 	"FROM c JOIN jl ON jl.id = c.job_id)) AND t.status = 'ready' RETURNING t.id, t.job_id, "   \
 	"t.stage, t.stage_number, t.module, t.attempt, t.retries, t.max_retries, t.backoff_ms, "   \
-	"t.timeout_ms, t.params, t.lease_token, "                                                  \
+	"t.timeout_ms, t.params, t.lease_token, t.depends_on, "                                    \
 	"greatest(0, (extract(epoch from now() - t.ready_at) * 1000))::bigint AS wait_ms), "       \
 	"cnt AS (SELECT job_id, count(*) AS n FROM tu GROUP BY job_id), "                          \
 	"ju AS (UPDATE jobs j SET status = 'running', started_at = coalesce(j.started_at, "        \
@@ -285,6 +288,10 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"tu.stage_number, tu.module, tu.attempt, tu.retries, tu.max_retries, tu.backoff_ms, "      \
 	"tu.timeout_ms, tu.params::text, tu.lease_token::text, jl.input::text, "                   \
 	"jl.resume_from::text, jl.request_id, "                                                    \
+	"(SELECT jsonb_agg(a || jsonb_build_object('stage', d.stage)) FROM tasks d, "              \
+	"jsonb_array_elements(coalesce(d.artifacts, (SELECT e.artifacts FROM tasks e WHERE "       \
+	"e.job_id = (jl.resume_from->>'job_id')::uuid AND e.stage = d.stage))) a WHERE "           \
+	"tu.id IS NOT NULL AND d.job_id = tu.job_id AND d.stage = ANY(tu.depends_on))::text, "     \
 	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev) "                      \
 	"FROM ev JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id LEFT JOIN tu ON "       \
 	"tu.id = ev.task_id ORDER BY ev.job_id, ev.seq"
@@ -425,7 +432,7 @@ static json_t *typed_error(const char *code, const char *category, bool retryabl
 
 static void stask_cancel_ops(struct stask *t)
 {
-	for (int i = 0; i < STASK_MAX_OPS; i++) {
+	for (size_t i = 0; i < t->capops; i++) {
 		if (t->ops[i]) {
 			store_op_cancel(t->ops[i]);
 			t->ops[i] = NULL;
@@ -442,6 +449,7 @@ static void stask_free(struct stask *t)
 	t->sr->running--;
 	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
 	stask_cancel_ops(t);
+	free(t->ops);
 	if (t->mt)
 		module_task_detach(t->mt);
 	rm_rf(t->workdir);
@@ -464,6 +472,9 @@ static void stask_free(struct stask *t)
 	json_decref(t->params);
 	json_decref(t->input);
 	json_decref(t->resume_from);
+	json_decref(t->dep_artifacts);
+	json_decref(t->declared);
+	json_decref(t->stored);
 	json_decref(t->error);
 	json_decref(t->output);
 	buf_free(&t->log);
@@ -476,19 +487,24 @@ static void stask_free(struct stask *t)
 /* Registers a store op in a free slot. */
 static void stask_op_add(struct stask *t, struct store_op *op)
 {
-	for (int i = 0; i < STASK_MAX_OPS; i++) {
+	for (size_t i = 0; i < t->capops; i++) {
 		if (t->ops[i] == NULL) {
 			t->ops[i] = op;
 			t->nops++;
 			return;
 		}
 	}
-	abort(); /* STASK_MAX_OPS covers 64 dependencies and the uploads */
+	size_t old = t->capops;
+	t->capops = old ? old * 2 : 8;
+	t->ops = xrealloc(t->ops, t->capops * sizeof *t->ops);
+	memset(t->ops + old, 0, (t->capops - old) * sizeof *t->ops);
+	t->ops[old] = op;
+	t->nops++;
 }
 
 static void stask_op_done(struct stask *t, const struct store_op *op)
 {
-	for (int i = 0; i < STASK_MAX_OPS; i++) {
+	for (size_t i = 0; i < t->capops; i++) {
 		if (t->ops[i] == op) {
 			t->ops[i] = NULL;
 			t->nops--;
@@ -586,11 +602,30 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 	case FRAME_WARNING:
 		stage_log(t, "WARNING", "%s", f->u.warning.message ? f->u.warning.message : "");
 		break;
-	case FRAME_ARTIFACT:
+	case FRAME_ARTIFACT: {
+		const char *path = f->u.artifact.path ? f->u.artifact.path : "";
+		const char *why = NULL;
+		/* relative to the workdir, inside it, and a valid key segment path */
+		if (path[0] == '/' || !store_key_valid(path, strlen(path), &why)) {
+			stage_log(t, "WARNING", "artifact %s: path '%s' refused: %s",
+			          f->u.artifact.name ? f->u.artifact.name : "", path,
+			          why ? why : "absolute");
+			break;
+		}
+		if (t->declared == NULL)
+			t->declared = json_array();
+		json_array_append_new(t->declared,
+		                      json_pack("{s:s, s:s, s:s, s:s?, s:s, s:b}", "name",
+		                                f->u.artifact.name ? f->u.artifact.name : path,
+		                                "path", path, "type",
+		                                f->u.artifact.type ? f->u.artifact.type : "file",
+		                                "format", f->u.artifact.format, "role",
+		                                f->u.artifact.role ? f->u.artifact.role : "output",
+		                                "retained", f->u.artifact.retained));
 		stage_log(t, "INFO", "artifact %s: %s",
-		          f->u.artifact.name ? f->u.artifact.name : "",
-		          f->u.artifact.path ? f->u.artifact.path : "");
+		          f->u.artifact.name ? f->u.artifact.name : "", path);
 		break;
+	}
 	default: break;
 	}
 }
@@ -745,6 +780,35 @@ static void fetch_start(struct stask *t)
 		free(key);
 		free(fb);
 	}
+	/* Files the dependencies declared as outputs, by their store keys. */
+	size_t k;
+	json_t *a;
+	json_array_foreach(t->dep_artifacts, k, a)
+	{
+		if (t->have_outcome)
+			break;
+		const char *stage = json_string_value(json_object_get(a, "stage"));
+		const char *key = json_string_value(json_object_get(a, "key"));
+		if (stage == NULL || key == NULL)
+			continue;
+		const char *base = strrchr(key, '/') ? strrchr(key, '/') + 1 : key;
+		char *dir = xasprintf("%s/%s", inputs_dir, stage);
+		if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+			stask_fail_infra(t, "scratch_failed", strerror(errno));
+			free(dir);
+			break;
+		}
+		char *path = xasprintf("%s/%s", dir, base);
+		const char *name = json_string_value(json_object_get(a, "name"));
+		const char *type = json_string_value(json_object_get(a, "type"));
+		input_add(t, name ? name : base, type ? type : "file", path);
+		free(t->inputs[t->ninputs - 1].format);
+		const char *fmt = json_string_value(json_object_get(a, "format"));
+		t->inputs[t->ninputs - 1].format = fmt ? xstrdup(fmt) : NULL;
+		fetch_one(t, key, path, NULL);
+		free(path);
+		free(dir);
+	}
 	free(inputs_dir);
 	if (t->nops == 0)
 		run_start(t);
@@ -790,6 +854,53 @@ static void upload_done_cb(const struct store_error *err, void *arg)
 	}
 }
 
+/* The declared outputs (and retained intermediates) go to NN_<stage>/<path>;
+ * a declared file that is not there is the module's error. */
+static void upload_artifacts(struct stask *t)
+{
+	size_t i;
+	json_t *a;
+	json_array_foreach(t->declared, i, a)
+	{
+		const char *role = json_string_value(json_object_get(a, "role"));
+		if (strcmp(role, "output") != 0 && !json_is_true(json_object_get(a, "retained")))
+			continue;
+		const char *rel = json_string_value(json_object_get(a, "path"));
+		char *local = xasprintf("%s/%s", t->workdir, rel);
+		struct stat st;
+		if (lstat(local, &st) < 0 || !S_ISREG(st.st_mode)) {
+			char *msg = xasprintf("declared artifact '%s' is not a regular file in the "
+			                      "workdir",
+			                      rel);
+			t->outcome = MODULE_ERROR;
+			json_decref(t->output);
+			t->output = NULL;
+			json_decref(t->error);
+			t->error = typed_error("artifact_missing", "module", false, msg, NULL);
+			stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, msg);
+			free(msg);
+			free(local);
+			return;
+		}
+		char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, rel);
+		if (t->stored == NULL)
+			t->stored = json_array();
+		json_t *fmt = json_object_get(a, "format");
+		json_array_append_new(t->stored, json_pack("{s:O, s:O, s:O, s:O, s:s, s:I}", "name",
+		                                           json_object_get(a, "name"), "type",
+		                                           json_object_get(a, "type"), "format",
+		                                           fmt ? fmt : json_null(), "role",
+		                                           json_object_get(a, "role"), "key", key,
+		                                           "size_bytes", (json_int_t)st.st_size));
+		struct upload_ctx *c = xcalloc(1, sizeof *c);
+		c->t = t;
+		c->op = store_put_file(t->s->store, key, local, NULL, upload_done_cb, c);
+		stask_op_add(t, c->op);
+		free(key);
+		free(local);
+	}
+}
+
 static void upload_start(struct stask *t)
 {
 	t->state = ST_UPLOAD;
@@ -816,6 +927,8 @@ static void upload_start(struct stask *t)
 		upload_put(t, "output.json", out, strlen(out), "application/json");
 		free(out);
 	}
+	if (t->outcome == MODULE_COMPLETE)
+		upload_artifacts(t);
 	if (t->log.len > 0)
 		upload_put(t, "stage.log", t->log.data, t->log.len, "text/plain");
 	if (t->nops == 0) {
@@ -983,6 +1096,7 @@ static bool commit_add(struct scheduler *s, struct job_txn *txn, struct stask *t
 		to = TASK_COMPLETED;
 		kind = "job.module.complete";
 		o.output = t->output;
+		o.artifacts = t->stored;
 		metric_observe(metrics_default_get(M_WORKER_STAGE_LATENCY_MS), (double)run_ms,
 		               t->stage);
 	} else if (shutdown) {
@@ -1344,6 +1458,7 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		t->input = col_j(res, r, 21);
 		t->resume_from = col_j(res, r, 22);
 		t->request_id = col(res, r, 23) ? xstrdup(col(res, r, 23)) : NULL;
+		t->dep_artifacts = col_j(res, r, 24);
 		t->exit_code = -1;
 		t->p = pipeline_set_find(s->e->pipelines, t->pipeline);
 		t->sd = t->p ? pipeline_stage_find(t->p, t->stage) : NULL;
@@ -1370,7 +1485,9 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 	bool starved = false;
 	for (size_t i = 0; i < s->nrunners; i++)
 		starved = starved || s->runners[i].starved;
-	if (sr->more || (starved && claimed < limit))
+	bool again = sr->again;
+	sr->again = false;
+	if (sr->more || again || (starved && claimed < limit))
 		sched_kick(s);
 	return false;
 }
@@ -1383,6 +1500,8 @@ static void claim_pass(struct scheduler *s)
 	 * claims cannot keep the global slots from the others. */
 	for (size_t k = 0; k < 2 * s->nrunners; k++) {
 		struct srunner *sr = &s->runners[k % s->nrunners];
+		if (k < s->nrunners && sr->claiming)
+			sr->again = true; /* its claim may have missed new work */
 		if (sr->claiming || (k < s->nrunners) != sr->starved)
 			continue;
 		int free_global = s->o.max_concurrency - s->running;
