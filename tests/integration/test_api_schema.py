@@ -546,7 +546,7 @@ def test_validation_errors(api, snapshots, sl):
         ({"pipeline": 7}, {"pipeline"}),
         ({"pipeline": "no-such"}, {"pipeline"}),
         ({"pipeline": "demo", "params": []}, {"params"}),
-        ({"pipeline": "demo", "resume_from": {}, "extra": 1}, {"resume_from", "extra"}),
+        ({"pipeline": "demo", "resume_from": {}, "extra": 1}, {"resume_from.job_id", "resume_from.stage", "extra"}),
         ({"pipeline": "demo"}, {"params.lang"}),
         ({"pipeline": "demo", "params": {"lang": 1, "speed": "x", "nope": True}},
          {"params.lang", "params.speed", "params.nope"}),
