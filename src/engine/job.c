@@ -400,12 +400,12 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 		json_t *skip = json_object_get(t, "skip_reason");
 		json_object_set_new(s, "skip_reason", skip ? json_incref(skip) : json_null());
 		json_object_set_new(s, "ready_at", ts_json(ready[i]));
-		if (ready[i] > 0)
-			json_object_set_new(
-			        s, "wait_ms",
-			        json_integer(((started[i] > 0 ? started[i] : now_us) - ready[i]) /
-			                     1000));
-		else
+		if (ready[i] > 0) {
+			/* ready_at and started_at come from two transactions'
+			 * clocks: never show a negative wait */
+			int64_t w = ((started[i] > 0 ? started[i] : now_us) - ready[i]) / 1000;
+			json_object_set_new(s, "wait_ms", json_integer(w > 0 ? w : 0));
+		} else
 			json_object_set_new(s, "wait_ms", json_null());
 		json_t *progress = json_object_get(t, "progress");
 		json_object_set_new(
@@ -437,8 +437,8 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 	if (n > 0) {
 		double p = progress_sum / (double)n;
 		json_object_set_new(o, "progress", json_real(p > 1 ? 1 : p));
-		if (running_stage)
-			json_object_set_new(o, "current_stage", json_string(running_stage));
+		json_object_set_new(o, "current_stage",
+		                    running_stage ? json_string(running_stage) : json_null());
 	}
 	json_object_set_new(o, "total_wait_ms",
 	                    json_integer(job_total_wait_ms(ready, started, n, now_us)));
@@ -536,7 +536,8 @@ static void job_op_free(struct job_op *op)
 	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'outcome', a.outcome, 'exit_code', a.exit_code, " \
 	"'signal', a.signal, 'error', a.error, 'wait_ms', a.wait_ms, 'fetch_ms', a.fetch_ms, "   \
 	"'run_ms', a.run_ms, 'upload_ms', a.upload_ms, 'cpu_seconds', a.cpu_seconds, "           \
-	"'max_rss_bytes', a.max_rss_bytes) ORDER BY a.attempt), '[]')::text FROM tasks t JOIN "  \
+	"'max_rss_bytes', a.max_rss_bytes) ORDER BY a.attempt) FILTER (WHERE a.task_id IS NOT "  \
+	"NULL), '[]')::text FROM tasks t JOIN "                                                  \
 	"jobs "                                                                                  \
 	"j ON j.id = t.job_id LEFT JOIN task_attempts a ON a.task_id = t.id WHERE t.id = "       \
 	"$1::uuid "                                                                              \
@@ -822,12 +823,13 @@ struct submit_batch {
 	"SELECT y.id, y.job_id, y.project_id, y.stage, y.stage_number, y.module, "                 \
 	"ARRAY(SELECT jsonb_array_elements_text(y.depends_on)), y.required, y.status, "            \
 	"y.max_retries, y.backoff_ms, y.timeout_ms, y.params, y.ready_at, y.skip_reason, "         \
-	"CASE WHEN y.status = 'skipped' THEN y.ready_at END "                                      \
+	"y.completed_at "                                                                          \
 	"FROM jsonb_to_recordset($2::jsonb) AS y(id uuid, job_id uuid, project_id text, "          \
 	"stage text, stage_number int, module text, depends_on jsonb, required bool, status "      \
 	"text, "                                                                                   \
 	"max_retries int, backoff_ms bigint, timeout_ms bigint, params jsonb, ready_at "           \
-	"timestamptz, skip_reason text) WHERE y.job_id IN (SELECT id FROM j)), "                   \
+	"timestamptz, skip_reason text, completed_at timestamptz) WHERE y.job_id IN (SELECT id "   \
+	"FROM j)), "                                                                               \
 	"e AS (INSERT INTO job_events (job_id, seq, project_id, ts, kind, task_id, stage, "        \
 	"status_from, status_to, reason, request_id, data) "                                       \
 	"SELECT z.job_id, z.seq, z.project_id, z.ts, z.kind, z.task_id, z.stage, z.status_from, "  \
@@ -903,7 +905,7 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 		        op->rows_tasks,
 		        json_pack(
 		                "{s:s, s:s, s:s, s:s, s:i, s:s, s:O, s:b, s:s, s:i, s:I, s:I, s:o, "
-		                "s:s?, s:s?}",
+		                "s:s?, s:s?, s:s?}",
 		                "id", tid, "job_id", id, "project_id", s->project_id, "stage",
 		                st->name, "stage_number", st->stage_number, "module", st->module,
 		                "depends_on", deps, "required", st->required, "status",
@@ -913,8 +915,8 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 		                "max_retries", st->retries, "backoff_ms",
 		                (json_int_t)st->backoff_ms, "timeout_ms",
 		                (json_int_t)st->timeout_ms, "params", params, "ready_at",
-		                root || reused ? ts : NULL, "skip_reason",
-		                reused ? "reused" : NULL));
+		                root ? ts : NULL, "skip_reason", reused ? "reused" : NULL,
+		                "completed_at", reused ? ts : NULL));
 		json_array_append_new(
 		        tasks, json_pack("{s:s, s:s, s:i, s:s, s:n, s:o, s:b, s:s, s:i, s:i, s:i, "
 		                         "s:n, s:f, s:n, s:n, s:I, s:n, s:n}",
@@ -1363,6 +1365,9 @@ void job_op_cancel(struct job_op *op)
 	"('completed', 'skipped', 'failed', 'cancelled') THEN 1 WHEN coalesce(tu.to_, t.status) "  \
 	"IN ('pending', 'ready') THEN 0 ELSE t.progress END), 0) FROM tasks t LEFT JOIN tu ON "    \
 	"tu.id = t.id WHERE t.job_id = j.id))) END, "                                              \
+	"current_stage = CASE WHEN yok.to_ IN ('completed', 'failed', 'cancelled', 'queued') "     \
+	"THEN "                                                                                    \
+	"NULL ELSE j.current_stage END, "                                                          \
 	"cancel_requested = CASE WHEN yok.to_ = 'cancelled' THEN true WHEN yok.to_ = 'queued' "    \
 	"THEN false ELSE j.cancel_requested END "                                                  \
 	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id WHERE j.id = cnt.job_id "                   \
@@ -1672,6 +1677,8 @@ static bool txn_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 	t->q = NULL;
 	if (res)
 		txn_announce(t, res);
+	else
+		metric_inc(metrics_default_get(M_EVENTS_PERSIST_FAILURES_TOTAL), (double)t->n);
 	size_t applied = res ? (size_t)PQntuples(res) : 0;
 	bool *which = xcalloc(t->n ? t->n : 1, sizeof *which);
 	for (int r = 0; res && r < PQntuples(res); r++) {

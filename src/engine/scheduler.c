@@ -606,7 +606,14 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 		const char *path = f->u.artifact.path ? f->u.artifact.path : "";
 		const char *why = NULL;
 		/* relative to the workdir, inside it, and a valid key segment path */
-		if (path[0] == '/' || !store_key_valid(path, strlen(path), &why)) {
+		static const char *const reserved[] = {"input.json", "output.json", "stage.log",
+		                                       "manifest.json"};
+		for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+			if (strcmp(path, reserved[i]) == 0)
+				why = "the engine writes a file of that name";
+		if (strncmp(path, "attempts/", 9) == 0)
+			why = "attempts/ keeps earlier attempts";
+		if (why || path[0] == '/' || !store_key_valid(path, strlen(path), &why)) {
 			stage_log(t, "WARNING", "artifact %s: path '%s' refused: %s",
 			          f->u.artifact.name ? f->u.artifact.name : "", path,
 			          why ? why : "absolute");

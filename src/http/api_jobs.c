@@ -903,8 +903,22 @@ static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, v
 		                   "every stage completed; name one with from_stage", NULL);
 		return;
 	}
+	/* The stage and its dependents run again, and so does every stage that
+	 * failed or was cancelled (a fail-fast stops parallel branches), with
+	 * theirs: a retried job can only complete with every stage done. */
 	bool *reset = xcalloc(pipe->nstages, sizeof *reset);
+	bool *more = xcalloc(pipe->nstages, sizeof *more);
 	dag_descendants(pipe->dag, (size_t)from, true, reset);
+	json_array_foreach(stages, i, stg)
+	{
+		const char *ss = json_string_value(json_object_get(stg, "status"));
+		if (strcmp(ss, "failed") != 0 && strcmp(ss, "cancelled") != 0)
+			continue;
+		dag_descendants(pipe->dag, i, true, more);
+		for (size_t k = 0; k < pipe->nstages; k++)
+			reset[k] = reset[k] || more[k];
+	}
+	free(more);
 	struct job_ref jr = {c->job_id, c->project, pname, http_req_id(req)};
 	c->txn = job_txn_new(c->ctx->engine);
 	int attempt = (int)json_integer_value(json_object_get(job, "attempt"));
