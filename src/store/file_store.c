@@ -2,7 +2,11 @@
  * default backend of store.h. Every operation is a small state machine
  * driven by a zero-timeout timer, so each loop pass does one bounded piece of
  * blocking file I/O (an open, one STORE_CHUNK_BYTES chunk, an fdatasync, a
- * rename) and the loop polls its sockets between pieces. Writes go to a
+ * rename) and the loop polls its sockets between pieces. Puts that reach
+ * their flush in the same pass share it (group commit): one syncfs() makes
+ * all their data durable, their renames follow, and a second syncfs() makes
+ * the new names durable — two flushes per pass instead of two per object.
+ * A lone put keeps its own fdatasync() and directory fsync(). Writes go to a
  * ".stl-tmp.*" file in the object's directory and are renamed over the key,
  * so a key holds a whole object or nothing. Paths are never built from keys
  * as strings: every directory is opened segment by segment from the root's
@@ -174,6 +178,8 @@ struct file_store {
 	char *secret;
 	size_t secret_len;
 	struct fs_op_list ops;
+	TAILQ_HEAD(, fs_op) syncq; /* puts waiting for the pass's shared flush */
+	struct event *sync_ev;
 	unsigned depth; /* callbacks running */
 	bool dead; /* store_free() inside a callback: finish when it returns */
 };
@@ -184,7 +190,7 @@ enum fs_kind { FS_PUT_FILE, FS_PUT_BUF, FS_GET_FILE, FS_GET_BUF, FS_HEAD, FS_LIS
  * until its source is drained, then SYNC (put), then COMMIT (put, get_file).
  * Every step but COPY runs once, each in a loop pass of its own (a list
  * reads its first entries in the pass that opens it). */
-enum fs_step { FS_START, FS_COPY, FS_SYNC, FS_COMMIT };
+enum fs_step { FS_START, FS_COPY, FS_SYNC, FS_COMMIT, FS_SYNCED };
 
 struct fs_dir {
 	DIR *d;
@@ -195,6 +201,9 @@ struct fs_op {
 	struct store_op base;
 	struct file_store *fs;
 	TAILQ_ENTRY(fs_op) link;
+	TAILQ_ENTRY(fs_op) sync_link;
+	bool in_sync; /* on fs->syncq */
+	bool sync_failed; /* FS_SYNCED: the shared flush or the rename failed (err set) */
 	enum fs_kind kind;
 	enum fs_step step;
 	const char *opname; /* the metrics' op label */
@@ -354,6 +363,10 @@ static ssize_t fs_read(int fd, char *p, size_t n)
 /* Releases everything op holds; a temporary file it created is removed. */
 static void fs_op_release(struct fs_op *op)
 {
+	if (op->in_sync) {
+		TAILQ_REMOVE(&op->fs->syncq, op, sync_link);
+		op->in_sync = false;
+	}
 	if (op->ev) {
 		event_free(op->ev);
 		op->ev = NULL;
@@ -402,6 +415,8 @@ static void fs_destroy(struct file_store *fs)
 		fs_count(fs, op->opname, "cancelled", 0);
 		fs_op_free(op);
 	}
+	if (fs->sync_ev)
+		event_free(fs->sync_ev);
 	close(fs->rootfd);
 	free(fs->root);
 	if (fs->secret)
@@ -733,7 +748,7 @@ static bool fs_do_copy(struct fs_op *op, bool *eof)
 	return true;
 }
 
-static bool fs_do_commit(struct fs_op *op)
+static bool fs_do_commit(struct fs_op *op, bool dir_fsync)
 {
 	int fd = op->dst_fd;
 	op->dst_fd = -1;
@@ -756,7 +771,8 @@ static bool fs_do_commit(struct fs_op *op)
 	op->tmp_name = NULL;
 	/* The new name is durable once its directory is: puts only (a get
 	 * writes scratch, which a crash may lose). */
-	if ((op->kind == FS_PUT_FILE || op->kind == FS_PUT_BUF) && fsync(op->dst_dirfd) < 0) {
+	if (dir_fsync && (op->kind == FS_PUT_FILE || op->kind == FS_PUT_BUF) &&
+	    fsync(op->dst_dirfd) < 0) {
 		fs_set_error(op, STORE_ERR_IO, "put '%s': fsync of its directory failed: %s",
 		             op->key, strerror(errno));
 		return false;
@@ -1002,21 +1018,74 @@ static void fs_op_timer_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		break;
 	case FS_SYNC:
-		/* The one blocking flush of a put; the writeback started per
-		 * chunk keeps it short. */
-		if (fdatasync(op->dst_fd) < 0) {
-			fs_set_error(op, STORE_ERR_IO, "put '%s': fdatasync failed: %s", op->key,
-			             strerror(errno));
-			ok = false;
-		}
-		op->step = FS_COMMIT;
-		break;
-	case FS_COMMIT: fs_op_finish(op, fs_do_commit(op)); return;
+		/* Wait for the pass's shared flush (fs_sync_cb). */
+		TAILQ_INSERT_TAIL(&op->fs->syncq, op, sync_link);
+		op->in_sync = true;
+		event_active(op->fs->sync_ev, EV_TIMEOUT, 0);
+		return;
+	case FS_COMMIT: fs_op_finish(op, fs_do_commit(op, true)); return;
+	case FS_SYNCED: fs_op_finish(op, !op->sync_failed); return;
 	}
 	if (!ok)
 		fs_op_finish(op, false);
 	else
 		fs_op_schedule(op);
+}
+
+/* The shared flush of the puts that reached it in this pass. It runs after
+ * the pass's other events (lowest priority); no callback runs from here:
+ * every op finishes from its own timer. */
+static void fs_sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct file_store *fs = arg;
+	(void)fd;
+	(void)what;
+	struct fs_op *op = TAILQ_FIRST(&fs->syncq);
+	if (op == NULL)
+		return;
+	if (TAILQ_NEXT(op, sync_link) == NULL) {
+		/* One put: its own fdatasync, then rename + directory fsync. */
+		TAILQ_REMOVE(&fs->syncq, op, sync_link);
+		op->in_sync = false;
+		if (fdatasync(op->dst_fd) < 0) {
+			fs_set_error(op, STORE_ERR_IO, "put '%s': fdatasync failed: %s", op->key,
+			             strerror(errno));
+			op->sync_failed = true;
+			op->step = FS_SYNCED;
+		} else {
+			op->step = FS_COMMIT;
+		}
+		fs_op_schedule(op);
+		return;
+	}
+	int e = syncfs(fs->rootfd) < 0 ? errno : 0;
+	TAILQ_FOREACH(op, &fs->syncq, sync_link)
+	{
+		if (e) {
+			fs_set_error(op, STORE_ERR_IO, "put '%s': syncfs failed: %s", op->key,
+			             strerror(e));
+			op->sync_failed = true;
+		} else if (!fs_do_commit(op, false)) {
+			op->sync_failed = true;
+		}
+	}
+	if (!e && syncfs(fs->rootfd) < 0) {
+		e = errno;
+		TAILQ_FOREACH(op, &fs->syncq, sync_link)
+		{
+			if (!op->sync_failed) {
+				fs_set_error(op, STORE_ERR_IO, "put '%s': syncfs failed: %s",
+				             op->key, strerror(e));
+				op->sync_failed = true;
+			}
+		}
+	}
+	while ((op = TAILQ_FIRST(&fs->syncq)) != NULL) {
+		TAILQ_REMOVE(&fs->syncq, op, sync_link);
+		op->in_sync = false;
+		op->step = FS_SYNCED;
+		fs_op_schedule(op);
+	}
 }
 
 static struct file_store *fs_of(struct store *s)
@@ -1305,6 +1374,9 @@ struct store *store_new_file(struct event_base *base, const char *root_dir, cons
 	fs->secret_len = url_secret ? strlen(url_secret) : 0;
 	fs->secret = xstrdup(url_secret ? url_secret : "");
 	TAILQ_INIT(&fs->ops);
+	TAILQ_INIT(&fs->syncq);
+	fs->sync_ev = event_new(base, -1, 0, fs_sync_cb, fs);
+	event_priority_set(fs->sync_ev, event_base_get_npriorities(base) - 1);
 	log_info("store.open", "file store ready", LF_STR("root", fs->root),
 	         LF_BOOL("links", fs->secret_len > 0));
 	return &fs->base;

@@ -975,6 +975,59 @@ static void test_store_new(void **state)
 	config_free(cfg);
 }
 
+/* Puts that reach their flush in the same pass share it: all of them land
+ * whole, each callback fires once, no temporary file is left, and a put
+ * cancelled while it waits for the shared flush leaves nothing. */
+static void test_group_commit(void **state)
+{
+	struct fx *fx = *state;
+	enum { N = 40 };
+	struct res r[N];
+	struct store_op *ops[N];
+	char keys[N][64], texts[N][64];
+	for (int i = 0; i < N; i++) {
+		r[i] = (struct res){.fx = fx};
+		snprintf(keys[i], sizeof keys[i], "p/job%d/%02d_s/output.json", i, i % 7);
+		snprintf(texts[i], sizeof texts[i], "{\"i\":%d}", i);
+		ops[i] = store_put_buf(fx->store, keys[i], texts[i], strlen(texts[i]),
+		                       "application/json", done_cb, &r[i]);
+	}
+	/* every put is queued for the flush after two passes (start, copy) */
+	run_passes(fx, 2);
+	int victim = 13;
+	if (r[victim].calls == 0) {
+		store_op_cancel(ops[victim]);
+		r[victim].calls = -1;
+	}
+	for (int i = 0; i < N; i++)
+		if (i != victim || r[victim].calls != -1)
+			run_until(fx, &r[i]);
+	for (int i = 0; i < N; i++) {
+		char *path = obj_path(fx, keys[i]);
+		if (i == victim && r[i].calls == -1) {
+			assert_false(exists(path));
+		} else {
+			assert_int_equal(r[i].calls, 1);
+			assert_false(r[i].failed);
+			size_t len = 0;
+			char *got = read_file(path, &len);
+			assert_non_null(got);
+			assert_int_equal(len, strlen(texts[i]));
+			assert_memory_equal(got, texts[i], len);
+			free(got);
+			/* the object's directory holds it and nothing else */
+			char *dir = xstrdup(path);
+			*strrchr(dir, '/') = '\0';
+			assert_int_equal(dir_entries(dir), 1);
+			free(dir);
+		}
+		free(path);
+	}
+	run_passes(fx, 3);
+	for (int i = 0; i < N; i++)
+		assert_true(r[i].calls <= 1);
+}
+
 int main(void)
 {
 	log_set_level(LOG_LVL_ERROR);
@@ -991,6 +1044,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_presign, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_store_new, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	metrics_default_free();
