@@ -10,6 +10,7 @@ struct event;
 struct event_sub;
 struct job_op;
 struct rev_cache;
+struct job_txn;
 
 struct engine {
 	struct app *app;
@@ -25,6 +26,7 @@ struct engine {
 	size_t nsubmits;
 	size_t submit_inflight;
 	struct event *flush_ev;
+	TAILQ_HEAD(, job_txn) txns; /* commits in flight */
 };
 
 /* After a commit: the event's log line (fields from ev->data for task

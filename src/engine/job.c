@@ -807,14 +807,15 @@ struct submit_batch {
 	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "   \
 	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "      \
 	"request_id text, created_at timestamptz, logs_key text, event_seq bigint, "               \
-	"resume_from jsonb)), "                                                                    \
+	"resume_from jsonb, tasks_total int)), "                                                   \
 	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, "                \
 	"idempotency_key, "                                                                        \
-	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev, resume_from) " \
+	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev, resume_from, " \
+	"tasks_total) "                                                                            \
 	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "              \
 	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, "   \
 	"1, "                                                                                      \
-	"resume_from "                                                                             \
+	"resume_from, tasks_total "                                                                \
 	"FROM x ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id), "              \
 	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, "           \
 	"depends_on, "                                                                             \
@@ -964,11 +965,12 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 	hex32(s->request_hash, op->hash_hex);
 	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
 	op->rows_job =
-	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?}", "id",
-	                  id, "project_id", s->project_id, "pipeline", p->name, "params", s->params,
-	                  "input", s->input, "idempotency_key", s->idempotency_key, "request_hash",
-	                  op->hash_hex, "request_id", s->request_id, "created_at", ts, "logs_key",
-	                  logs_key, "event_seq", (json_int_t)seq, "resume_from", s->resume_from);
+	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?, s:I}",
+	                  "id", id, "project_id", s->project_id, "pipeline", p->name, "params",
+	                  s->params, "input", s->input, "idempotency_key", s->idempotency_key,
+	                  "request_hash", op->hash_hex, "request_id", s->request_id, "created_at",
+	                  ts, "logs_key", logs_key, "event_seq", (json_int_t)seq, "resume_from",
+	                  s->resume_from, "tasks_total", (json_int_t)p->nstages);
 	struct job_row jr = {
 	        .id = id,
 	        .project_id = s->project_id,
@@ -1327,7 +1329,8 @@ void job_op_cancel(struct job_op *op)
 	"t.engine_id) END, "                                                                       \
 	"skip_reason = CASE WHEN x.to_ = 'skipped' THEN x.skip_reason WHEN x.to_ = 'pending' "     \
 	"THEN NULL ELSE t.skip_reason END, "                                                       \
-	"error = CASE WHEN x.error IS NOT NULL THEN x.error WHEN x.to_ = 'pending' THEN NULL "     \
+	"error = CASE WHEN x.error IS NOT NULL THEN x.error WHEN x.to_ IN ('pending', "            \
+	"'completed') THEN NULL "                                                                  \
 	"ELSE t.error END, "                                                                       \
 	"progress = CASE WHEN x.to_ = 'completed' THEN 1 WHEN x.to_ IN ('pending', 'ready') "      \
 	"THEN 0 ELSE t.progress END, "                                                             \
@@ -1349,7 +1352,15 @@ void job_op_cancel(struct job_op *op)
 	"FROM tu WHERE tu.att IS NOT NULL AND a.task_id = tu.id AND a.attempt = tu.attempt), "     \
 	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yok), "              \
 	"cnt AS (SELECT job_id, count(*)::bigint AS n FROM applied GROUP BY job_id), "             \
+	"td AS (SELECT tu.job_id, "                                                                \
+	"sum((tu.to_ = 'completed')::int - (tu.from_ = 'completed')::int) AS completed, "          \
+	"sum((tu.to_ = 'failed')::int - (tu.from_ = 'failed')::int) AS failed, "                   \
+	"sum((tu.to_ = 'running')::int - (tu.from_ = 'running')::int) AS running "                 \
+	"FROM tu GROUP BY tu.job_id), "                                                            \
 	"ju AS (UPDATE jobs j SET event_seq = j.event_seq + cnt.n, rev = j.rev + 1, "              \
+	"tasks_completed = j.tasks_completed + coalesce(td.completed, 0), "                        \
+	"tasks_failed = j.tasks_failed + coalesce(td.failed, 0), "                                 \
+	"tasks_running = j.tasks_running + coalesce(td.running, 0), "                              \
 	"status = coalesce(yok.to_, j.status), "                                                   \
 	"queued_at = CASE WHEN yok.to_ = 'queued' THEN now() ELSE j.queued_at END, "               \
 	"started_at = CASE WHEN yok.to_ = 'running' THEN coalesce(j.started_at, now()) "           \
@@ -1370,24 +1381,13 @@ void job_op_cancel(struct job_op *op)
 	"NULL ELSE j.current_stage END, "                                                          \
 	"cancel_requested = CASE WHEN yok.to_ = 'cancelled' THEN true WHEN yok.to_ = 'queued' "    \
 	"THEN false ELSE j.cancel_requested END "                                                  \
-	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id WHERE j.id = cnt.job_id "                   \
-	"RETURNING j.id, j.event_seq - cnt.n AS base, j.rev, j.project_id, j.pipeline), "          \
-	"tc AS (SELECT t.job_id, count(*) AS total, "                                              \
-	"count(*) FILTER (WHERE t.status = 'completed') AS completed, "                            \
-	"count(*) FILTER (WHERE t.status = 'failed') AS failed, "                                  \
-	"count(*) FILTER (WHERE t.status = 'running') AS running "                                 \
-	"FROM tasks t WHERE t.job_id IN (SELECT job_id FROM cnt) GROUP BY t.job_id), "             \
-	"td AS (SELECT tu.job_id, "                                                                \
-	"sum((tu.to_ = 'completed')::int - (tu.from_ = 'completed')::int) AS completed, "          \
-	"sum((tu.to_ = 'failed')::int - (tu.from_ = 'failed')::int) AS failed, "                   \
-	"sum((tu.to_ = 'running')::int - (tu.from_ = 'running')::int) AS running "                 \
-	"FROM tu GROUP BY tu.job_id), "                                                            \
-	"counts AS (SELECT cnt.job_id, jsonb_build_object('tasks_total', coalesce(tc.total, 0), "  \
-	"'tasks_completed', coalesce(tc.completed, 0) + coalesce(td.completed, 0), "               \
-	"'tasks_failed', coalesce(tc.failed, 0) + coalesce(td.failed, 0), "                        \
-	"'tasks_running', coalesce(tc.running, 0) + coalesce(td.running, 0)) AS c "                \
-	"FROM cnt LEFT JOIN tc ON tc.job_id = cnt.job_id LEFT JOIN td ON td.job_id = "             \
-	"cnt.job_id), "                                                                            \
+	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id LEFT JOIN td ON td.job_id = cnt.job_id "    \
+	"WHERE j.id = cnt.job_id "                                                                 \
+	"RETURNING j.id, j.event_seq - cnt.n AS base, j.rev, j.project_id, j.pipeline, "           \
+	"j.tasks_total, j.tasks_completed, j.tasks_failed, j.tasks_running), "                     \
+	"counts AS (SELECT ju.id AS job_id, jsonb_build_object('tasks_total', ju.tasks_total, "    \
+	"'tasks_completed', ju.tasks_completed, 'tasks_failed', ju.tasks_failed, "                 \
+	"'tasks_running', ju.tasks_running) AS c FROM ju), "                                       \
 	"num AS (SELECT a.ord, a.job_id, ju.base + row_number() OVER (PARTITION BY a.job_id "      \
 	"ORDER BY a.ord) AS seq FROM applied a JOIN ju ON ju.id = a.job_id), "                     \
 	"ev AS (INSERT INTO job_events (job_id, seq, project_id, kind, task_id, stage, "           \
@@ -1418,6 +1418,8 @@ struct txn_change {
 
 struct job_txn {
 	struct engine *e;
+	TAILQ_ENTRY(job_txn) link; /* on e->txns while its commit is in flight */
+	bool listed;
 	json_t *jobs, *tasks; /* the statement's two parameters */
 	struct txn_change *changes;
 	size_t n, cap;
@@ -1440,6 +1442,8 @@ void job_txn_free(struct job_txn *t)
 	if (t == NULL)
 		return;
 	pg_pool_cancel(t->q);
+	if (t->listed)
+		TAILQ_REMOVE(&t->e->txns, t, link);
 	for (size_t i = 0; i < t->n; i++) {
 		struct txn_change *c = &t->changes[i];
 		free(c->job_id);
@@ -1675,6 +1679,10 @@ static bool txn_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct job_txn *t = arg;
 	t->q = NULL;
+	if (t->listed) {
+		TAILQ_REMOVE(&t->e->txns, t, link);
+		t->listed = false;
+	}
 	if (res)
 		txn_announce(t, res);
 	else
@@ -1701,6 +1709,8 @@ void job_txn_commit(struct job_txn *t, job_txn_cb cb, void *arg)
 	char *pt = json_dumps(t->tasks, JSON_COMPACT);
 	const char *values[2] = {pj, pt};
 	t->q = pg_pool_query_prepared(t->e->pool, "job_txn", 2, values, txn_result_cb, t);
+	TAILQ_INSERT_TAIL(&t->e->txns, t, link);
+	t->listed = true;
 	free(pj);
 	free(pt);
 }
@@ -1716,6 +1726,7 @@ void job_txn_detach(struct job_txn *t)
 void job_engine_init(struct engine *e)
 {
 	TAILQ_INIT(&e->submits);
+	TAILQ_INIT(&e->txns);
 	e->revs = rev_cache_new(e->opts.rev_cache_max);
 	e->rev_sub = event_bus_subscribe(e->bus, rev_on_event_cb, e);
 	e->flush_ev = event_new(e->app->base, -1, 0, submit_flush_cb, e);
@@ -1723,6 +1734,14 @@ void job_engine_init(struct engine *e)
 
 void job_engine_fini(struct engine *e)
 {
+	/* Commits still in flight when the loop stopped: not applied as far as
+	 * anyone here will know; nothing of them outlives the engine. */
+	struct job_txn *t;
+	while ((t = TAILQ_FIRST(&e->txns)) != NULL) {
+		TAILQ_REMOVE(&e->txns, t, link);
+		t->listed = false;
+		job_txn_free(t);
+	}
 	struct job_op *op;
 	while ((op = TAILQ_FIRST(&e->submits)) != NULL) {
 		TAILQ_REMOVE(&e->submits, op, link);

@@ -110,6 +110,8 @@ enum adv_job scheduler_advance_plan(struct adv_task *t, size_t n, size_t *failed
 
 enum stask_state { ST_FETCH, ST_RUN, ST_UPLOAD, ST_COMMIT };
 
+struct claim_ctx;
+
 struct srunner {
 	struct scheduler *s;
 	const struct module_def *def;
@@ -119,6 +121,8 @@ struct srunner {
 	bool more; /* the last claim was full: there may be more */
 	bool starved; /* wanted slots, but other claims held them all */
 	bool again; /* a wake-up came while the claim was in flight */
+	struct pg_pool_query *claim_q;
+	struct claim_ctx *claim_c;
 };
 
 struct stask {
@@ -143,6 +147,11 @@ struct stask {
 	size_t ninputs;
 	struct module_task *mt;
 	int64_t t_claimed, t_fetch_end, t_run_end, t_upload_start, t_upload_end;
+	int64_t lease_ok_us; /* monotonic: when the lease was last known ours */
+	bool lease_checking;
+	struct event *recheck_ev; /* a lease check that failed is asked again */
+	struct pg_pool_query *check_q;
+	struct hb_ctx *check_c;
 	struct buf log; /* stage.log text */
 	/* the attempt's end */
 	enum module_outcome outcome;
@@ -180,6 +189,7 @@ struct scheduler {
 	struct event *kick_ev, *poll_ev, *hb_ev, *rescue_ev, *progress_ev, *commit_ev, *advance_ev,
 	        *nb_ev, *grace_ev, *drained_ev;
 	int64_t nb_at_us; /* the not_before timer's target, 0 when off */
+	bool nb_followup;
 	/* outcomes waiting for the next commit */
 	TAILQ_HEAD(, stask) to_commit;
 	size_t commit_inflight;
@@ -187,11 +197,16 @@ struct scheduler {
 	char **adv;
 	size_t nadv, capadv;
 	size_t adv_inflight;
+	struct adv_slot {
+		struct scheduler *s;
+		struct pg_pool_query *q;
+	} adv_q[2]; /* DAG-step reads in flight */
 	bool hb_inflight, rescue_inflight, progress_inflight;
 	bool draining;
 	void (*drain_done)(void *arg);
 	void *drain_arg;
 	struct pg_pool_query *hb_q, *rescue_q, *stuck_q, *stats_q, *progress_q;
+	struct hb_ctx *hb_c; /* the heartbeat in flight */
 	struct event_sub *bus_sub; /* this instance's own job changes */
 	uint64_t rnd;
 };
@@ -256,17 +271,15 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"cnt AS (SELECT job_id, count(*) AS n FROM tu GROUP BY job_id), "                          \
 	"ju AS (UPDATE jobs j SET status = 'running', started_at = coalesce(j.started_at, "        \
 	"now()), event_seq = j.event_seq + cnt.n + (jl.status = 'queued')::int, rev = j.rev + 1, " \
+	"tasks_running = j.tasks_running + cnt.n, "                                                \
 	"current_stage = (SELECT tu.stage FROM tu WHERE tu.job_id = j.id ORDER BY "                \
 	"tu.stage_number LIMIT 1) FROM cnt JOIN jl ON jl.id = cnt.job_id WHERE j.id = "            \
 	"cnt.job_id RETURNING j.id, jl.status AS old_status, j.event_seq - cnt.n - (jl.status = "  \
-	"'queued')::int AS base, j.rev, j.project_id, j.pipeline), "                               \
-	"tc AS (SELECT t.job_id, count(*) AS total, count(*) FILTER (WHERE t.status = "            \
-	"'completed') AS completed, count(*) FILTER (WHERE t.status = 'failed') AS failed, "       \
-	"count(*) FILTER (WHERE t.status = 'running') AS running FROM tasks t WHERE t.job_id IN "  \
-	"(SELECT job_id FROM cnt) GROUP BY t.job_id), "                                            \
-	"counts AS (SELECT tc.job_id, jsonb_build_object('tasks_total', tc.total, "                \
-	"'tasks_completed', tc.completed, 'tasks_failed', tc.failed, 'tasks_running', "            \
-	"tc.running + cnt.n) AS c FROM tc JOIN cnt USING (job_id)), "                              \
+	"'queued')::int AS base, j.rev, j.project_id, j.pipeline, j.tasks_total, "                 \
+	"j.tasks_completed, j.tasks_failed, j.tasks_running), "                                    \
+	"counts AS (SELECT ju.id AS job_id, jsonb_build_object('tasks_total', ju.tasks_total, "    \
+	"'tasks_completed', ju.tasks_completed, 'tasks_failed', ju.tasks_failed, "                 \
+	"'tasks_running', ju.tasks_running) AS c FROM ju), "                                       \
 	"evs AS (SELECT ju.id AS job_id, ju.base + 1 AS seq, ju.project_id, "                      \
 	"'job.lifecycle.start' AS kind, NULL::uuid AS task_id, NULL::text AS stage, "              \
 	"'queued' AS status_from, 'running' AS status_to, 'task_claimed' AS reason, counts.c AS "  \
@@ -441,6 +454,17 @@ static void stask_cancel_ops(struct stask *t)
 	t->nops = 0;
 }
 
+struct hb_ctx;
+static void hb_ctx_free(struct hb_ctx *c);
+
+/* The drain is over when nothing runs, waits for a commit, or waits for
+ * the DAG step its commit called for. */
+static void drain_check(struct scheduler *s)
+{
+	if (s->draining && s->drained_ev && s->running == 0 && s->nadv == 0 && s->adv_inflight == 0)
+		event_active(s->drained_ev, EV_TIMEOUT, 0);
+}
+
 static void stask_free(struct stask *t)
 {
 	struct scheduler *s = t->s;
@@ -450,6 +474,12 @@ static void stask_free(struct stask *t)
 	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
 	stask_cancel_ops(t);
 	free(t->ops);
+	if (t->recheck_ev)
+		event_free(t->recheck_ev);
+	if (t->check_q) {
+		pg_pool_cancel(t->check_q);
+		hb_ctx_free(t->check_c);
+	}
 	if (t->mt)
 		module_task_detach(t->mt);
 	rm_rf(t->workdir);
@@ -479,8 +509,7 @@ static void stask_free(struct stask *t)
 	json_decref(t->output);
 	buf_free(&t->log);
 	free(t);
-	if (s->draining && s->running == 0 && s->drained_ev)
-		event_active(s->drained_ev, EV_TIMEOUT, 0);
+	drain_check(s);
 	sched_kick(s);
 }
 
@@ -908,12 +937,23 @@ static void upload_artifacts(struct stask *t)
 	}
 }
 
+static void lease_check(struct stask *t);
+
 static void upload_start(struct stask *t)
 {
 	t->state = ST_UPLOAD;
-	t->t_upload_start = clock_now_us();
+	if (t->t_upload_start == 0)
+		t->t_upload_start = clock_now_us();
 	if (t->lost) {
 		stask_commit(t);
+		return;
+	}
+	/* Store keys are per stage: a stale attempt must not overwrite the
+	 * files of the attempt that took its lease over. A lease not confirmed
+	 * for half its length (a paused or partitioned instance) is checked
+	 * before anything is written. */
+	if (clock_mono_us() - t->lease_ok_us > t->s->o.lease_ms * 500) {
+		lease_check(t);
 		return;
 	}
 	/* What the module was given: its task frame's contents. */
@@ -1052,8 +1092,10 @@ static void nb_timer_arm(struct scheduler *s, int64_t at_us)
 	if (s->nb_at_us && s->nb_at_us <= at_us && s->nb_at_us > now)
 		return;
 	s->nb_at_us = at_us;
+	s->nb_followup = true;
 	struct timeval tv;
-	tv_ms(&tv, (at_us - now) / 1000 + 1);
+	/* a little after: the claim compares with the database's clock */
+	tv_ms(&tv, (at_us - now) / 1000 + 20);
 	evtimer_add(s->nb_ev, &tv);
 }
 
@@ -1315,17 +1357,13 @@ static size_t adv_job(struct job_txn *txn, const PGresult *r, int row)
 	return added;
 }
 
-struct adv_read {
-	struct scheduler *s;
-	struct pg_pool_query *q;
-};
-
 static void adv_txn_done_cb(size_t applied, size_t total, const bool *which,
                             const struct pg_error *err, void *arg)
 {
 	struct scheduler *s = arg;
 	(void)which;
 	s->adv_inflight--;
+	drain_check(s);
 	if (err)
 		log_warn("sched.advance_failed",
 		         "a DAG step could not be written; the sweep retries",
@@ -1339,9 +1377,12 @@ static void adv_txn_done_cb(size_t applied, size_t total, const bool *which,
 
 static bool adv_read_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
-	struct scheduler *s = arg;
+	struct adv_slot *slot = arg;
+	struct scheduler *s = slot->s;
+	slot->q = NULL;
 	if (err) {
 		s->adv_inflight--;
+		drain_check(s);
 		log_warn("sched.advance_failed", "jobs could not be read for a DAG step",
 		         LF_STR("error", err->message));
 		return false;
@@ -1352,6 +1393,7 @@ static bool adv_read_cb(PGresult *res, const struct pg_error *err, void *arg)
 	if (job_txn_size(txn) == 0) {
 		job_txn_free(txn);
 		s->adv_inflight--;
+		drain_check(s);
 		if (s->nadv > 0)
 			event_active(s->advance_ev, EV_TIMEOUT, 0);
 		return false;
@@ -1381,7 +1423,9 @@ static void advance_cb(evutil_socket_t fd, short what, void *arg)
 	s->nadv -= n;
 	const char *v[1] = {b.data};
 	s->adv_inflight++;
-	(void)pg_pool_query_prepared(s->e->pool, "sched_adv_read", 1, v, adv_read_cb, s);
+	struct adv_slot *slot = s->adv_q[0].q ? &s->adv_q[1] : &s->adv_q[0];
+	slot->s = s;
+	slot->q = pg_pool_query_prepared(s->e->pool, "sched_adv_read", 1, v, adv_read_cb, slot);
 	buf_free(&b);
 	if (s->nadv > 0 && s->adv_inflight < 2)
 		event_active(s->advance_ev, EV_TIMEOUT, 0);
@@ -1429,6 +1473,8 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 	struct srunner *sr = c->sr;
 	struct scheduler *s = sr->s;
 	sr->claiming = false;
+	sr->claim_q = NULL;
+	sr->claim_c = NULL;
 	int limit = c->limit;
 	free(c);
 	if (err) {
@@ -1449,6 +1495,7 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		t->s = s;
 		t->sr = sr;
 		t->t_claimed = now;
+		t->lease_ok_us = clock_mono_us();
 		t->job_id = xstrdup(col(res, r, 1));
 		t->project = xstrdup(col(res, r, 6));
 		t->pipeline = xstrdup(col(res, r, 7));
@@ -1530,7 +1577,8 @@ static void claim_pass(struct scheduler *s)
 		snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
 		snprintf(lim, sizeof lim, "%d", n);
 		const char *v[4] = {s->app->instance_id, sr->def->name, lease, lim};
-		(void)pg_pool_query_prepared(s->e->pool, "sched_claim", 4, v, claim_cb, c);
+		sr->claim_c = c;
+		sr->claim_q = pg_pool_query_prepared(s->e->pool, "sched_claim", 4, v, claim_cb, c);
 	}
 }
 
@@ -1560,6 +1608,14 @@ static void nb_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	s->nb_at_us = 0;
 	claim_pass(s);
+	if (s->nb_followup) {
+		/* once more, in case the claim ran a hair too early or was
+		 * already in flight with an older snapshot */
+		s->nb_followup = false;
+		struct timeval tv;
+		tv_ms(&tv, 250);
+		evtimer_add(s->nb_ev, &tv);
+	}
 }
 
 /* --- Heartbeat: leases, and jobs that stopped ------------------------------------- */
@@ -1587,14 +1643,36 @@ struct hb_ctx {
 	struct scheduler *s;
 	char **ids; /* the tasks asked about */
 	size_t n;
+	int64_t sent_us; /* monotonic */
+	struct stask *check; /* a lease check for this task before its upload */
 };
+
+static void hb_ctx_free(struct hb_ctx *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->ids[i]);
+	free(c->ids);
+	free(c);
+}
+
+static void lease_check(struct stask *t);
+
+static void recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	lease_check(arg);
+}
 
 static bool hb_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct hb_ctx *c = arg;
 	struct scheduler *s = c->s;
-	s->hb_q = NULL;
-	s->hb_inflight = false;
+	if (c->check == NULL) {
+		s->hb_q = NULL;
+		s->hb_c = NULL;
+		s->hb_inflight = false;
+	}
 	if (!err) {
 		/* A task asked about that did not come back is no longer ours. */
 		for (size_t i = 0; i < c->n; i++) {
@@ -1609,6 +1687,7 @@ static bool hb_cb(PGresult *res, const struct pg_error *err, void *arg)
 				stask_stop(t, "lease_lost", true);
 				continue;
 			}
+			t->lease_ok_us = c->sent_us;
 			const char *js = PQgetvalue(res, found, 1);
 			if (strcmp(js, "cancelled") == 0)
 				stask_stop(t, "job_cancelled", false);
@@ -1619,10 +1698,25 @@ static bool hb_cb(PGresult *res, const struct pg_error *err, void *arg)
 		log_warn("sched.heartbeat_failed", "leases could not be renewed",
 		         LF_STR("error", err->message));
 	}
-	for (size_t i = 0; i < c->n; i++)
-		free(c->ids[i]);
-	free(c->ids);
-	free(c);
+	if (c->check) {
+		/* found: lease_ok_us moved on and the upload goes ahead; lost:
+		 * upload_start drops the outcome; failed: asked again soon */
+		struct stask *t = task_find(s, c->ids[0]);
+		if (t && t->lease_checking) {
+			t->lease_checking = false;
+			t->check_q = NULL;
+			t->check_c = NULL;
+			if (err) {
+				if (t->recheck_ev == NULL)
+					t->recheck_ev = evtimer_new(s->app->base, recheck_cb, t);
+				struct timeval tv = {0, 500000};
+				evtimer_add(t->recheck_ev, &tv);
+			} else {
+				upload_start(t);
+			}
+		}
+	}
+	hb_ctx_free(c);
 	return false;
 }
 
@@ -1652,8 +1746,34 @@ static void heartbeat_send(struct scheduler *s, const char *job_id)
 	char lease[32];
 	snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
 	const char *v[3] = {s->app->instance_id, p, lease};
+	c->sent_us = clock_mono_us();
 	s->hb_inflight = true;
+	s->hb_c = c;
 	s->hb_q = pg_pool_query_prepared(s->e->pool, "sched_heartbeat", 3, v, hb_cb, c);
+	free(p);
+	json_decref(arr);
+}
+
+/* One task's lease, asked (and renewed) before its upload. */
+static void lease_check(struct stask *t)
+{
+	struct scheduler *s = t->s;
+	if (t->lease_checking)
+		return;
+	t->lease_checking = true;
+	struct hb_ctx *c = xcalloc(1, sizeof *c);
+	c->s = s;
+	c->check = t;
+	c->ids = xcalloc(1, sizeof *c->ids);
+	c->ids[c->n++] = xstrdup(t->id);
+	c->sent_us = clock_mono_us();
+	json_t *arr = json_pack("[{s:s, s:s}]", "id", t->id, "lease", t->lease);
+	char *p = json_dumps(arr, JSON_COMPACT);
+	char lease[32];
+	snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
+	const char *v[3] = {s->app->instance_id, p, lease};
+	t->check_c = c;
+	t->check_q = pg_pool_query_prepared(s->e->pool, "sched_heartbeat", 3, v, hb_cb, c);
 	free(p);
 	json_decref(arr);
 }
@@ -1965,7 +2085,7 @@ static void drained_cb(evutil_socket_t fd, short what, void *arg)
 	struct scheduler *s = arg;
 	(void)fd;
 	(void)what;
-	if (s->running > 0 || s->drain_done == NULL)
+	if (s->running > 0 || s->nadv > 0 || s->adv_inflight > 0 || s->drain_done == NULL)
 		return;
 	void (*done)(void *) = s->drain_done;
 	s->drain_done = NULL;
@@ -2030,9 +2150,21 @@ void scheduler_free(struct scheduler *s)
 		event_free(kick);
 	if (drained)
 		event_free(drained);
-	for (size_t i = 0; i < s->nrunners; i++)
+	for (size_t i = 0; i < s->nrunners; i++) {
 		module_runner_free(s->runners[i].r);
+		if (s->runners[i].claim_q) {
+			pg_pool_cancel(s->runners[i].claim_q);
+			free(s->runners[i].claim_c);
+		}
+	}
 	free(s->runners);
+	for (size_t i = 0; i < 2; i++)
+		pg_pool_cancel(s->adv_q[i].q);
+	if (s->hb_q) {
+		pg_pool_cancel(s->hb_q);
+		hb_ctx_free(s->hb_c);
+		s->hb_q = NULL;
+	}
 	event_sub_cancel(s->bus_sub);
 	pg_pool_cancel(s->hb_q);
 	pg_pool_cancel(s->rescue_q);
