@@ -1297,7 +1297,7 @@ void job_op_cancel(struct job_op *op)
 #define SQL_JOB_TXN                                                                                \
 	"WITH y AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS y(ord int, id uuid, "           \
 	"from_ text, to_ text, reason text, error jsonb, kind text, request_id text, data "        \
-	"jsonb)), "                                                                                \
+	"jsonb, needs_task uuid)), "                                                               \
 	"x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(ord int, id uuid, job_id uuid, "   \
 	"from_ text, to_ text, reason text, kind text, stage text, lease uuid, skip_reason text, " \
 	"error jsonb, not_before timestamptz, request_id text, data jsonb, with_job bool, "        \
@@ -1305,7 +1305,8 @@ void job_op_cancel(struct job_op *op)
 	"jl AS (SELECT j.id, j.status, j.project_id, j.pipeline, j.created_at, j.queued_at, "      \
 	"j.started_at FROM jobs j WHERE j.id IN (SELECT id FROM y UNION SELECT job_id FROM x) "    \
 	"ORDER BY j.id FOR UPDATE), "                                                              \
-	"yok AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_), "             \
+	"yok AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_ WHERE "         \
+	"y.needs_task IS NULL), "                                                                  \
 	"tu AS (UPDATE tasks t SET status = x.to_, "                                               \
 	"ready_at = CASE WHEN x.to_ = 'ready' THEN now() WHEN x.to_ = 'pending' THEN NULL "        \
 	"ELSE t.ready_at END, "                                                                    \
@@ -1350,7 +1351,10 @@ void job_op_cancel(struct job_op *op)
 	"cpu_seconds = (tu.att->>'cpu_seconds')::float8, "                                         \
 	"max_rss_bytes = (tu.att->>'max_rss_bytes')::bigint "                                      \
 	"FROM tu WHERE tu.att IS NOT NULL AND a.task_id = tu.id AND a.attempt = tu.attempt), "     \
-	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yok), "              \
+	"ydep AS (SELECT y.* FROM y JOIN jl ON jl.id = y.id AND jl.status = y.from_ WHERE "        \
+	"y.needs_task IN (SELECT id FROM tu)), "                                                   \
+	"yall AS (SELECT * FROM yok UNION ALL SELECT * FROM ydep), "                               \
+	"applied AS (SELECT ord, job_id FROM tu UNION ALL SELECT ord, id FROM yall), "             \
 	"cnt AS (SELECT job_id, count(*)::bigint AS n FROM applied GROUP BY job_id), "             \
 	"td AS (SELECT tu.job_id, "                                                                \
 	"sum((tu.to_ = 'completed')::int - (tu.from_ = 'completed')::int) AS completed, "          \
@@ -1361,27 +1365,28 @@ void job_op_cancel(struct job_op *op)
 	"tasks_completed = j.tasks_completed + coalesce(td.completed, 0), "                        \
 	"tasks_failed = j.tasks_failed + coalesce(td.failed, 0), "                                 \
 	"tasks_running = j.tasks_running + coalesce(td.running, 0), "                              \
-	"status = coalesce(yok.to_, j.status), "                                                   \
-	"queued_at = CASE WHEN yok.to_ = 'queued' THEN now() ELSE j.queued_at END, "               \
-	"started_at = CASE WHEN yok.to_ = 'running' THEN coalesce(j.started_at, now()) "           \
+	"status = coalesce(yall.to_, j.status), "                                                  \
+	"queued_at = CASE WHEN yall.to_ = 'queued' THEN now() ELSE j.queued_at END, "              \
+	"started_at = CASE WHEN yall.to_ = 'running' THEN coalesce(j.started_at, now()) "          \
 	"ELSE j.started_at END, "                                                                  \
-	"completed_at = CASE WHEN yok.to_ IN ('completed', 'failed', 'cancelled') THEN now() "     \
-	"WHEN yok.to_ = 'queued' THEN NULL ELSE j.completed_at END, "                              \
-	"error = CASE WHEN yok.to_ = 'failed' THEN yok.error WHEN yok.to_ = 'queued' THEN NULL "   \
+	"completed_at = CASE WHEN yall.to_ IN ('completed', 'failed', 'cancelled') THEN now() "    \
+	"WHEN yall.to_ = 'queued' THEN NULL ELSE j.completed_at END, "                             \
+	"error = CASE WHEN yall.to_ = 'failed' THEN yall.error WHEN yall.to_ = 'queued' THEN "     \
+	"NULL "                                                                                    \
 	"ELSE j.error END, "                                                                       \
-	"attempt = j.attempt + coalesce(yok.to_ = 'queued' AND yok.from_ <> 'pending', "           \
+	"attempt = j.attempt + coalesce(yall.to_ = 'queued' AND yall.from_ <> 'pending', "         \
 	"false)::int, "                                                                            \
-	"progress = CASE WHEN yok.to_ = 'completed' THEN 1 WHEN yok.to_ = 'queued' THEN 0 ELSE "   \
+	"progress = CASE WHEN yall.to_ = 'completed' THEN 1 WHEN yall.to_ = 'queued' THEN 0 ELSE " \
 	"least(1, greatest(0, (SELECT coalesce(avg(CASE WHEN coalesce(tu.to_, t.status) IN "       \
 	"('completed', 'skipped', 'failed', 'cancelled') THEN 1 WHEN coalesce(tu.to_, t.status) "  \
 	"IN ('pending', 'ready') THEN 0 ELSE t.progress END), 0) FROM tasks t LEFT JOIN tu ON "    \
 	"tu.id = t.id WHERE t.job_id = j.id))) END, "                                              \
-	"current_stage = CASE WHEN yok.to_ IN ('completed', 'failed', 'cancelled', 'queued') "     \
+	"current_stage = CASE WHEN yall.to_ IN ('completed', 'failed', 'cancelled', 'queued') "    \
 	"THEN "                                                                                    \
 	"NULL ELSE j.current_stage END, "                                                          \
-	"cancel_requested = CASE WHEN yok.to_ = 'cancelled' THEN true WHEN yok.to_ = 'queued' "    \
+	"cancel_requested = CASE WHEN yall.to_ = 'cancelled' THEN true WHEN yall.to_ = 'queued' "  \
 	"THEN false ELSE j.cancel_requested END "                                                  \
-	"FROM cnt LEFT JOIN yok ON yok.id = cnt.job_id LEFT JOIN td ON td.job_id = cnt.job_id "    \
+	"FROM cnt LEFT JOIN yall ON yall.id = cnt.job_id LEFT JOIN td ON td.job_id = cnt.job_id "  \
 	"WHERE j.id = cnt.job_id "                                                                 \
 	"RETURNING j.id, j.event_seq - cnt.n AS base, j.rev, j.project_id, j.pipeline, "           \
 	"j.tasks_total, j.tasks_completed, j.tasks_failed, j.tasks_running), "                     \
@@ -1488,6 +1493,13 @@ bool job_set_status_data(struct job_txn *t, const struct job_ref *j, enum job_st
                          enum job_status to, const char *reason, const json_t *error,
                          const json_t *data)
 {
+	return job_set_status_after(t, j, from, to, reason, error, data, NULL);
+}
+
+bool job_set_status_after(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                          enum job_status to, const char *reason, const json_t *error,
+                          const json_t *data, const char *task_id)
+{
 	const char *kind = job_lifecycle_kind(from, to);
 	if (kind == NULL) {
 		log_error("job.invalid_transition", "refused a job status change",
@@ -1511,9 +1523,11 @@ bool job_set_status_data(struct job_txn *t, const struct job_ref *j, enum job_st
 	                                         job_status_name(from), "to_", job_status_name(to),
 	                                         "reason", reason, "error", error, "kind", kind,
 	                                         "request_id", j->request_id));
+	json_t *row = json_array_get(t->jobs, json_array_size(t->jobs) - 1);
 	if (data)
-		json_object_set(json_array_get(t->jobs, json_array_size(t->jobs) - 1), "data",
-		                (json_t *)data);
+		json_object_set(row, "data", (json_t *)data);
+	if (task_id)
+		json_object_set_new(row, "needs_task", json_string(task_id));
 	return true;
 }
 

@@ -154,6 +154,13 @@ bool job_set_status(struct job_txn *t, const struct job_ref *j, enum job_status 
 bool job_set_status_data(struct job_txn *t, const struct job_ref *j, enum job_status from,
                          enum job_status to, const char *reason, const json_t *error,
                          const json_t *data) __attribute__((warn_unused_result));
+/* As job_set_status_data, applied only if this batch's change of task
+ * task_id applies: a single-stage job settles with its stage's outcome in
+ * one transaction. task_id's change must be in the same batch. */
+bool job_set_status_after(struct job_txn *t, const struct job_ref *j, enum job_status from,
+                          enum job_status to, const char *reason, const json_t *error,
+                          const json_t *data, const char *task_id)
+        __attribute__((warn_unused_result));
 bool task_set_status(struct job_txn *t, const struct task_ref *k, enum task_status from,
                      enum task_status to, const char *reason, const struct task_set_opts *o)
         __attribute__((warn_unused_result));

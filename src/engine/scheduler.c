@@ -1045,6 +1045,7 @@ static const char *end_reason(const struct stask *t)
 struct commit_batch {
 	struct scheduler *s;
 	struct stask **t;
+	ssize_t *jord; /* the change that settles t[i]'s job in this batch, or -1 */
 	size_t n;
 };
 
@@ -1066,8 +1067,8 @@ static void commit_done_cb(size_t applied, size_t total, const bool *which,
 			         "the task's outcome was not applied: its lease or status moved on",
 			         LF_STR("job_id", t->job_id), LF_STR("task_id", t->id),
 			         LF_STR("stage", t->stage), LF_INT("attempt", t->attempt));
-		else
-			adv_add(s, t->job_id);
+		else if (b->jord[i] < 0 || !which[b->jord[i]])
+			adv_add(s, t->job_id); /* the DAG step reads what it needs */
 		TAILQ_INSERT_TAIL(&s->tasks, t, link); /* stask_free removes it */
 		stask_free(t);
 	}
@@ -1081,6 +1082,7 @@ static void commit_done_cb(size_t applied, size_t total, const bool *which,
 	(void)applied;
 	(void)total;
 	free(b->t);
+	free(b->jord);
 	free(b);
 	if (!err)
 		sched_commit_schedule(s);
@@ -1209,6 +1211,19 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 			if (b->n == cap) {
 				cap = cap ? cap * 2 : 64;
 				b->t = xrealloc(b->t, cap * sizeof *b->t);
+				b->jord = xrealloc(b->jord, cap * sizeof *b->jord);
+			}
+			b->jord[b->n] = -1;
+			/* A single-stage job settles with its stage: no DAG step
+			 * (read + write) needed afterwards. */
+			if (t->outcome == MODULE_COMPLETE && t->p && t->p->nstages == 1 &&
+			    !t->error) {
+				struct job_ref jr = {t->job_id, t->project, t->pipeline,
+				                     t->request_id};
+				size_t ord = job_txn_size(txn);
+				if (job_set_status_after(txn, &jr, JOB_RUNNING, JOB_COMPLETED,
+				                         "all_stages_done", NULL, NULL, t->id))
+					b->jord[b->n] = (ssize_t)ord;
 			}
 			b->t[b->n++] = t;
 		}
