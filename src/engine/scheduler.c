@@ -783,8 +783,11 @@ static void fetch_start(struct stask *t)
 	t->state = ST_FETCH;
 	t->workdir = xasprintf("%s/%s.%d", s->o.scratch_dir, t->id, t->attempt);
 	char *inputs_dir = xasprintf("%s/inputs", t->workdir);
+	/* inputs/ only when there is something to put there: every directory
+	 * and file made here costs an inode allocation per task */
+	bool has_inputs = (t->sd && t->sd->nneeds > 0) || json_array_size(t->dep_artifacts) > 0;
 	if ((mkdir(t->workdir, 0750) < 0 && errno != EEXIST) ||
-	    (mkdir(inputs_dir, 0750) < 0 && errno != EEXIST)) {
+	    (has_inputs && mkdir(inputs_dir, 0750) < 0 && errno != EEXIST)) {
 		stask_fail_infra(t, "scratch_failed", strerror(errno));
 		free(inputs_dir);
 		run_start(t);

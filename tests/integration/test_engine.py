@@ -1663,3 +1663,61 @@ def test_task_endpoint_lists_attempts(daemon, edb):
                  f"/v1/jobs/{jid}/tasks/nope", f"/v1/jobs/{uuid.uuid4()}/tasks/{f['task_id']}"):
         st, hd, b = d.http("GET", path)
         assert_problem(st, hd, b, 404)
+
+
+# --------------------------------------------------------------------------
+# the demo the quickstart runs
+
+
+def _speech_tools_missing():
+    import shutil
+    miss = [t for t in ("espeak-ng", "sox", "pocketsphinx_continuous") if shutil.which(t) is None]
+    if not os.path.exists("/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict"):
+        miss.append("pocketsphinx-en-us")
+    return miss
+
+
+@pytest.mark.skipif(bool(_speech_tools_missing()), reason="speech tools not installed")
+def test_speech_demo_runs_end_to_end_with_the_quickstart_config(daemon, edb, tmp_path):
+    """contrib/demo.yaml as the quickstart runs it (settings from STAGELINE_*
+    variables): the speech-demo job completes every stage, its parallel
+    branches overlap, and each stage's files are in the store."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    port = free_port()
+    env = clean_env({
+        "STAGELINE_SERVER_LISTEN": f"127.0.0.1:{port}",
+        "STAGELINE_DATABASE_URL": daemon.pg.url(dbname=edb.name),
+        "STAGELINE_STORE_PATH": str(tmp_path / "objects"),
+        "STAGELINE_SCHEDULER_SCRATCH_DIR": str(tmp_path / "scratch"),
+        "STAGELINE_AUTH_ENABLED": "false",
+        "STAGELINE_SERVER_SHUTDOWN_GRACE": "5s",
+    })
+    cfg = os.path.join(root, "contrib", "demo.yaml")
+    argv = [daemon.binary, "-c", cfg, "--log-format", "json"]
+    d = Daemon(daemon, "demo", cfg, argv, env, port, (), False)
+    daemon.daemons.append(d)
+    d.start(wait_healthy=True)
+    d.wait_ready(timeout=20.0)
+    wait_for(lambda: edb.all("SELECT 1 FROM projects WHERE id = 'default'"), 10.0, 0.02,
+             "the default project row")
+    job = submit(d, "speech-demo", params={"speed": 160},
+                 input={"text": "Every stage of this pipeline runs in its own process."})
+    done = wait_job(d, job["id"], timeout=120.0)
+    stages = {s["stage"]: s for s in done["stages"]}
+    assert done["status"] == "completed", json.dumps(done, indent=1)[:3000]
+    assert all(s["status"] == "completed" for s in stages.values()), stages
+    assert done["progress"] == 1.0 and done["current_stage"] is None
+    # align, transcribe and audio-stats run side by side once normalize is done
+    starts = {n: stages[n]["started_at"] for n in ("align", "transcribe", "audio-stats")}
+    ends = {n: stages[n]["completed_at"] for n in ("align", "transcribe", "audio-stats")}
+    assert max(starts.values()) < min(ends.values()), (starts, ends)
+    base = tmp_path / "objects" / "default" / job["id"]
+    for rel in ("01_tts/speech.wav", "02_normalize/audio16k.wav", "03_align/alignment.json",
+                "04_transcribe/transcript.txt", "05_audio-stats/stats.json",
+                "06_subtitles/subtitles.srt", "07_report/report.json", "07_report/output.json",
+                "03_align/stage.log", "01_tts/input.json"):
+        assert (base / rel).is_file(), rel
+    report = json.loads((base / "07_report" / "output.json").read_text())
+    assert report["coverage"] > 0.8, report
+    srt = (base / "06_subtitles" / "subtitles.srt").read_text()
+    assert "-->" in srt
