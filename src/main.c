@@ -28,6 +28,7 @@
 #include "http/api.h"
 #include "http/router.h"
 #include "http/server.h"
+#include "http/sse.h"
 #include "store/store.h"
 
 extern char **environ;
@@ -79,6 +80,7 @@ struct daemon {
 	struct engine *engine;
 	struct store *store;
 	struct scheduler *sched;
+	struct sse_hub *sse;
 	bool http_done, sched_done; /* the two halves of a drain */
 	struct event *hard_stop; /* bounds the drain */
 	struct auth *auth;
@@ -176,6 +178,8 @@ static void on_stop_signal_cb(evutil_socket_t sig, short what, void *arg)
 	} else {
 		d->sched_done = true;
 	}
+	/* Streams end now: their clients resume elsewhere with Last-Event-ID. */
+	sse_hub_drain(d->sse);
 	http_server_drain(d->http, http_drained_cb, d);
 }
 
@@ -284,7 +288,9 @@ static bool daemon_routes(struct daemon *d)
 	d->api.engine = d->engine;
 	d->api.auth = d->auth;
 	d->api.pipelines = d->pipelines;
-	bool ok = api_health_register(d->router, &d->api) && api_jobs_register(d->router, &d->api);
+	d->sse = sse_hub_new(&d->api);
+	bool ok = api_health_register(d->router, &d->api) &&
+	          api_jobs_register(d->router, &d->api) && api_sse_register(d->router, d->sse);
 	if (*d->app.cfg->server.metrics_listen) {
 		/* A separate listener serves only the metrics (and health). */
 		d->metrics_router = router_new();
@@ -332,6 +338,7 @@ static void jobs_notify_cb(const char *channel, const char *payload, int be_pid,
 	}
 	/* The scheduler compares with the revision it knew before this news. */
 	scheduler_on_job_notify(d->sched, payload);
+	sse_hub_on_job_notify(d->sse, payload);
 	engine_on_jobs_notify(d->engine, payload);
 }
 
@@ -528,6 +535,7 @@ static void daemon_free(struct daemon *d)
 	sampler_free(d->sampler);
 	http_server_free(d->http);
 	http_server_free(d->metrics_http);
+	sse_hub_free(d->sse);
 	instance_free(d->instance);
 	instance_free(d->instance_leaving); /* the loop ended before it finished */
 	pg_listener_free(d->listener);

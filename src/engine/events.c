@@ -3,6 +3,8 @@
  * afterwards, so no callback ever runs on freed state. */
 #include "engine/events.h"
 
+#include "core/clock.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -88,5 +90,36 @@ void event_bus_publish(struct event_bus *bus, const struct sl_event *ev)
 
 const char *event_sse_type(const char *kind)
 {
+	if (strcmp(kind, "progress") == 0 || strcmp(kind, "log") == 0)
+		return kind;
 	return strncmp(kind, "job.lifecycle.", 14) == 0 ? "lifecycle" : "stage";
+}
+
+static json_t *str_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+json_t *event_to_json(const struct sl_event *ev)
+{
+	json_t *o = json_object();
+	if (ev->seq > 0) {
+		json_object_set_new(o, "id", json_integer(ev->id));
+		json_object_set_new(o, "seq", json_integer(ev->seq));
+	}
+	char ts[40];
+	clock_fmt_rfc3339_us(ts, sizeof ts, ev->ts_us);
+	json_object_set_new(o, "ts", json_string(ts));
+	json_object_set_new(o, "kind", json_string(ev->kind));
+	json_object_set_new(o, "job_id", json_string(ev->job_id));
+	json_object_set_new(o, "task_id", str_or_null(ev->task_id));
+	json_object_set_new(o, "stage", str_or_null(ev->stage));
+	if (ev->seq > 0) {
+		json_object_set_new(o, "status_from", str_or_null(ev->status_from));
+		json_object_set_new(o, "status_to", str_or_null(ev->status_to));
+		json_object_set_new(o, "reason", str_or_null(ev->reason));
+		json_object_set_new(o, "request_id", str_or_null(ev->request_id));
+	}
+	json_object_set_new(o, "data", ev->data ? json_deep_copy(ev->data) : json_object());
+	return o;
 }

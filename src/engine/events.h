@@ -45,5 +45,10 @@ void event_bus_publish(struct event_bus *bus, const struct sl_event *ev);
 /* The SSE event type of a kind: lifecycle for job.lifecycle.*, stage for
  * job.stage.* and job.module.*. */
 const char *event_sse_type(const char *kind);
+/* The event as SSE data and the replay render it (proto/events.md): {id,
+ * seq, ts, kind, job_id, task_id, stage, status_from, status_to, reason,
+ * request_id, data}; ephemeral kinds ("progress", "log": seq 0) carry only
+ * ts, kind, job_id, task_id, stage and data. New reference. */
+json_t *event_to_json(const struct sl_event *ev);
 
 #endif

@@ -527,6 +527,17 @@ static void job_op_free(struct job_op *op)
 #define SQL_JOB_LIST_TAIL \
 	" AND j.id < $2::uuid AND j.created_at > $3::timestamptz ORDER BY j.id DESC LIMIT $4"
 
+/* A job's events after a seq, in order (the SSE replay). */
+#define SQL_JOB_EVENTS_AFTER                                                                       \
+	"SELECT coalesce(json_agg(json_build_object('id', e.id, 'seq', e.seq, 'ts', "              \
+	"to_char(e.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'kind', e.kind, "  \
+	"'job_id', e.job_id, 'task_id', e.task_id, 'stage', e.stage, 'status_from', "              \
+	"e.status_from, "                                                                          \
+	"'status_to', e.status_to, 'reason', e.reason, 'request_id', e.request_id, 'data', "       \
+	"e.data) "                                                                                 \
+	"ORDER BY e.seq), '[]')::text FROM (SELECT * FROM job_events WHERE job_id = $1::uuid AND " \
+	"project_id = $2 AND seq > $3::bigint ORDER BY seq LIMIT $4::int) e"
+
 /* A task's attempts, oldest first; the task must belong to the project's job. */
 #define SQL_TASK_ATTEMPTS                                                                        \
 	"SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'instance_id', "       \
@@ -549,6 +560,7 @@ static const struct {
 	int nparams;
 } job_statements[] = {
         {"task_attempts", SQL_TASK_ATTEMPTS, 3},
+        {"job_events_after", SQL_JOB_EVENTS_AFTER, 4},
         {"job_get", SQL_JOB_GET, 2},
         {"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
         {"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
@@ -662,6 +674,23 @@ struct job_op *job_task_attempts(struct engine *e, const char *project_id, const
 	const char *values[3] = {task_id, job_id, project_id};
 	op->q = pg_pool_query_prepared(e->pool, "task_attempts", 3, values, task_attempts_result_cb,
 	                               op);
+	return op;
+}
+
+struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,
+                                int64_t after_seq, int limit, job_list_cb cb, void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_ATTEMPTS; /* same shape: one JSON array */
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	char after[32], lim[16];
+	snprintf(after, sizeof after, "%lld", (long long)after_seq);
+	snprintf(lim, sizeof lim, "%d", limit);
+	const char *values[4] = {job_id, project_id, after, lim};
+	op->q = pg_pool_query_prepared(e->pool, "job_events_after", 4, values,
+	                               task_attempts_result_cb, op);
 	return op;
 }
 
@@ -1005,6 +1034,16 @@ struct job_op *job_submit(struct engine *e, const struct job_submit *s, job_subm
 	return op;
 }
 
+/* The event's ts as written (the submission's clock), so that the live
+ * event and its replay from job_events carry the same time. */
+static int64_t row_ts_us(const json_t *row)
+{
+	int64_t us = 0;
+	if (!clock_parse_rfc3339(json_string_value(json_object_get(row, "ts")), &us))
+		us = clock_now_us();
+	return us;
+}
+
 /* After the commit: each event is a log line, a metric and a bus event. */
 static void submit_announce(struct engine *e, struct job_op *op, const PGresult *ins)
 {
@@ -1026,7 +1065,7 @@ static void submit_announce(struct engine *e, struct job_op *op, const PGresult 
 		        .id = gid,
 		        .seq = seq,
 		        .rev = 1,
-		        .ts_us = clock_now_us(),
+		        .ts_us = row_ts_us(r),
 		        .kind = json_string_value(json_object_get(r, "kind")),
 		        .job_id = op->job_id,
 		        .project_id = op->project,
@@ -1402,14 +1441,14 @@ void job_op_cancel(struct job_op *op)
 	"coalesce(x.request_id, y.request_id), coalesce(x.data, y.data, '{}') || counts.c "        \
 	"FROM num JOIN ju ON ju.id = num.job_id JOIN counts ON counts.job_id = num.job_id "        \
 	"LEFT JOIN x ON x.ord = num.ord LEFT JOIN y ON y.ord = num.ord "                           \
-	"RETURNING job_id, seq, id, data) "                                                        \
+	"RETURNING job_id, seq, id, data, ts) "                                                    \
 	"SELECT num.ord, ev.seq, ev.id, ju.rev, ev.data::text, "                                   \
 	"(extract(epoch from jl.created_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from jl.queued_at) * 1e6)::bigint, "                                       \
 	"(extract(epoch from jl.started_at) * 1e6)::bigint, "                                      \
 	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
 	"(SELECT pg_notify('stageline_ready', '') WHERE EXISTS (SELECT 1 FROM tu WHERE tu.to_ = "  \
-	"'ready')) "                                                                               \
+	"'ready')), (extract(epoch from ev.ts) * 1e6)::bigint "                                    \
 	"FROM ev JOIN num ON num.job_id = ev.job_id AND num.seq = ev.seq "                         \
 	"JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id ORDER BY num.ord"
 
@@ -1662,7 +1701,9 @@ static void txn_announce(struct job_txn *t, const PGresult *res)
 		        .id = strtoll(PQgetvalue(res, r, 2), NULL, 10),
 		        .seq = strtoll(PQgetvalue(res, r, 1), NULL, 10),
 		        .rev = strtoll(PQgetvalue(res, r, 3), NULL, 10),
-		        .ts_us = now,
+		        .ts_us = PQgetisnull(res, r, 10)
+		                         ? now
+		                         : strtoll(PQgetvalue(res, r, 10), NULL, 10),
 		        .kind = c->kind,
 		        .job_id = c->job_id,
 		        .project_id = c->project_id,

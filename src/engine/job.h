@@ -184,6 +184,12 @@ void job_txn_free(struct job_txn *t);
 struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
                                  const char *task_id, job_list_cb cb, void *arg);
 
+/* The project's job's events with seq > after_seq, oldest first, at most
+ * limit: a JSON array (owned by the callback) of {id, seq, ts, kind, job_id,
+ * task_id, stage, status_from, status_to, reason, request_id, data}. */
+struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,
+                                int64_t after_seq, int limit, job_list_cb cb, void *arg);
+
 /* SHA-256 of the request body in canonical form (sorted keys, compact):
  * what an Idempotency-Key is bound to. Pure. */
 void job_request_hash(const json_t *body, unsigned char out[32]);

@@ -170,6 +170,7 @@ struct stask {
 	/* progress frames, flushed every PROGRESS_EVERY_MS */
 	double progress;
 	bool progress_dirty;
+	int64_t progress_pub_us; /* the last progress event published (mono) */
 };
 
 #define PROGRESS_EVERY_MS 500
@@ -292,7 +293,7 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"tu JOIN ju ON ju.id = tu.job_id JOIN counts ON counts.job_id = tu.job_id), "              \
 	"ev AS (INSERT INTO job_events (job_id, seq, project_id, kind, task_id, stage, "           \
 	"status_from, status_to, reason, data) SELECT * FROM evs RETURNING job_id, seq, id, "      \
-	"task_id, kind, data), "                                                                   \
+	"task_id, kind, data, ts), "                                                               \
 	"ta AS (INSERT INTO task_attempts (task_id, attempt, job_id, instance_id, wait_ms) "       \
 	"SELECT tu.id, tu.attempt, tu.job_id, $1, tu.wait_ms FROM tu ON CONFLICT DO NOTHING) "     \
 	"SELECT ev.kind, ev.job_id::text, ev.seq, ev.id, ev.data::text, ju.rev, ju.project_id, "   \
@@ -305,7 +306,8 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"jsonb_array_elements(coalesce(d.artifacts, (SELECT e.artifacts FROM tasks e WHERE "       \
 	"e.job_id = (jl.resume_from->>'job_id')::uuid AND e.stage = d.stage))) a WHERE "           \
 	"tu.id IS NOT NULL AND d.job_id = tu.job_id AND d.stage = ANY(tu.depends_on))::text, "     \
-	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev) "                      \
+	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
+	"(extract(epoch from ev.ts) * 1e6)::bigint "                                               \
 	"FROM ev JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id LEFT JOIN tu ON "       \
 	"tu.id = ev.task_id ORDER BY ev.job_id, ev.seq"
 
@@ -609,6 +611,24 @@ static void stask_module_done(struct module_task *mt, const struct module_task_r
 	upload_start(t);
 }
 
+/* progress and log: ephemeral events for live streams (no row, no seq). */
+static void stask_publish(struct stask *t, const char *kind, json_t *data)
+{
+	struct sl_event ev = {
+	        .ts_us = clock_now_us(),
+	        .kind = kind,
+	        .job_id = t->job_id,
+	        .project_id = t->project,
+	        .pipeline = t->pipeline,
+	        .task_id = t->id,
+	        .stage = t->stage,
+	        .request_id = t->request_id,
+	        .data = data,
+	};
+	event_bus_publish(t->s->e->bus, &ev);
+	json_decref(data);
+}
+
 static void stask_on_frame(struct module_task *mt, const struct frame *f, void *arg)
 {
 	struct stask *t = arg;
@@ -617,10 +637,29 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 	case FRAME_PROGRESS:
 		t->progress = f->u.progress.fraction;
 		t->progress_dirty = true;
+		/* at most 10 per second per task reach the streams */
+		if (clock_mono_us() - t->progress_pub_us >= 100000) {
+			t->progress_pub_us = clock_mono_us();
+			json_t *d = json_pack("{s:f, s:i}", "progress", t->progress, "attempt",
+			                      t->attempt);
+			if (f->u.progress.message)
+				json_object_set_new(d, "message",
+				                    json_string(f->u.progress.message));
+			if (f->u.progress.has_current)
+				json_object_set_new(d, "current",
+				                    json_integer(f->u.progress.current));
+			if (f->u.progress.has_total)
+				json_object_set_new(d, "total", json_integer(f->u.progress.total));
+			stask_publish(t, "progress", d);
+		}
 		if (f->u.progress.message)
 			stage_log(t, "INFO", "%s", f->u.progress.message);
 		break;
 	case FRAME_LOG:
+		stask_publish(t, "log",
+		              json_pack("{s:s, s:s, s:O?}", "level", f->u.log.level, "message",
+		                        f->u.log.message ? f->u.log.message : "", "fields",
+		                        f->u.log.fields));
 		stage_log(t,
 		          strcmp(f->u.log.level, "warn") == 0    ? "WARNING"
 		          : strcmp(f->u.log.level, "error") == 0 ? "ERROR"
@@ -670,6 +709,7 @@ static void stask_on_stderr(struct module_task *mt, const char *line, size_t len
 {
 	struct stask *t = arg;
 	(void)mt;
+	stask_publish(t, "log", json_pack("{s:s, s:s%}", "level", "stderr", "message", line, len));
 	if (t->log.len >= STAGE_LOG_CAP)
 		return;
 	buf_add(&t->log, line, len);
@@ -1466,7 +1506,7 @@ static void claim_announce(struct scheduler *s, const PGresult *res, int r)
 	        .id = col_i(res, r, 3),
 	        .seq = col_i(res, r, 2),
 	        .rev = col_i(res, r, 5),
-	        .ts_us = clock_now_us(),
+	        .ts_us = col_i(res, r, 26),
 	        .kind = kind,
 	        .job_id = col(res, r, 1),
 	        .project_id = col(res, r, 6),
@@ -1500,6 +1540,7 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		         LF_STR("module", sr->def->name), LF_STR("error", err->message));
 		sr->running -= limit;
 		s->running -= limit;
+		drain_check(s);
 		return false;
 	}
 	int64_t now = clock_now_us();
@@ -1552,6 +1593,7 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 	/* Give back the slots the claim did not fill. */
 	sr->running -= limit - claimed;
 	s->running -= limit - claimed;
+	drain_check(s); /* a drain may have been waiting for this claim */
 	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
 	sr->more = claimed == limit;
 	bool starved = false;

@@ -746,6 +746,53 @@ void http_reply(struct http_req *req, int status, const char *content_type, cons
 	/* on_request_fini may already have freed req (client gone): don't touch it */
 }
 
+int http_req_take_stream(struct http_req *req, const char *content_type)
+{
+	if (req->replied || req->ev == NULL || req->conn == NULL || req->conn->c == NULL ||
+	    req->conn->c->bev == NULL)
+		return -1;
+	struct http_conn *hc = req->conn;
+	struct http_server *srv = req->srv;
+	evhtp_connection_t *c = hc->c;
+	char head[512];
+	int n = snprintf(head, sizeof head,
+	                 "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n"
+	                 "X-Accel-Buffering: no\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n",
+	                 content_type, req->id);
+	if (n < 0 || (size_t)n >= sizeof head)
+		return -1;
+	/* Our bookkeeping first: the request is answered (200, a stream), the
+	 * connection is no longer the server's. */
+	req->replied = true;
+	req->status = 200;
+	req->on_abort = NULL;
+	req->bytes_out = (size_t)n;
+	/* take_ownership drops our hooks: finish the request and forget the
+	 * connection ourselves, then let libevhtp free its structures (its bev
+	 * pointer is NULL by then, so the socket survives). */
+	struct bufferevent *bev = evhtp_connection_take_ownership(c);
+	req->ev = NULL;
+	req_finish(req);
+	conn_forget(hc);
+	evhtp_connection_free(c);
+	struct evbuffer *out = bufferevent_get_output(bev);
+	evbuffer_unfreeze(out, 1);
+	evbuffer_drain(out, evbuffer_get_length(out));
+	int fd = (int)bufferevent_getfd(bev);
+	bufferevent_setfd(bev, -1);
+	bufferevent_free(bev);
+	if (fd < 0)
+		return -1;
+	/* The head is small and the socket's buffer empty: one write. */
+	ssize_t w = write(fd, head, (size_t)n);
+	if (w != n) {
+		close(fd);
+		return -1;
+	}
+	server_maybe_drained(srv);
+	return fd;
+}
+
 void http_reply_json(struct http_req *req, int status, json_t *body)
 {
 	char *s = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);

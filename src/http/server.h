@@ -74,6 +74,12 @@ void http_set_header(struct http_req *req, const char *name, const char *value);
  * that outlives the response (a literal): it is not copied. */
 void http_reply(struct http_req *req, int status, const char *content_type, const void *body,
                 size_t len);
+/* A long-lived response (Server-Sent Events): writes a 200 head with
+ * content_type, Cache-Control: no-cache and Connection: close (the body ends
+ * when the connection does), finishes the request (access log, metrics) and
+ * hands the connection's socket over — non-blocking, the server forgets it.
+ * Returns the fd, which the caller closes; -1 when the client is gone. */
+int http_req_take_stream(struct http_req *req, const char *content_type);
 /* Takes the reference to body. */
 void http_reply_json(struct http_req *req, int status, json_t *body);
 /* RFC 9457: slug names the problem type (see problem.h). extra is borrowed. */

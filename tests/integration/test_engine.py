@@ -61,6 +61,7 @@ def module_def(name):
         "crash": "contrib/modules/crash.py",
         "hang": "contrib/modules/hang.py",
         "echo": "tests/integration/modules/echo.py",
+        "flood": "contrib/modules/flood.py",
     }[name]
     return {"command": pymod(rel), "concurrency": 4}
 

@@ -1,0 +1,581 @@
+/* Job event streams (sse.h). A stream walks
+ *   OPENING (auth, the job read) -> REPLAY (job_events after the resume
+ *   point, in batches) -> SNAPSHOT (a fresh read; if events landed since
+ *   the replay, replay again) -> LIVE (bus events in seq order; a gap or
+ *   another instance's NOTIFY fetches the missing ones) -> closed
+ * and writes nothing twice and skips nothing: the job's seq is assigned
+ * under its row lock, so seq order is commit order. */
+#include "http/sse.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/apikey.h"
+#include "core/app.h"
+#include "core/buf.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/xmalloc.h"
+#include "db/pg.h"
+#include "engine/engine.h"
+#include "engine/events.h"
+#include "engine/job.h"
+#include "http/api.h"
+#include "http/auth.h"
+#include "http/server.h"
+
+enum sse_state { SSE_OPENING, SSE_REPLAY, SSE_SNAPSHOT, SSE_LIVE };
+
+struct sse_hub {
+	struct api_ctx *ctx;
+	struct event_base *base;
+	struct event_sub *sub;
+	struct event *hb_ev;
+	TAILQ_HEAD(, sse_stream) streams;
+	size_t n;
+	bool draining;
+};
+
+struct sse_stream {
+	TAILQ_ENTRY(sse_stream) link;
+	struct sse_hub *hub;
+	struct http_req *req; /* OPENING only */
+	int fd;
+	struct event *rd, *wr;
+	struct evbuffer *pend; /* what the socket refused, in order */
+	enum sse_state state;
+	char job_id[ID_UUID_LEN + 1];
+	char project[AUTH_PROJECT_MAX + 1];
+	int64_t last_seq; /* the last durable event written */
+	int64_t last_rev; /* the job revision that event (or the snapshot) showed */
+	int64_t resume_from; /* -1: none asked; else Last-Event-ID */
+	bool bad_resume; /* a Last-Event-ID that is not a number */
+	bool logs;
+	bool catchup; /* a fetch of missed events is in flight or wanted */
+	bool refetch; /* a NOTIFY came while a fetch was in flight */
+	struct job_op *op;
+	json_t *snapshot_job; /* OPENING: the job as first read */
+};
+
+static void stream_close(struct sse_stream *st, const char *why);
+static void stream_fetch(struct sse_stream *st);
+
+/* --- Writing ------------------------------------------------------------ */
+
+static void stream_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sse_stream *st = arg;
+	(void)what;
+	int n = evbuffer_write(st->pend, fd);
+	if (n < 0 && errno != EAGAIN && errno != EINTR) {
+		stream_close(st, "write_error");
+		return;
+	}
+	if (evbuffer_get_length(st->pend) > 0)
+		event_add(st->wr, NULL);
+}
+
+/* Writes through; only what the socket refuses is queued, up to the bound. */
+static bool stream_send(struct sse_stream *st, const char *data, size_t len)
+{
+	if (st->fd < 0)
+		return false;
+	size_t off = 0;
+	if (evbuffer_get_length(st->pend) == 0) {
+		while (off < len) {
+			ssize_t w = write(st->fd, data + off, len - off);
+			if (w > 0) {
+				off += (size_t)w;
+				continue;
+			}
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+				break;
+			stream_close(st, "write_error");
+			return false;
+		}
+	}
+	if (off < len) {
+		if (evbuffer_get_length(st->pend) + (len - off) > SSE_MAX_PENDING_BYTES) {
+			metric_inc(metrics_default_get(M_SSE_CLIENTS_DROPPED_TOTAL), 1, "slow");
+			log_warn("sse.dropped", "a client fell behind; its stream is closed",
+			         LF_STR("job_id", st->job_id),
+			         LF_UINT("pending_bytes", evbuffer_get_length(st->pend)));
+			stream_close(st, NULL);
+			return false;
+		}
+		evbuffer_add(st->pend, data + off, len - off);
+		event_add(st->wr, NULL);
+	}
+	return true;
+}
+
+/* One SSE event. data is one line (compact JSON escapes CR, LF and NUL). */
+static bool stream_event(struct sse_stream *st, const char *type, int64_t id, const char *data)
+{
+	struct buf b = BUF_INIT;
+	if (id > 0)
+		buf_printf(&b, "id: %lld\n", (long long)id);
+	buf_printf(&b, "event: %s\ndata: ", type);
+	/* defence in depth: a raw line break would end the event early */
+	for (const char *p = data; *p; p++)
+		buf_addc(&b, *p == '\r' || *p == '\n' ? ' ' : *p);
+	buf_adds(&b, "\n\n");
+	bool ok = stream_send(st, b.data, b.len);
+	buf_free(&b);
+	if (ok)
+		metric_inc(metrics_default_get(M_SSE_EVENTS_SENT_TOTAL), 1, type);
+	return ok;
+}
+
+static bool stream_event_json(struct sse_stream *st, const char *type, int64_t id, const json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+	bool ok = text && stream_event(st, type, id, text);
+	free(text);
+	return ok;
+}
+
+static bool terminal_lifecycle(const char *kind, const char *status_to)
+{
+	return kind && status_to && strncmp(kind, "job.lifecycle.", 14) == 0 &&
+	       (strcmp(status_to, "completed") == 0 || strcmp(status_to, "failed") == 0 ||
+	        strcmp(status_to, "cancelled") == 0);
+}
+
+static void stream_end(struct sse_stream *st, const char *status)
+{
+	json_t *o = json_pack("{s:s, s:s, s:I}", "job_id", st->job_id, "status", status, "last_seq",
+	                      (json_int_t)st->last_seq);
+	stream_event_json(st, "end", 0, o);
+	json_decref(o);
+	stream_close(st, NULL);
+}
+
+/* --- Lifecycle ------------------------------------------------------------ */
+
+static void stream_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sse_stream *st = arg;
+	(void)what;
+	char scratch[512];
+	for (;;) {
+		ssize_t r = read(fd, scratch, sizeof scratch);
+		if (r > 0)
+			continue; /* a client has nothing to say on a stream */
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (r < 0 && errno == EINTR)
+			continue;
+		stream_close(st, NULL); /* EOF or error: the client left */
+		return;
+	}
+}
+
+static void stream_free(struct sse_stream *st)
+{
+	job_op_cancel(st->op);
+	if (st->rd)
+		event_free(st->rd);
+	if (st->wr)
+		event_free(st->wr);
+	if (st->pend)
+		evbuffer_free(st->pend);
+	if (st->fd >= 0)
+		close(st->fd);
+	json_decref(st->snapshot_job);
+	free(st);
+}
+
+static void stream_close(struct sse_stream *st, const char *why)
+{
+	struct sse_hub *hub = st->hub;
+	if (why)
+		log_debug("sse.close", why, LF_STR("job_id", st->job_id));
+	TAILQ_REMOVE(&hub->streams, st, link);
+	hub->n--;
+	metric_set(metrics_default_get(M_SSE_STREAMS_OPEN), (double)hub->n);
+	stream_free(st);
+}
+
+/* --- Replay, snapshot, live --------------------------------------------- */
+
+static void stream_snapshot_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg);
+
+/* Writes fetched events with seq > last_seq, in order; false when the
+ * stream closed (end or error). */
+static bool stream_write_events(struct sse_stream *st, const json_t *events)
+{
+	size_t i;
+	json_t *ev;
+	json_array_foreach(events, i, ev)
+	{
+		int64_t seq = json_integer_value(json_object_get(ev, "seq"));
+		if (seq <= st->last_seq)
+			continue;
+		const char *kind = json_string_value(json_object_get(ev, "kind"));
+		if (!stream_event_json(st, event_sse_type(kind), seq, ev))
+			return false;
+		st->last_seq = seq;
+		if (st->state == SSE_LIVE &&
+		    terminal_lifecycle(kind, json_string_value(json_object_get(ev, "status_to")))) {
+			stream_end(st, json_string_value(json_object_get(ev, "status_to")));
+			return false;
+		}
+	}
+	return true;
+}
+
+static void stream_events_cb(json_t *events, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->op = NULL;
+	if (err || events == NULL) {
+		json_decref(events);
+		stream_close(st, err ? err->message : "job gone");
+		return;
+	}
+	size_t n = json_array_size(events);
+	bool open = stream_write_events(st, events);
+	json_decref(events);
+	if (!open)
+		return;
+	if (n == SSE_REPLAY_BATCH) { /* more to come */
+		stream_fetch(st);
+		return;
+	}
+	if (st->state == SSE_REPLAY) {
+		/* the snapshot, read after the replay */
+		st->state = SSE_SNAPSHOT;
+		st->op = job_get(st->hub->ctx->engine, st->project, st->job_id, stream_snapshot_cb,
+		                 st);
+		return;
+	}
+	st->catchup = false;
+	if (st->refetch) {
+		st->refetch = false;
+		stream_fetch(st);
+	}
+}
+
+static void stream_fetch(struct sse_stream *st)
+{
+	st->catchup = true;
+	st->op = job_events_after(st->hub->ctx->engine, st->project, st->job_id, st->last_seq,
+	                          SSE_REPLAY_BATCH, stream_events_cb, st);
+}
+
+static void stream_snapshot_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->op = NULL;
+	if (err || job == NULL) {
+		json_decref(job);
+		stream_close(st, err ? err->message : "job gone");
+		return;
+	}
+	int64_t seq = json_integer_value(json_object_get(job, "event_seq"));
+	if (seq > st->last_seq) {
+		/* events landed during the replay: send them before the snapshot */
+		json_decref(job);
+		st->state = SSE_REPLAY;
+		stream_fetch(st);
+		return;
+	}
+	st->last_rev = rev;
+	if (!stream_event_json(st, "snapshot", 0, job)) {
+		json_decref(job);
+		return;
+	}
+	const char *status = json_string_value(json_object_get(job, "status"));
+	bool done = status && (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+	                       strcmp(status, "cancelled") == 0);
+	if (done) {
+		char s[16];
+		snprintf(s, sizeof s, "%s", status);
+		json_decref(job);
+		stream_end(st, s);
+		return;
+	}
+	json_decref(job);
+	st->state = SSE_LIVE;
+	st->catchup = false;
+	if (st->refetch) { /* a NOTIFY or a gap came while we were reading */
+		st->refetch = false;
+		stream_fetch(st);
+	}
+}
+
+/* Live events of this instance, from the bus. */
+static void hub_bus_cb(const struct sl_event *ev, void *arg)
+{
+	struct sse_hub *hub = arg;
+	char *rendered = NULL;
+	const char *type = event_sse_type(ev->kind);
+	bool durable = ev->seq > 0;
+	struct sse_stream *st, *next;
+	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
+		next = TAILQ_NEXT(st, link);
+		if (strcmp(st->job_id, ev->job_id) != 0)
+			continue;
+		if (!durable) {
+			if (st->state != SSE_LIVE || (strcmp(ev->kind, "log") == 0 && !st->logs))
+				continue;
+		} else if (st->state != SSE_LIVE || st->catchup) {
+			st->refetch = true; /* fetched with the rest once live */
+			continue;
+		} else if (ev->seq <= st->last_seq) {
+			continue;
+		} else if (ev->seq != st->last_seq + 1) {
+			stream_fetch(st); /* a gap: another instance's events */
+			continue;
+		}
+		if (rendered == NULL) {
+			json_t *o = event_to_json(ev);
+			rendered = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+			json_decref(o);
+		}
+		if (!stream_event(st, type, durable ? ev->seq : 0, rendered))
+			continue;
+		if (durable) {
+			st->last_seq = ev->seq;
+			if (ev->rev > st->last_rev)
+				st->last_rev = ev->rev;
+			if (terminal_lifecycle(ev->kind, ev->status_to))
+				stream_end(st, ev->status_to);
+		}
+	}
+	free(rendered);
+}
+
+void sse_hub_on_job_notify(struct sse_hub *hub, const char *payload)
+{
+	if (hub == NULL || payload == NULL || strlen(payload) < ID_UUID_LEN + 2)
+		return;
+	int64_t rev = strtoll(payload + ID_UUID_LEN + 1, NULL, 10);
+	struct sse_stream *st, *next;
+	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
+		next = TAILQ_NEXT(st, link);
+		if (strncmp(st->job_id, payload, ID_UUID_LEN) != 0 || rev <= st->last_rev)
+			continue;
+		if (st->state != SSE_LIVE || st->catchup) {
+			st->refetch = true;
+			continue;
+		}
+		st->last_rev = rev; /* what the fetch will show at least */
+		stream_fetch(st);
+	}
+}
+
+static void hub_heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sse_hub *hub = arg;
+	(void)fd;
+	(void)what;
+	struct sse_stream *st, *next;
+	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
+		next = TAILQ_NEXT(st, link);
+		if (st->fd >= 0)
+			stream_send(st, ": heartbeat\n\n", 13);
+	}
+}
+
+/* --- The request ------------------------------------------------------------ */
+
+static void stream_abort_cb(struct http_req *req, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->req = NULL;
+	stream_close(st, NULL);
+}
+
+static void stream_opened(struct sse_stream *st)
+{
+	struct sse_hub *hub = st->hub;
+	/* A modest kernel buffer: what a client has not read stays bounded in
+	 * the kernel too, and SSE_MAX_PENDING_BYTES is reached soon enough to
+	 * drop a client that stopped reading. */
+	int sndbuf = SSE_SNDBUF_BYTES;
+	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
+	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
+	st->pend = evbuffer_new();
+	event_add(st->rd, NULL);
+	char hello[32];
+	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
+	if (!stream_send(st, hello, (size_t)n))
+		return;
+	json_t *job = st->snapshot_job;
+	st->snapshot_job = NULL;
+	int64_t seq = json_integer_value(json_object_get(job, "event_seq"));
+	json_decref(job);
+	if (st->bad_resume || st->resume_from > seq) {
+		/* an id this job never had: say so, then the snapshot and live */
+		json_t *o = json_pack("{s:s, s:I}", "reason",
+		                      st->bad_resume ? "invalid_last_event_id" : "unknown_event_id",
+		                      "event_seq", (json_int_t)seq);
+		bool ok = stream_event_json(st, "reset", 0, o);
+		json_decref(o);
+		if (!ok)
+			return;
+		st->last_seq = seq;
+		st->state = SSE_SNAPSHOT;
+		st->op = job_get(hub->ctx->engine, st->project, st->job_id, stream_snapshot_cb, st);
+		return;
+	}
+	st->last_seq = st->resume_from > 0 ? st->resume_from : 0;
+	st->state = SSE_REPLAY;
+	stream_fetch(st);
+}
+
+static void stream_job_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	struct http_req *req = st->req;
+	st->op = NULL;
+	(void)rev;
+	if (err || job == NULL) {
+		st->req = NULL;
+		if (err)
+			http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
+			                   "the database is unavailable; retry shortly", NULL);
+		else
+			http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		json_decref(job);
+		stream_close(st, NULL);
+		return;
+	}
+	st->snapshot_job = job;
+	st->fd = http_req_take_stream(req, "text/event-stream");
+	st->req = NULL;
+	if (st->fd < 0) {
+		stream_close(st, "client gone before the head");
+		return;
+	}
+	stream_opened(st);
+}
+
+static bool parse_event_id(const char *s, int64_t *out)
+{
+	if (s == NULL || *s == '\0' || strlen(s) > 18)
+		return false;
+	int64_t v = 0;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		v = v * 10 + (*p - '0');
+	}
+	*out = v;
+	return true;
+}
+
+static void job_events_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct sse_hub *hub = arg;
+	const char *id = http_req_param(req, "id");
+	if (!id_uuid_valid(id)) {
+		http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
+		return;
+	}
+	struct sse_stream *st = xcalloc(1, sizeof *st);
+	st->hub = hub;
+	st->req = req;
+	st->fd = -1;
+	st->resume_from = -1;
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		st->job_id[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	snprintf(st->project, sizeof st->project, "%s", p->project_id);
+	const char *last = http_req_header(req, "Last-Event-ID");
+	if (last == NULL)
+		last = http_req_query(req, "last_event_id");
+	if (last && !parse_event_id(last, &st->resume_from))
+		st->bad_resume = true;
+	const char *logs = http_req_query(req, "logs");
+	st->logs = logs && (strcmp(logs, "1") == 0 || strcmp(logs, "true") == 0);
+	TAILQ_INSERT_TAIL(&hub->streams, st, link);
+	hub->n++;
+	metric_set(metrics_default_get(M_SSE_STREAMS_OPEN), (double)hub->n);
+	http_req_on_abort(req, stream_abort_cb, st);
+	st->op = job_get(hub->ctx->engine, st->project, st->job_id, stream_job_cb, st);
+}
+
+static void job_events(struct http_req *req, void *arg)
+{
+	struct sse_hub *hub = arg;
+	if (!hub->ctx->migrated || hub->draining) {
+		http_set_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, hub->draining ? "shutting-down" : "starting", NULL,
+		                   hub->draining
+		                           ? "the server is shutting down"
+		                           : "the database schema is being checked or migrated",
+		                   NULL);
+		return;
+	}
+	auth_require(hub->ctx->auth, req, APIKEY_SCOPE_JOBS_READ, job_events_authed, hub);
+}
+
+bool api_sse_register(struct router *r, struct sse_hub *hub)
+{
+	return http_route(r, HTTP_M_GET, "/v1/jobs/{id}/events", job_events, hub);
+}
+
+/* --- The hub ------------------------------------------------------------------ */
+
+struct sse_hub *sse_hub_new(struct api_ctx *ctx)
+{
+	struct sse_hub *hub = xcalloc(1, sizeof *hub);
+	hub->ctx = ctx;
+	hub->base = ctx->app->base;
+	TAILQ_INIT(&hub->streams);
+	hub->sub = event_bus_subscribe(engine_bus(ctx->engine), hub_bus_cb, hub);
+	hub->hb_ev = event_new(hub->base, -1, EV_PERSIST, hub_heartbeat_cb, hub);
+	struct timeval tv = {SSE_HEARTBEAT_MS / 1000, (SSE_HEARTBEAT_MS % 1000) * 1000};
+	event_add(hub->hb_ev, &tv);
+	return hub;
+}
+
+void sse_hub_drain(struct sse_hub *hub)
+{
+	if (hub == NULL)
+		return;
+	hub->draining = true;
+	struct sse_stream *st;
+	while ((st = TAILQ_FIRST(&hub->streams)) != NULL) {
+		if (st->req) {
+			struct http_req *req = st->req;
+			st->req = NULL;
+			http_reply_problem(req, 503, "shutting-down", NULL,
+			                   "the server is shutting down", NULL);
+		}
+		stream_close(st, NULL);
+	}
+}
+
+void sse_hub_free(struct sse_hub *hub)
+{
+	if (hub == NULL)
+		return;
+	struct sse_stream *st;
+	while ((st = TAILQ_FIRST(&hub->streams)) != NULL) {
+		st->req = NULL; /* the server answers or frees its requests */
+		stream_close(st, NULL);
+	}
+	event_sub_cancel(hub->sub);
+	event_free(hub->hb_ev);
+	free(hub);
+}
+
+size_t sse_hub_streams(const struct sse_hub *hub)
+{
+	return hub ? hub->n : 0;
+}
