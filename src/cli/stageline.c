@@ -1,10 +1,13 @@
-/* stageline: the command-line client. This part is the bootstrap an operator
- * runs before any API key exists — projects and API keys, straight against
- * PostgreSQL with blocking libpq (fine for a one-shot command; the daemon's
- * rule against blocking is about its loop). It generates keys with
- * core/apikey, stores only their SHA-256, prints a new key exactly once, and
- * never prints a stored hash. Exit codes: 0 done, 1 failed (database, a
- * duplicate, something missing), 2 usage. */
+/* stageline: the command-line client. The job commands (submit, status,
+ * list, watch, ...) talk to the daemon's HTTP API and live in cli/jobs.c;
+ * this file parses the global options, dispatches, and holds the bootstrap
+ * an operator runs before any API key exists — projects and API keys,
+ * straight against PostgreSQL with blocking libpq (fine for a one-shot
+ * command; the daemon's rule against blocking is about its loop). It
+ * generates keys with core/apikey, stores only their SHA-256, prints a new
+ * key exactly once, and never prints a stored hash. Exit codes: 0 done, 1
+ * failed (database, a duplicate, something missing), 2 usage; `watch` adds
+ * 3 for a cancelled job. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -24,11 +27,10 @@
 #include "core/ids.h"
 #include "core/redact.h"
 #include "core/xmalloc.h"
+#include "cli/jobs.h"
+#include "cli/output.h"
 
 extern char **environ;
-
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
 
 #define SCHEMA_MISSING_MSG \
 	"the database has no stageline schema: run `stagelined --migrate-only` first"
@@ -41,13 +43,15 @@ struct cli {
 	const char *config_path;
 	bool json;
 	PGconn *db;
+	struct jobs_globals jobs; /* --url, --api-key for the job commands */
 };
 
 /* --- usage -------------------------------------------------------------- */
 
 static const char usage_main[] =
-        "usage: stageline [--database-url URL | -c stageline.yaml] [--json] COMMAND ...\n"
-        "\n"
+        "usage: stageline [--url URL] [--api-key KEY] [--json] COMMAND ...\n"
+        "       stageline [--database-url URL | -c stageline.yaml] [--json] COMMAND ...\n"
+        "\n" JOBS_USAGE_SUMMARY "\n"
         "Bootstrap commands (they talk to PostgreSQL directly):\n"
         "  projects create ID [--name NAME]    create a project (tenant)\n"
         "  projects list                       list projects\n"
@@ -57,7 +61,10 @@ static const char usage_main[] =
         "  keys revoke PREFIX                  revoke a key\n"
         "\n"
         "Options:\n"
-        "      --database-url URL   PostgreSQL connection string\n"
+        "      --url URL            the daemon's base URL (job commands; default\n"
+        "                           $STAGELINE_URL, else http://127.0.0.1:8080)\n"
+        "      --api-key KEY        an API key (job commands; default $STAGELINE_API_KEY)\n"
+        "      --database-url URL   PostgreSQL connection string (bootstrap commands)\n"
         "  -c, --config FILE        read database.url from a stagelined config file\n"
         "      --json               machine-readable output\n"
         "      --version            print the version and exit\n"
@@ -108,33 +115,6 @@ static const char usage_keys_revoke[] =
         "sl_XXXXXXXX_ shape lists and logs show). Instances that cached the key\n"
         "stop accepting it within their cache TTL (10 s).\n";
 
-static void err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void err(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("stageline: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-static int usage_error(const char *usage, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-static int usage_error(const char *usage, const char *fmt, ...)
-{
-	if (fmt) {
-		va_list ap;
-		va_start(ap, fmt);
-		fputs("stageline: ", stderr);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
-		va_end(ap);
-	}
-	fputs(usage, stderr);
-	return EXIT_USAGE;
-}
-
 /* --- database ----------------------------------------------------------- */
 
 static void notice_ignore(void *arg, const char *message)
@@ -152,14 +132,14 @@ static char *database_url(struct cli *c)
 	char *url = NULL;
 	if (c->config_path && !config_load_file(cfg, c->config_path, &errs)) {
 		for (size_t i = 0; i < errs.n; i++)
-			err("%s", errs.msgs[i]);
+			output_err("%s", errs.msgs[i]);
 		goto out;
 	}
 	/* Only database.url matters here: a bad unrelated STAGELINE_* variable
 	 * is the daemon's problem, so it is only a warning for the CLI. */
 	if (!config_apply_env(cfg, environ, &errs))
 		for (size_t i = 0; i < errs.n; i++)
-			err("warning: %s", errs.msgs[i]);
+			output_err("warning: %s", errs.msgs[i]);
 	url = xstrdup(cfg->database.url ? cfg->database.url : "");
 out:
 	config_errors_clear(&errs);
@@ -173,7 +153,7 @@ static int db_connect(struct cli *c)
 	if (url == NULL)
 		return EXIT_FAIL;
 	if (*url == '\0') {
-		err("the database URL is empty");
+		output_err("the database URL is empty");
 		free(url);
 		return EXIT_FAIL;
 	}
@@ -189,7 +169,7 @@ static int db_connect(struct cli *c)
 			n--;
 		struct buf b = BUF_INIT;
 		redact_value(&b, m, n);
-		err("cannot connect to the database: %s", b.data ? b.data : "");
+		output_err("cannot connect to the database: %s", b.data ? b.data : "");
 		buf_free(&b);
 		return EXIT_FAIL;
 	}
@@ -218,63 +198,19 @@ static const char *sqlstate(const PGresult *r)
 static int db_fail(struct cli *c, PGresult *r, const char *what)
 {
 	if (strcmp(sqlstate(r), "42P01") == 0) {
-		err(SCHEMA_MISSING_MSG);
+		output_err(SCHEMA_MISSING_MSG);
 	} else {
 		const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(c->db);
 		size_t n = strlen(m);
 		while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
 			n--;
-		err("%s: %.*s", what, (int)n, m);
+		output_err("%s: %.*s", what, (int)n, m);
 	}
 	PQclear(r);
 	return EXIT_FAIL;
 }
 
 /* --- output ------------------------------------------------------------- */
-
-/* Display width of UTF-8 text: code points, not bytes. */
-static size_t text_width(const char *s)
-{
-	size_t w = 0;
-	for (; *s; s++)
-		if (((unsigned char)*s & 0xC0) != 0x80)
-			w++;
-	return w;
-}
-
-/* A table for people: a header row, then rows of ncols strings each. */
-static void print_table(const char *const *head, size_t ncols, char **cells, size_t nrows)
-{
-	size_t width[16] = {0};
-	for (size_t j = 0; j < ncols; j++)
-		width[j] = text_width(head[j]);
-	for (size_t i = 0; i < nrows; i++)
-		for (size_t j = 0; j < ncols; j++) {
-			size_t w = text_width(cells[i * ncols + j]);
-			if (w > width[j])
-				width[j] = w;
-		}
-	for (size_t i = 0; i <= nrows; i++) {
-		for (size_t j = 0; j < ncols; j++) {
-			const char *s = i == 0 ? head[j] : cells[(i - 1) * ncols + j];
-			bool last = j + 1 == ncols;
-			fputs(s, stdout);
-			if (!last)
-				printf("%*s", (int)(width[j] - text_width(s) + 2), "");
-		}
-		putchar('\n');
-	}
-}
-
-static void print_json(json_t *v)
-{
-	char *s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-	if (s) {
-		puts(s);
-		free(s);
-	}
-	json_decref(v);
-}
 
 static json_t *json_str_or_null(const PGresult *r, int row, int col)
 {
@@ -421,12 +357,12 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *allowed, 
 			letter = 'e';
 			o->expires = optarg;
 			break;
-		case ':': return usage_error(usage, "%s needs a value", argv[optind - 1]);
-		default: return usage_error(usage, "unknown option '%s'", argv[optind - 1]);
+		case ':': return output_usage_error(usage, "%s needs a value", argv[optind - 1]);
+		default: return output_usage_error(usage, "unknown option '%s'", argv[optind - 1]);
 		}
 		if (letter && !strchr(allowed, letter))
-			return usage_error(usage, "--%s does not apply to this command",
-			                   longopts[idx].name);
+			return output_usage_error(usage, "--%s does not apply to this command",
+			                          longopts[idx].name);
 		idx = -1;
 	}
 	o->pos = argv + optind;
@@ -447,12 +383,14 @@ static int cmd_projects_create(struct cli *c, int argc, char **argv)
 	if (rc)
 		return rc < 0 ? 0 : rc;
 	if (o.npos != 1)
-		return usage_error(usage_projects_create,
-		                   o.npos ? "too many arguments" : "the project ID is missing");
+		return output_usage_error(usage_projects_create,
+		                          o.npos ? "too many arguments"
+		                                 : "the project ID is missing");
 	const char *id = o.pos[0];
 	if (!project_id_valid(id))
-		return usage_error(usage_projects_create,
-		                   "invalid project ID '%s': use 1 to 63 of a-z, 0-9 and '-'", id);
+		return output_usage_error(
+		        usage_projects_create,
+		        "invalid project ID '%s': use 1 to 63 of a-z, 0-9 and '-'", id);
 	const char *name = o.name ? o.name : id;
 	if ((rc = db_connect(c)) != 0)
 		return rc;
@@ -463,15 +401,15 @@ static int cmd_projects_create(struct cli *c, int argc, char **argv)
 	                      2, vals);
 	if (!db_ok(r)) {
 		if (strcmp(sqlstate(r), "23505") == 0) {
-			err("project '%s' already exists", id);
+			output_err("project '%s' already exists", id);
 			PQclear(r);
 			return EXIT_FAIL;
 		}
 		return db_fail(c, r, "cannot create the project");
 	}
 	if (c->json)
-		print_json(json_pack("{s:s, s:s, s:s}", "id", PQgetvalue(r, 0, 0), "name",
-		                     PQgetvalue(r, 0, 1), "created_at", PQgetvalue(r, 0, 2)));
+		output_json(json_pack("{s:s, s:s, s:s}", "id", PQgetvalue(r, 0, 0), "name",
+		                      PQgetvalue(r, 0, 1), "created_at", PQgetvalue(r, 0, 2)));
 	else
 		printf("created project %s\n", PQgetvalue(r, 0, 0));
 	PQclear(r);
@@ -485,7 +423,7 @@ static int cmd_projects_list(struct cli *c, int argc, char **argv)
 	if (rc)
 		return rc < 0 ? 0 : rc;
 	if (o.npos)
-		return usage_error(usage_projects_list, "too many arguments");
+		return output_usage_error(usage_projects_list, "too many arguments");
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 	PGresult *r = db_exec(
@@ -509,14 +447,14 @@ static int cmd_projects_list(struct cli *c, int argc, char **argv)
 			                     "name", PQgetvalue(r, i, 1), "created_at",
 			                     PQgetvalue(r, i, 2), "active_keys",
 			                     (json_int_t)strtoll(PQgetvalue(r, i, 3), NULL, 10)));
-		print_json(a);
+		output_json(a);
 	} else {
 		static const char *const head[] = {"ID", "NAME", "CREATED", "ACTIVE KEYS"};
 		char **cells = xcalloc((size_t)n * 4 + 1, sizeof *cells);
 		for (int i = 0; i < n; i++)
 			for (int j = 0; j < 4; j++)
 				cells[i * 4 + j] = PQgetvalue(r, i, j);
-		print_table(head, 4, cells, (size_t)n);
+		output_table(head, 4, cells, (size_t)n, 0);
 		free(cells);
 	}
 	PQclear(r);
@@ -542,27 +480,27 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 	if (rc)
 		return rc < 0 ? 0 : rc;
 	if (o.npos)
-		return usage_error(usage_keys_create, "unexpected argument '%s'", o.pos[0]);
+		return output_usage_error(usage_keys_create, "unexpected argument '%s'", o.pos[0]);
 	if (o.project == NULL)
-		return usage_error(usage_keys_create, "--project is required");
+		return output_usage_error(usage_keys_create, "--project is required");
 	if (o.scopes == NULL)
-		return usage_error(usage_keys_create,
-		                   "--scopes is required (jobs:read, jobs:write, admin)");
+		return output_usage_error(usage_keys_create,
+		                          "--scopes is required (jobs:read, jobs:write, admin)");
 	if (!project_id_valid(o.project))
-		return usage_error(usage_keys_create, "invalid project ID '%s'", o.project);
+		return output_usage_error(usage_keys_create, "invalid project ID '%s'", o.project);
 	unsigned mask;
 	char bad[64];
 	if (!apikey_scopes_parse(o.scopes, &mask, bad, sizeof bad))
-		return usage_error(
+		return output_usage_error(
 		        usage_keys_create,
 		        *bad ? "unknown scope '%s' (known: jobs:read, jobs:write, admin)"
 		             : "empty scope in '%s' (known: jobs:read, jobs:write, admin)",
 		        *bad ? bad : o.scopes);
 	int64_t lifetime = 0;
 	if (o.expires && !parse_lifetime(o.expires, &lifetime))
-		return usage_error(usage_keys_create,
-		                   "bad --expires '%s': use a number and s, m, h, d or w (30d)",
-		                   o.expires);
+		return output_usage_error(
+		        usage_keys_create,
+		        "bad --expires '%s': use a number and s, m, h, d or w (30d)", o.expires);
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 
@@ -577,7 +515,7 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 		apikey_generate(&key);
 		uint8_t hash[APIKEY_HASH_LEN];
 		if (!apikey_hash_secret(key.secret, hash)) {
-			err("cannot hash the key (OpenSSL failed)");
+			output_err("cannot hash the key (OpenSSL failed)");
 			OPENSSL_cleanse(&key, sizeof key);
 			return EXIT_FAIL;
 		}
@@ -605,8 +543,9 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 	if (!db_ok(r)) {
 		OPENSSL_cleanse(&key, sizeof key);
 		if (strcmp(sqlstate(r), "23503") == 0) {
-			err("no project '%s' (create it with `stageline projects create %s`)",
-			    o.project, o.project);
+			output_err(
+			        "no project '%s' (create it with `stageline projects create %s`)",
+			        o.project, o.project);
 			PQclear(r);
 			return EXIT_FAIL;
 		}
@@ -619,7 +558,7 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 		                  key.prefix, "project", o.project, "name", o.name ? o.name : "",
 		                  "scopes", scopes_json(scopes), "created_at", PQgetvalue(r, 0, 0),
 		                  "expires_at", expires ? json_string(expires) : json_null());
-		print_json(j);
+		output_json(j);
 	} else {
 		printf("%s\n", key.text);
 	}
@@ -649,9 +588,9 @@ static int cmd_keys_list(struct cli *c, int argc, char **argv)
 	if (rc)
 		return rc < 0 ? 0 : rc;
 	if (o.npos)
-		return usage_error(usage_keys_list, "unexpected argument '%s'", o.pos[0]);
+		return output_usage_error(usage_keys_list, "unexpected argument '%s'", o.pos[0]);
 	if (o.project == NULL)
-		return usage_error(usage_keys_list, "--project is required");
+		return output_usage_error(usage_keys_list, "--project is required");
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 	const char *vals[1] = {o.project};
@@ -661,7 +600,7 @@ static int cmd_keys_list(struct cli *c, int argc, char **argv)
 	bool exists = PQntuples(r) == 1;
 	PQclear(r);
 	if (!exists) {
-		err("no project '%s'", o.project);
+		output_err("no project '%s'", o.project);
 		return EXIT_FAIL;
 	}
 	r = db_exec(c, sql_keys_list, 1, vals);
@@ -679,7 +618,7 @@ static int cmd_keys_list(struct cli *c, int argc, char **argv)
 			                     "expires_at", json_str_or_null(r, i, 5),
 			                     "last_used_at", json_str_or_null(r, i, 6),
 			                     "revoked_at", json_str_or_null(r, i, 7)));
-		print_json(a);
+		output_json(a);
 	} else {
 		enum { NC = 8 };
 		static const char *const head[NC] = {"PREFIX",  "NAME",    "SCOPES",    "STATUS",
@@ -692,7 +631,7 @@ static int cmd_keys_list(struct cli *c, int argc, char **argv)
 			for (int j = 2; j < NC; j++)
 				cells[i * NC + j] = xstrdup(cell_or_dash(r, i, j));
 		}
-		print_table(head, NC, cells, (size_t)n);
+		output_table(head, NC, cells, (size_t)n, 0);
 		for (size_t i = 0; i < (size_t)n * NC; i++)
 			free(cells[i]);
 		free(cells);
@@ -708,14 +647,15 @@ static int cmd_keys_revoke(struct cli *c, int argc, char **argv)
 	if (rc)
 		return rc < 0 ? 0 : rc;
 	if (o.npos != 1)
-		return usage_error(usage_keys_revoke,
-		                   o.npos ? "too many arguments" : "the key PREFIX is missing");
+		return output_usage_error(usage_keys_revoke, o.npos ? "too many arguments"
+		                                                    : "the key PREFIX is missing");
 	char prefix[APIKEY_PREFIX_LEN + 1];
 	if (!normalize_prefix(o.pos[0], prefix))
-		return usage_error(usage_keys_revoke,
-		                   "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
-		                   "optionally as sl_XXXXXXXX_)",
-		                   strlen(o.pos[0]) == APIKEY_LEN ? "(a key)" : o.pos[0]);
+		return output_usage_error(
+		        usage_keys_revoke,
+		        "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
+		        "optionally as sl_XXXXXXXX_)",
+		        strlen(o.pos[0]) == APIKEY_LEN ? "(a key)" : o.pos[0]);
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 	const char *vals[1] = {prefix};
@@ -736,16 +676,16 @@ static int cmd_keys_revoke(struct cli *c, int argc, char **argv)
 		if (!db_ok(r))
 			return db_fail(c, r, "cannot revoke the key");
 		if (PQntuples(r) == 0) {
-			err("no key with prefix sl_%s_", prefix);
+			output_err("no key with prefix sl_%s_", prefix);
 			PQclear(r);
 			return EXIT_FAIL;
 		}
 		already = true;
 	}
 	if (c->json)
-		print_json(json_pack("{s:s, s:s, s:s, s:b}", "prefix", prefix, "project",
-		                     PQgetvalue(r, 0, 0), "revoked_at", PQgetvalue(r, 0, 1),
-		                     "already_revoked", already));
+		output_json(json_pack("{s:s, s:s, s:s, s:b}", "prefix", prefix, "project",
+		                      PQgetvalue(r, 0, 0), "revoked_at", PQgetvalue(r, 0, 1),
+		                      "already_revoked", already));
 	else if (already)
 		printf("key sl_%s_ (project %s) was already revoked at %s\n", prefix,
 		       PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
@@ -775,9 +715,11 @@ static const char *group_usage(const char *group)
 
 static int run(struct cli *c, int argc, char **argv)
 {
-	enum { G_DATABASE_URL = 300, G_JSON, G_VERSION };
+	enum { G_DATABASE_URL = 300, G_JSON, G_VERSION, G_URL, G_API_KEY };
 	static const struct option longopts[] = {
 	        {"database-url", required_argument, NULL, G_DATABASE_URL},
+	        {"url", required_argument, NULL, G_URL},
+	        {"api-key", required_argument, NULL, G_API_KEY},
 	        {"config", required_argument, NULL, 'c'},
 	        {"json", no_argument, NULL, G_JSON},
 	        {"version", no_argument, NULL, G_VERSION},
@@ -791,27 +733,36 @@ static int run(struct cli *c, int argc, char **argv)
 		switch (ch) {
 		case G_DATABASE_URL: c->database_url_flag = optarg; break;
 		case 'c': c->config_path = optarg; break;
+		case G_URL: c->jobs.url = optarg; break;
+		case G_API_KEY: c->jobs.api_key = optarg; break;
 		case G_JSON: c->json = true; break;
 		case G_VERSION: printf("stageline %s\n", app_version); return 0;
 		case 'h': fputs(usage_main, stdout); return 0;
-		case ':': return usage_error(usage_main, "%s needs a value", argv[optind - 1]);
-		default: return usage_error(usage_main, "unknown option '%s'", argv[optind - 1]);
+		case ':':
+			return output_usage_error(usage_main, "%s needs a value", argv[optind - 1]);
+		default:
+			return output_usage_error(usage_main, "unknown option '%s'",
+			                          argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
-		return usage_error(usage_main, "no command given");
+		return output_usage_error(usage_main, "no command given");
 	const char *group = argv[optind];
 	if (strcmp(group, "help") == 0) {
 		fputs(usage_main, stdout);
 		return 0;
 	}
+	if (jobs_is_command(group)) {
+		c->jobs.json = c->json;
+		return jobs_run(&c->jobs, argc - optind, argv + optind);
+	}
 	bool known_group = false;
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
 		known_group = known_group || strcmp(commands[i].group, group) == 0;
 	if (!known_group)
-		return usage_error(usage_main, "unknown command '%s'", group);
+		return output_usage_error(usage_main, "unknown command '%s'", group);
 	if (optind + 1 >= argc)
-		return usage_error(group_usage(group), "'%s' needs a subcommand", group);
+		return output_usage_error(group_usage(group), "'%s' needs a subcommand", group);
 	const char *verb = argv[optind + 1];
 	if (strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 || strcmp(verb, "help") == 0) {
 		fputs(group_usage(group), stdout);
@@ -820,7 +771,7 @@ static int run(struct cli *c, int argc, char **argv)
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
 		if (strcmp(commands[i].group, group) == 0 && strcmp(commands[i].verb, verb) == 0)
 			return commands[i].fn(c, argc - optind - 1, argv + optind + 1);
-	return usage_error(group_usage(group), "unknown command '%s %s'", group, verb);
+	return output_usage_error(group_usage(group), "unknown command '%s %s'", group, verb);
 }
 
 int main(int argc, char **argv)
@@ -830,7 +781,7 @@ int main(int argc, char **argv)
 	if (c.db)
 		PQfinish(c.db);
 	if (fflush(stdout) != 0 && rc == 0) {
-		err("cannot write the output: %s", strerror(errno));
+		output_err("cannot write the output: %s", strerror(errno));
 		rc = EXIT_FAIL;
 	}
 	return rc;

@@ -914,6 +914,9 @@ def test_cancel_a_module_that_ignores_cancel_and_sigterm(daemon, edb):
     tid = get_job(d, jid)["stages"][0]["task_id"]
     wait_for(lambda: module_pids(tid), 10.0, 0.02, "the hang module's process")
     wait_for(lambda: get_job(d, jid)["stages"][0]["status"] == "running", 5.0, 0.05, "running")
+    # A cancel before the module's hello ends it at once (there is no
+    # protocol to cancel with yet): give the interpreter time to say hello.
+    time.sleep(1.5)
     assert d.http("DELETE", f"/v1/jobs/{jid}")[0] == 202
     t0 = time.monotonic()
     job = wait_job(d, jid, timeout=20, edb=edb)
