@@ -538,6 +538,26 @@ static void job_op_free(struct job_op *op)
 	"ORDER BY e.seq), '[]')::text FROM (SELECT * FROM job_events WHERE job_id = $1::uuid AND " \
 	"project_id = $2 AND seq > $3::bigint ORDER BY seq LIMIT $4::int) e"
 
+/* A project's events after a (txid, id) point, in transaction order, only
+ * from transactions older than every one still running (the project SSE
+ * stream); with the count of later events still held back by a running
+ * one, and the current xmin. */
+#define SQL_PROJECT_EVENTS_AFTER                                                                   \
+	"WITH x AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), "                     \
+	"e AS (SELECT e.* FROM job_events e, x WHERE e.project_id = $1 AND (e.txid > $2::xid8 OR " \
+	"(e.txid = $2::xid8 AND e.id > $3::bigint)) AND e.txid < x.xmin ORDER BY e.txid, e.id "    \
+	"LIMIT $4::int) "                                                                          \
+	"SELECT coalesce((SELECT json_agg(json_build_object('id', e.id, 'seq', e.seq, 'txid', "    \
+	"e.txid::text, 'ts', to_char(e.ts AT TIME ZONE 'UTC', "                                    \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'kind', e.kind, 'job_id', e.job_id, 'task_id', "    \
+	"e.task_id, 'stage', e.stage, 'status_from', e.status_from, 'status_to', e.status_to, "    \
+	"'reason', e.reason, 'request_id', e.request_id, 'data', e.data) ORDER BY e.txid, e.id) "  \
+	"FROM e), '[]')::text, (SELECT count(*) FROM job_events h, x WHERE h.project_id = $1 AND " \
+	"h.txid >= x.xmin), (SELECT xmin::text FROM x)"
+
+/* Where an event sits in transaction order: its txid, for a resume. */
+#define SQL_EVENT_TXID "SELECT txid::text FROM job_events WHERE id = $1::bigint AND project_id = $2"
+
 /* A task's attempts, oldest first; the task must belong to the project's job. */
 #define SQL_TASK_ATTEMPTS                                                                        \
 	"SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'instance_id', "       \
@@ -561,6 +581,8 @@ static const struct {
 } job_statements[] = {
         {"task_attempts", SQL_TASK_ATTEMPTS, 3},
         {"job_events_after", SQL_JOB_EVENTS_AFTER, 4},
+        {"project_events_after", SQL_PROJECT_EVENTS_AFTER, 4},
+        {"event_txid", SQL_EVENT_TXID, 2},
         {"job_get", SQL_JOB_GET, 2},
         {"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
         {"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
@@ -691,6 +713,66 @@ struct job_op *job_events_after(struct engine *e, const char *project_id, const 
 	const char *values[4] = {job_id, project_id, after, lim};
 	op->q = pg_pool_query_prepared(e->pool, "job_events_after", 4, values,
 	                               task_attempts_result_cb, op);
+	return op;
+}
+
+static bool project_events_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *page = NULL;
+	if (res && PQntuples(res) == 1) {
+		page = json_pack("{s:o, s:I, s:s}", "events", col_json(res, 0, 0), "held_back",
+		                 (json_int_t)col_i64(res, 0, 1), "xmin", PQgetvalue(res, 0, 2));
+		if (page && !json_is_array(json_object_get(page, "events")))
+			json_object_set_new(page, "events", json_array());
+	}
+	op->cb.list(page, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *project_events_after(struct engine *e, const char *project_id, const char *txid,
+                                    int64_t after_id, int limit, job_list_cb cb, void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_ATTEMPTS;
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	char after[32], lim[16];
+	snprintf(after, sizeof after, "%lld", (long long)after_id);
+	snprintf(lim, sizeof lim, "%d", limit);
+	const char *values[4] = {project_id, txid, after, lim};
+	op->q = pg_pool_query_prepared(e->pool, "project_events_after", 4, values,
+	                               project_events_result_cb, op);
+	return op;
+}
+
+static bool event_txid_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *t = NULL;
+	if (res && PQntuples(res) == 1)
+		t = json_string(PQgetvalue(res, 0, 0));
+	op->cb.list(t, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *event_txid(struct engine *e, const char *project_id, int64_t id, job_list_cb cb,
+                          void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_ATTEMPTS;
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	char ids[32];
+	snprintf(ids, sizeof ids, "%lld", (long long)id);
+	const char *values[2] = {ids, project_id};
+	op->q = pg_pool_query_prepared(e->pool, "event_txid", 2, values, event_txid_result_cb, op);
 	return op;
 }
 

@@ -190,6 +190,17 @@ struct job_op *job_task_attempts(struct engine *e, const char *project_id, const
 struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,
                                 int64_t after_seq, int limit, job_list_cb cb, void *arg);
 
+/* The project's events after (txid, after_id) in transaction order, only
+ * from transactions older than every running one, at most limit: the
+ * callback gets {events: [... each with "txid" ...], held_back: N (later
+ * events a running transaction still holds back), xmin: "txid"}.
+ * txid "0" with after_id 0 starts at the beginning. */
+struct job_op *project_events_after(struct engine *e, const char *project_id, const char *txid,
+                                    int64_t after_id, int limit, job_list_cb cb, void *arg);
+/* The txid (a JSON string) of the project's event id, NULL when none. */
+struct job_op *event_txid(struct engine *e, const char *project_id, int64_t id, job_list_cb cb,
+                          void *arg);
+
 /* SHA-256 of the request body in canonical form (sorted keys, compact):
  * what an Idempotency-Key is bound to. Pure. */
 void job_request_hash(const json_t *body, unsigned char out[32]);

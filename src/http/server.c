@@ -89,6 +89,7 @@ struct http_server {
 	void *drained_arg;
 	struct event *drain_check;
 	char address[128];
+	evhtp_connection_t *dispatching; /* a handler runs inside libevhtp's read callback */
 };
 
 struct req_str {
@@ -587,7 +588,15 @@ static void dispatch_cb(evhtp_request_t *r, void *arg)
 
 	router_match(srv->router, req->method, req->path, &req->match);
 	switch (req->match.status) {
-	case ROUTER_FOUND: ((http_handler_fn)req->match.handler)(req, req->match.arg); return;
+	case ROUTER_FOUND: {
+		/* req may be gone when the handler returns; r->conn is not */
+		evhtp_connection_t *c = r->conn;
+		srv->dispatching = c;
+		((http_handler_fn)req->match.handler)(req, req->match.arg);
+		if (srv->dispatching == c)
+			srv->dispatching = NULL;
+		return;
+	}
 	case ROUTER_NOT_FOUND:
 		http_reply_problem(req, 404, "not-found", NULL, "no resource at this path", NULL);
 		return;
@@ -774,7 +783,13 @@ int http_req_take_stream(struct http_req *req, const char *content_type)
 	req->ev = NULL;
 	req_finish(req);
 	conn_forget(hc);
-	evhtp_connection_free(c);
+	/* Inside the read callback libevhtp frees the connection itself once
+	 * the handler returns (it sees it no longer owns it); later, nobody
+	 * would. */
+	if (srv->dispatching == c)
+		srv->dispatching = NULL;
+	else
+		evhtp_connection_free(c);
 	struct evbuffer *out = bufferevent_get_output(bev);
 	evbuffer_unfreeze(out, 1);
 	evbuffer_drain(out, evbuffer_get_length(out));

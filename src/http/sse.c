@@ -48,6 +48,10 @@ struct sse_hub {
 struct sse_stream {
 	TAILQ_ENTRY(sse_stream) link;
 	struct sse_hub *hub;
+	bool project_stream; /* GET /v1/events: every job of the project */
+	char cursor_txid[24]; /* project streams: the resume point (txid, id) */
+	int64_t cursor_id;
+	struct event *recheck_ev; /* events held back by a running transaction */
 	struct http_req *req; /* OPENING only */
 	int fd;
 	struct event *rd, *wr;
@@ -185,6 +189,8 @@ static void stream_read_cb(evutil_socket_t fd, short what, void *arg)
 static void stream_free(struct sse_stream *st)
 {
 	job_op_cancel(st->op);
+	if (st->recheck_ev)
+		event_free(st->recheck_ev);
 	if (st->rd)
 		event_free(st->rd);
 	if (st->wr)
@@ -316,6 +322,149 @@ static void stream_snapshot_cb(json_t *job, int64_t rev, const struct pg_error *
 	}
 }
 
+/* --- The project stream ---------------------------------------------------- */
+
+static void project_fetch(struct sse_stream *st);
+
+static void project_recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	project_fetch(arg);
+}
+
+/* Something may have committed: fetch, now or after the fetch in flight. */
+static void project_poke(struct sse_stream *st)
+{
+	if (st->state != SSE_LIVE)
+		return;
+	if (st->catchup) {
+		st->refetch = true;
+		return;
+	}
+	project_fetch(st);
+}
+
+static void project_events_cb(json_t *page, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->op = NULL;
+	st->catchup = false;
+	if (err || page == NULL) {
+		json_decref(page);
+		stream_close(st, err ? err->message : "no answer");
+		return;
+	}
+	json_t *events = json_object_get(page, "events");
+	size_t i;
+	json_t *ev;
+	json_array_foreach(events, i, ev)
+	{
+		const char *kind = json_string_value(json_object_get(ev, "kind"));
+		int64_t id = json_integer_value(json_object_get(ev, "id"));
+		snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s",
+		         json_string_value(json_object_get(ev, "txid")));
+		st->cursor_id = id;
+		json_object_del(ev, "txid");
+		if (!stream_event_json(st, event_sse_type(kind), id, ev)) {
+			json_decref(page);
+			return;
+		}
+	}
+	if (st->state == SSE_OPENING) {
+		/* no resume point: start at the oldest running transaction */
+		snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s",
+		         json_string_value(json_object_get(page, "xmin")));
+		st->cursor_id = 0;
+	}
+	st->state = SSE_LIVE;
+	bool more = json_array_size(events) == SSE_REPLAY_BATCH;
+	bool held = json_integer_value(json_object_get(page, "held_back")) > 0;
+	json_decref(page);
+	if (more || st->refetch) {
+		st->refetch = false;
+		project_fetch(st);
+	} else if (held) {
+		/* a running transaction holds newer events back: look again soon */
+		if (st->recheck_ev == NULL)
+			st->recheck_ev = evtimer_new(st->hub->base, project_recheck_cb, st);
+		struct timeval tv = {0, 20000};
+		evtimer_add(st->recheck_ev, &tv);
+	}
+}
+
+static void project_fetch(struct sse_stream *st)
+{
+	if (st->catchup || st->fd < 0)
+		return;
+	st->catchup = true;
+	st->op = project_events_after(st->hub->ctx->engine, st->project,
+	                              st->cursor_txid[0] ? st->cursor_txid : "0", st->cursor_id,
+	                              st->state == SSE_OPENING ? 0 : SSE_REPLAY_BATCH,
+	                              project_events_cb, st);
+}
+
+static void project_open(struct sse_stream *st)
+{
+	struct sse_hub *hub = st->hub;
+	int sndbuf = SSE_SNDBUF_BYTES;
+	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
+	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
+	st->pend = evbuffer_new();
+	event_add(st->rd, NULL);
+	char hello[32];
+	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
+	if (!stream_send(st, hello, (size_t)n))
+		return;
+	if (st->bad_resume) {
+		json_t *o = json_pack("{s:s}", "reason",
+		                      st->resume_from == -2 ? "unknown_event_id"
+		                                            : "invalid_last_event_id");
+		bool ok = stream_event_json(st, "reset", 0, o);
+		json_decref(o);
+		if (!ok)
+			return;
+	}
+	if (st->cursor_txid[0]) { /* a resume point: replay from it, then live */
+		st->state = SSE_LIVE;
+		project_fetch(st);
+	} else {
+		project_fetch(st); /* OPENING: learns where "now" is */
+	}
+}
+
+static void project_txid_cb(json_t *txid, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	struct http_req *req = st->req;
+	st->op = NULL;
+	if (err) {
+		st->req = NULL;
+		http_set_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
+		                   "the database is unavailable; retry shortly", NULL);
+		json_decref(txid);
+		stream_close(st, NULL);
+		return;
+	}
+	if (txid) {
+		snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s", json_string_value(txid));
+		st->cursor_id = st->resume_from;
+	} else {
+		st->bad_resume = true; /* an id this project never had */
+		st->resume_from = -2;
+	}
+	json_decref(txid);
+	st->fd = http_req_take_stream(req, "text/event-stream");
+	st->req = NULL;
+	if (st->fd < 0) {
+		stream_close(st, "client gone before the head");
+		return;
+	}
+	project_open(st);
+}
+
 /* Live events of this instance, from the bus. */
 static void hub_bus_cb(const struct sl_event *ev, void *arg)
 {
@@ -326,6 +475,11 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 	struct sse_stream *st, *next;
 	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
 		next = TAILQ_NEXT(st, link);
+		if (st->project_stream) {
+			if (durable && strcmp(st->project, ev->project_id) == 0)
+				project_poke(st);
+			continue;
+		}
 		if (strcmp(st->job_id, ev->job_id) != 0)
 			continue;
 		if (!durable) {
@@ -366,6 +520,10 @@ void sse_hub_on_job_notify(struct sse_hub *hub, const char *payload)
 	struct sse_stream *st, *next;
 	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
 		next = TAILQ_NEXT(st, link);
+		if (st->project_stream) {
+			project_poke(st); /* the payload does not say whose job it is */
+			continue;
+		}
 		if (strncmp(st->job_id, payload, ID_UUID_LEN) != 0 || rev <= st->last_rev)
 			continue;
 		if (st->state != SSE_LIVE || st->catchup) {
@@ -524,9 +682,60 @@ static void job_events(struct http_req *req, void *arg)
 	auth_require(hub->ctx->auth, req, APIKEY_SCOPE_JOBS_READ, job_events_authed, hub);
 }
 
+static void project_events_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct sse_hub *hub = arg;
+	struct sse_stream *st = xcalloc(1, sizeof *st);
+	st->hub = hub;
+	st->req = req;
+	st->fd = -1;
+	st->resume_from = -1;
+	st->project_stream = true;
+	snprintf(st->project, sizeof st->project, "%s", p->project_id);
+	const char *last = http_req_header(req, "Last-Event-ID");
+	if (last == NULL)
+		last = http_req_query(req, "last_event_id");
+	if (last && !parse_event_id(last, &st->resume_from)) {
+		st->bad_resume = true;
+		st->resume_from = -1;
+	}
+	TAILQ_INSERT_TAIL(&hub->streams, st, link);
+	hub->n++;
+	metric_set(metrics_default_get(M_SSE_STREAMS_OPEN), (double)hub->n);
+	if (st->resume_from >= 0) {
+		http_req_on_abort(req, stream_abort_cb, st);
+		st->op = event_txid(hub->ctx->engine, st->project, st->resume_from, project_txid_cb,
+		                    st);
+		return;
+	}
+	st->fd = http_req_take_stream(req, "text/event-stream");
+	st->req = NULL;
+	if (st->fd < 0) {
+		stream_close(st, "client gone before the head");
+		return;
+	}
+	project_open(st);
+}
+
+static void project_events(struct http_req *req, void *arg)
+{
+	struct sse_hub *hub = arg;
+	if (!hub->ctx->migrated || hub->draining) {
+		http_set_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, hub->draining ? "shutting-down" : "starting", NULL,
+		                   hub->draining
+		                           ? "the server is shutting down"
+		                           : "the database schema is being checked or migrated",
+		                   NULL);
+		return;
+	}
+	auth_require(hub->ctx->auth, req, APIKEY_SCOPE_JOBS_READ, project_events_authed, hub);
+}
+
 bool api_sse_register(struct router *r, struct sse_hub *hub)
 {
-	return http_route(r, HTTP_M_GET, "/v1/jobs/{id}/events", job_events, hub);
+	return http_route(r, HTTP_M_GET, "/v1/jobs/{id}/events", job_events, hub) &&
+	       http_route(r, HTTP_M_GET, "/v1/events", project_events, hub);
 }
 
 /* --- The hub ------------------------------------------------------------------ */

@@ -252,3 +252,78 @@ def test_connect_disconnect_cycles_leak_nothing(daemon, edb):
         time.sleep(0.1)
     assert settled()
     assert fds() <= before + 3, (before, fds())
+
+
+# --------------------------------------------------------------------------
+# the project stream: GET /v1/events
+
+
+class ProjectStream(Stream):
+    def __init__(self, d, last_id=None, timeout=10.0):
+        self.conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=timeout)
+        h = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            h["Last-Event-ID"] = str(last_id)
+        self.conn.request("GET", "/v1/events", headers=h)
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+
+    def read_until(self, pred, timeout=20.0):
+        """Events until pred(events) holds (the stream never ends by itself)."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not pred(out):
+            got = self.events(max_events=1, until_end=False)
+            if not got:
+                break
+            out += got
+        return out
+
+
+def project_rows(edb):
+    return [(r["id"], r["job_id"], r["seq"]) for r in edb.all(
+        "SELECT id, job_id::text, seq FROM job_events WHERE project_id = 'default' "
+        "ORDER BY txid, id")]
+
+
+def test_project_stream_all_jobs_in_commit_order_and_resume(daemon, edb):
+    d = start(daemon, edb, PIPES)
+    s = ProjectStream(d)
+    assert s.status == 200
+    time.sleep(0.3)  # the stream starts at "now": submit after it is open
+    jobs = [submit(d, "three")["id"] for _ in range(4)]
+    for j in jobs:
+        wait_job(d, j)
+    want = project_rows(edb)
+    evs = s.read_until(lambda out: len(durable(out)) >= len(want))
+    s.close()
+    got = [(e["id"], e["data"]["job_id"], e["data"]["seq"]) for e in durable(evs)]
+    assert got == want, (got[:5], want[:5])
+    # each job's own events arrive in seq order, with nothing missing
+    for j in jobs:
+        seqs = [e["data"]["seq"] for e in durable(evs) if e["data"]["job_id"] == j]
+        assert seqs == list(range(1, len(seqs) + 1)), (j, seqs)
+    # resume after every k-th event: exactly the rest, in the same order
+    for k in range(0, len(want), 7):
+        s = ProjectStream(d, last_id=want[k][0])
+        rest = s.read_until(lambda out: len(durable(out)) >= len(want) - k - 1, timeout=10)
+        s.close()
+        assert [e["id"] for e in durable(rest)] == [w[0] for w in want[k + 1:]], k
+    # an id this project never had
+    s = ProjectStream(d, last_id=10 ** 12)
+    first = s.events(max_events=1, until_end=False)
+    s.close()
+    assert first and first[0]["event"] == "reset", first
+
+
+def test_project_stream_sees_other_instances(daemon, edb):
+    start(daemon, edb, PIPES, name="worker")
+    api = start(daemon, edb, PIPES, name="api", scheduler={"enabled": False})
+    s = ProjectStream(api)
+    time.sleep(0.3)
+    job = submit(api, "three")["id"]
+    wait_job(api, job)
+    n = len(db_events(edb, job))
+    evs = s.read_until(lambda out: len(durable(out)) >= n)
+    s.close()
+    assert [e["data"]["seq"] for e in durable(evs)] == list(range(1, n + 1))
