@@ -637,6 +637,23 @@ static bool parse_event_id(const char *s, int64_t *out)
 	return true;
 }
 
+/* Starting or shutting down: an EventSource that gets anything but 200
+ * stops for good, so answer 200 with a short retry hint and close: it
+ * reconnects (with Last-Event-ID) a second later, here or elsewhere. */
+static void not_now(struct http_req *req, bool draining)
+{
+	int fd = http_req_take_stream(req, "text/event-stream");
+	if (fd < 0)
+		return;
+	static const char starting[] = "retry: 1000\n\n: the server is starting; reconnect\n\n";
+	static const char stopping[] =
+	        "retry: 1000\n\n: the server is shutting down; reconnect\n\n";
+	const char *msg = draining ? stopping : starting;
+	ssize_t w = write(fd, msg, strlen(msg));
+	(void)w;
+	close(fd);
+}
+
 static void job_events_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct sse_hub *hub = arg;
@@ -671,12 +688,7 @@ static void job_events(struct http_req *req, void *arg)
 {
 	struct sse_hub *hub = arg;
 	if (!hub->ctx->migrated || hub->draining) {
-		http_set_header(req, "Retry-After", "1");
-		http_reply_problem(req, 503, hub->draining ? "shutting-down" : "starting", NULL,
-		                   hub->draining
-		                           ? "the server is shutting down"
-		                           : "the database schema is being checked or migrated",
-		                   NULL);
+		not_now(req, hub->draining);
 		return;
 	}
 	auth_require(hub->ctx->auth, req, APIKEY_SCOPE_JOBS_READ, job_events_authed, hub);
@@ -721,12 +733,7 @@ static void project_events(struct http_req *req, void *arg)
 {
 	struct sse_hub *hub = arg;
 	if (!hub->ctx->migrated || hub->draining) {
-		http_set_header(req, "Retry-After", "1");
-		http_reply_problem(req, 503, hub->draining ? "shutting-down" : "starting", NULL,
-		                   hub->draining
-		                           ? "the server is shutting down"
-		                           : "the database schema is being checked or migrated",
-		                   NULL);
+		not_now(req, hub->draining);
 		return;
 	}
 	auth_require(hub->ctx->auth, req, APIKEY_SCOPE_JOBS_READ, project_events_authed, hub);

@@ -973,6 +973,12 @@ def test_daemon_kill9_restart_finishes_every_job_once(daemon, edb):
 
     wait_for(busy, 30.0, 0.02, "tasks running and some done")
     assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+    # A statement the dead daemon had sent (a claim) may still commit after
+    # the kill: wait until its backends are gone before looking.
+    wait_for(lambda: edb.one("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = "
+                             "current_database() AND pid <> pg_backend_pid() AND "
+                             "backend_type = 'client backend'")["n"] == 0,
+             10.0, 0.02, "the killed daemon's connections to close")
     # what the dead instance held (nothing moves until the next one starts)
     held = edb.all("SELECT id::text FROM tasks WHERE status = 'running'")
     assert held, "the kill hit no running task"
