@@ -450,7 +450,7 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 
 /* --- Operations ---------------------------------------------------------- */
 
-enum job_op_kind { OP_SUBMIT, OP_GET, OP_LIST, OP_ATTEMPTS };
+enum job_op_kind { OP_SUBMIT, OP_GET, OP_LIST, OP_JSON };
 
 struct submit_batch;
 
@@ -673,6 +673,21 @@ struct job_op *job_get(struct engine *e, const char *project_id, const char *job
 	return op;
 }
 
+/* An operation answered with one JSON value (a job_list_cb): the shape of
+ * the small reads below. */
+static struct job_op *json_op_start(struct engine *e, const char *stmt, int nparams,
+                                    const char *const *values, pg_result_cb rcb, job_list_cb cb,
+                                    void *arg)
+{
+	struct job_op *op = xcalloc(1, sizeof *op);
+	op->kind = OP_JSON;
+	op->e = e;
+	op->cb.list = cb;
+	op->arg = arg;
+	op->q = pg_pool_query_prepared(e->pool, stmt, nparams, values, rcb, op);
+	return op;
+}
+
 static bool task_attempts_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct job_op *op = arg;
@@ -688,32 +703,19 @@ static bool task_attempts_result_cb(PGresult *res, const struct pg_error *err, v
 struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
                                  const char *task_id, job_list_cb cb, void *arg)
 {
-	struct job_op *op = xcalloc(1, sizeof *op);
-	op->kind = OP_ATTEMPTS;
-	op->e = e;
-	op->cb.list = cb;
-	op->arg = arg;
 	const char *values[3] = {task_id, job_id, project_id};
-	op->q = pg_pool_query_prepared(e->pool, "task_attempts", 3, values, task_attempts_result_cb,
-	                               op);
-	return op;
+	return json_op_start(e, "task_attempts", 3, values, task_attempts_result_cb, cb, arg);
 }
 
 struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,
                                 int64_t after_seq, int limit, job_list_cb cb, void *arg)
 {
-	struct job_op *op = xcalloc(1, sizeof *op);
-	op->kind = OP_ATTEMPTS; /* same shape: one JSON array */
-	op->e = e;
-	op->cb.list = cb;
-	op->arg = arg;
 	char after[32], lim[16];
 	snprintf(after, sizeof after, "%lld", (long long)after_seq);
 	snprintf(lim, sizeof lim, "%d", limit);
 	const char *values[4] = {job_id, project_id, after, lim};
-	op->q = pg_pool_query_prepared(e->pool, "job_events_after", 4, values,
-	                               task_attempts_result_cb, op);
-	return op;
+	/* same shape as the attempts: one JSON array */
+	return json_op_start(e, "job_events_after", 4, values, task_attempts_result_cb, cb, arg);
 }
 
 static bool project_events_result_cb(PGresult *res, const struct pg_error *err, void *arg)
@@ -735,18 +737,12 @@ static bool project_events_result_cb(PGresult *res, const struct pg_error *err, 
 struct job_op *project_events_after(struct engine *e, const char *project_id, const char *txid,
                                     int64_t after_id, int limit, job_list_cb cb, void *arg)
 {
-	struct job_op *op = xcalloc(1, sizeof *op);
-	op->kind = OP_ATTEMPTS;
-	op->e = e;
-	op->cb.list = cb;
-	op->arg = arg;
 	char after[32], lim[16];
 	snprintf(after, sizeof after, "%lld", (long long)after_id);
 	snprintf(lim, sizeof lim, "%d", limit);
 	const char *values[4] = {project_id, txid, after, lim};
-	op->q = pg_pool_query_prepared(e->pool, "project_events_after", 4, values,
-	                               project_events_result_cb, op);
-	return op;
+	return json_op_start(e, "project_events_after", 4, values, project_events_result_cb, cb,
+	                     arg);
 }
 
 static bool event_txid_result_cb(PGresult *res, const struct pg_error *err, void *arg)
@@ -764,16 +760,10 @@ static bool event_txid_result_cb(PGresult *res, const struct pg_error *err, void
 struct job_op *event_txid(struct engine *e, const char *project_id, int64_t id, job_list_cb cb,
                           void *arg)
 {
-	struct job_op *op = xcalloc(1, sizeof *op);
-	op->kind = OP_ATTEMPTS;
-	op->e = e;
-	op->cb.list = cb;
-	op->arg = arg;
 	char ids[32];
 	snprintf(ids, sizeof ids, "%lld", (long long)id);
 	const char *values[2] = {ids, project_id};
-	op->q = pg_pool_query_prepared(e->pool, "event_txid", 2, values, event_txid_result_cb, op);
-	return op;
+	return json_op_start(e, "event_txid", 2, values, event_txid_result_cb, cb, arg);
 }
 
 static bool job_list_result_cb(PGresult *res, const struct pg_error *err, void *arg)
@@ -1401,7 +1391,7 @@ void job_op_cancel(struct job_op *op)
 		break;
 	case OP_GET:
 	case OP_LIST:
-	case OP_ATTEMPTS:
+	case OP_JSON:
 		pg_pool_cancel(op->q);
 		job_op_free(op);
 		break;

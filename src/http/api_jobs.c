@@ -188,6 +188,42 @@ static bool media_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
+/* The task_ref of one entry of a job's `stages` (as job_get returns it). */
+static struct task_ref stage_task_ref(const json_t *stage, const char *job_id, const char *project,
+                                      const char *pipeline, struct http_req *req)
+{
+	struct task_ref tr = {json_string_value(json_object_get(stage, "task_id")),
+	                      job_id,
+	                      project,
+	                      pipeline,
+	                      json_string_value(json_object_get(stage, "stage")),
+	                      http_req_id(req)};
+	return tr;
+}
+
+/* A JSON request body: NULL after answering 415 (another media type) or
+ * 400 (not JSON). */
+static json_t *read_json_body(struct http_req *req)
+{
+	const char *ctype = http_req_header(req, "Content-Type");
+	if (ctype && !media_type_is_json(ctype)) {
+		http_reply_problem(req, 415, "unsupported-media-type", NULL,
+		                   "the body must be application/json", NULL);
+		return NULL;
+	}
+	size_t len;
+	const char *body = http_req_body(req, &len);
+	json_error_t jerr;
+	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (doc == NULL) {
+		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
+		                         jerr.column, jerr.text);
+		http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
+		free(detail);
+	}
+	return doc;
+}
+
 /* resume_from: {job_id, stage}; problems go to errors. */
 static void resume_check(const json_t *r, const struct pipeline *pipe, json_t *errors,
                          size_t *stage_idx)
@@ -341,23 +377,9 @@ static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *e
 static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
-	const char *ctype = http_req_header(req, "Content-Type");
-	if (ctype && !media_type_is_json(ctype)) {
-		http_reply_problem(req, 415, "unsupported-media-type", NULL,
-		                   "the body must be application/json", NULL);
+	json_t *doc = read_json_body(req);
+	if (doc == NULL)
 		return;
-	}
-	size_t len;
-	const char *body = http_req_body(req, &len);
-	json_error_t jerr;
-	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-	if (doc == NULL) {
-		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
-		                         jerr.column, jerr.text);
-		http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
-		free(detail);
-		return;
-	}
 	if (!json_is_object(doc)) {
 		reply_field_422(req, "", "the body must be a JSON object");
 		json_decref(doc);
@@ -713,12 +735,7 @@ static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 		if (!task_status_parse(json_string_value(json_object_get(stage, "status")), &ts) ||
 		    (ts != TASK_PENDING && ts != TASK_READY))
 			continue; /* settled, or running: its module is told by the engine */
-		struct task_ref tr = {json_string_value(json_object_get(stage, "task_id")),
-		                      c->job_id,
-		                      c->project,
-		                      pipeline,
-		                      json_string_value(json_object_get(stage, "stage")),
-		                      http_req_id(req)};
+		struct task_ref tr = stage_task_ref(stage, c->job_id, c->project, pipeline, req);
 		struct task_set_opts o = {.with_job = true};
 		ok = task_set_status(c->txn, &tr, ts, TASK_CANCELLED, "job_cancelled", &o) && ok;
 	}
@@ -933,12 +950,7 @@ static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, v
 		    !task_status_parse(json_string_value(json_object_get(stg, "status")), &ts) ||
 		    ts == TASK_PENDING)
 			continue;
-		struct task_ref tr = {json_string_value(json_object_get(stg, "task_id")),
-		                      c->job_id,
-		                      c->project,
-		                      pname,
-		                      json_string_value(json_object_get(stg, "stage")),
-		                      http_req_id(req)};
+		struct task_ref tr = stage_task_ref(stg, c->job_id, c->project, pname, req);
 		struct task_set_opts o = {.with_job = true};
 		ok = task_set_status(c->txn, &tr, ts, TASK_PENDING, "retry", &o) && ok;
 	}
@@ -961,25 +973,12 @@ static void jobs_retry_authed(struct http_req *req, const struct auth_principal 
 	if (!job_id_param(req, id))
 		return;
 	size_t len;
-	const char *body = http_req_body(req, &len);
+	(void)http_req_body(req, &len);
 	char *from = NULL;
 	if (len > 0) {
-		const char *ctype = http_req_header(req, "Content-Type");
-		if (ctype && !media_type_is_json(ctype)) {
-			http_reply_problem(req, 415, "unsupported-media-type", NULL,
-			                   "the body must be application/json", NULL);
+		json_t *doc = read_json_body(req);
+		if (doc == NULL)
 			return;
-		}
-		json_error_t jerr;
-		json_t *doc =
-		        json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-		if (doc == NULL) {
-			char *detail = xasprintf("invalid JSON at line %d, column %d: %s",
-			                         jerr.line, jerr.column, jerr.text);
-			http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
-			free(detail);
-			return;
-		}
 		json_t *errors = json_array();
 		if (!json_is_object(doc)) {
 			json_array_append_new(errors,

@@ -322,6 +322,24 @@ static void stream_snapshot_cb(json_t *job, int64_t rev, const struct pg_error *
 	}
 }
 
+/* The socket is ours: its events, a modest kernel buffer (what a client has
+ * not read stays bounded in the kernel too, and SSE_MAX_PENDING_BYTES is
+ * reached soon enough to drop a client that stopped reading), and the
+ * retry hint. False when the stream closed. */
+static bool stream_start_io(struct sse_stream *st)
+{
+	struct sse_hub *hub = st->hub;
+	int sndbuf = SSE_SNDBUF_BYTES;
+	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
+	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
+	st->pend = evbuffer_new();
+	event_add(st->rd, NULL);
+	char hello[32];
+	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
+	return stream_send(st, hello, (size_t)n);
+}
+
 /* --- The project stream ---------------------------------------------------- */
 
 static void project_fetch(struct sse_stream *st);
@@ -406,16 +424,7 @@ static void project_fetch(struct sse_stream *st)
 
 static void project_open(struct sse_stream *st)
 {
-	struct sse_hub *hub = st->hub;
-	int sndbuf = SSE_SNDBUF_BYTES;
-	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
-	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
-	st->pend = evbuffer_new();
-	event_add(st->rd, NULL);
-	char hello[32];
-	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
-	if (!stream_send(st, hello, (size_t)n))
+	if (!stream_start_io(st))
 		return;
 	if (st->bad_resume) {
 		json_t *o = json_pack("{s:s}", "reason",
@@ -560,18 +569,7 @@ static void stream_abort_cb(struct http_req *req, void *arg)
 static void stream_opened(struct sse_stream *st)
 {
 	struct sse_hub *hub = st->hub;
-	/* A modest kernel buffer: what a client has not read stays bounded in
-	 * the kernel too, and SSE_MAX_PENDING_BYTES is reached soon enough to
-	 * drop a client that stopped reading. */
-	int sndbuf = SSE_SNDBUF_BYTES;
-	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
-	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
-	st->pend = evbuffer_new();
-	event_add(st->rd, NULL);
-	char hello[32];
-	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
-	if (!stream_send(st, hello, (size_t)n))
+	if (!stream_start_io(st))
 		return;
 	json_t *job = st->snapshot_job;
 	st->snapshot_job = NULL;
