@@ -482,6 +482,8 @@ enum cli_http_parse cli_http_parser_feed(struct cli_http_parser *p, const char *
                                          bool eof, struct cli_http_error *e)
 {
 	bool progress = true;
+	if (len)
+		p->got_bytes = true;
 	while (p->state != P_DONE && progress)
 		if (!step(p, data, len, &progress, e))
 			return CLI_HTTP_PARSE_ERROR;
@@ -494,8 +496,8 @@ enum cli_http_parse cli_http_parser_feed(struct cli_http_parser *p, const char *
 		return CLI_HTTP_PARSE_DONE;
 	}
 	fail(e, CLI_HTTP_ERR_PROTOCOL,
-	     len == 0 ? "the server closed the connection without a response"
-	              : "the server closed the connection before the response was complete");
+	     !p->got_bytes ? "the server closed the connection without a response"
+	                   : "the server closed the connection before the response was complete");
 	return CLI_HTTP_PARSE_ERROR;
 }
 
@@ -607,6 +609,46 @@ static bool send_all(int fd, const char *p, size_t n, int64_t deadline_us, struc
 	return true;
 }
 
+/* One read into in and a feed of the parser with it; the bytes the parser
+ * consumed are then dropped from in. 1: something was read (or the peer
+ * closed) and *st is the parser's answer; 0: the deadline passed first;
+ * -1: an error, in e. */
+static int read_some(int fd, struct buf *in, struct cli_http_parser *p, int64_t deadline_us,
+                     enum cli_http_parse *st, struct cli_http_error *e)
+{
+	for (;;) {
+		buf_reserve(in, 65536);
+		ssize_t r = recv(fd, in->data + in->len, in->cap - in->len - 1, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int w = wait_fd(fd, POLLIN, deadline_us);
+			if (w == 0)
+				return 0;
+			if (w < 0) {
+				fail(e, CLI_HTTP_ERR_IO, "poll: %s", strerror(errno));
+				return -1;
+			}
+			continue;
+		}
+		if (r < 0) {
+			fail(e, CLI_HTTP_ERR_IO, "cannot read the response: %s", strerror(errno));
+			return -1;
+		}
+		in->len += (size_t)r;
+		in->data[in->len] = '\0';
+		*st = cli_http_parser_feed(p, in->data, in->len, r == 0, e);
+		if (*st == CLI_HTTP_PARSE_ERROR)
+			return -1;
+		/* the parser never looks back: keep only what it has not consumed */
+		memmove(in->data, in->data + p->pos, in->len - p->pos);
+		in->len -= p->pos;
+		in->data[in->len] = '\0';
+		p->pos = 0;
+		return 1;
+	}
+}
+
 /* Reads until the parser has the whole response. */
 static bool read_response(int fd, struct cli_http_response *resp, bool head, int64_t deadline_us,
                           struct cli_http_error *e)
@@ -614,65 +656,152 @@ static bool read_response(int fd, struct cli_http_response *resp, bool head, int
 	struct buf in = BUF_INIT;
 	struct cli_http_parser p;
 	cli_http_parser_init(&p, resp, head);
-	bool ok = false;
-	for (;;) {
-		buf_reserve(&in, 65536);
-		ssize_t r = recv(fd, in.data + in.len, in.cap - in.len - 1, 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int w = wait_fd(fd, POLLIN, deadline_us);
-			if (w == 0) {
-				fail(e, CLI_HTTP_ERR_TIMEOUT, "timed out waiting for the response");
-				break;
-			}
-			if (w < 0) {
-				fail(e, CLI_HTTP_ERR_IO, "poll: %s", strerror(errno));
-				break;
-			}
-			continue;
-		}
-		if (r < 0) {
-			fail(e, CLI_HTTP_ERR_IO, "cannot read the response: %s", strerror(errno));
-			break;
-		}
-		in.len += (size_t)r;
-		in.data[in.len] = '\0';
-		enum cli_http_parse st = cli_http_parser_feed(&p, in.data, in.len, r == 0, e);
-		if (st == CLI_HTTP_PARSE_DONE) {
-			ok = true;
-			break;
-		}
-		if (st == CLI_HTTP_PARSE_ERROR)
-			break;
-	}
+	enum cli_http_parse st = CLI_HTTP_PARSE_MORE;
+	int got = 1;
+	while (got > 0 && st != CLI_HTTP_PARSE_DONE)
+		got = read_some(fd, &in, &p, deadline_us, &st, e);
+	if (got == 0)
+		fail(e, CLI_HTTP_ERR_TIMEOUT, "timed out waiting for the response");
 	buf_free(&in);
+	bool ok = got > 0;
 	if (ok && resp->body.data == NULL)
 		buf_add(&resp->body, "", 0); /* body.data is never NULL after success */
 	return ok;
 }
 
-bool cli_http_exchange(const struct cli_http_url *u, const struct cli_http_request *rq,
-                       int timeout_ms, struct cli_http_response *resp, struct cli_http_error *e)
+/* Formats rq, connects and sends it: the connected socket, or -1 with e
+ * set. A send error is kept in *send_err (and *sent is false): a server
+ * may answer and close before it read the whole request (a body too
+ * large), and its answer is worth more than our send error. */
+static int send_request(const struct cli_http_url *u, const struct cli_http_request *rq,
+                        int64_t deadline_us, bool *sent, struct cli_http_error *send_err,
+                        struct cli_http_error *e)
 {
 	struct buf req = BUF_INIT;
 	if (!cli_http_request_format(&req, u, rq, e))
-		return false;
-	int64_t now = clock_mono_us(), deadline = now + (int64_t)timeout_ms * 1000;
-	int64_t connect_deadline = now + (int64_t)CONNECT_TIMEOUT_MS * 1000;
-	int fd = connect_to(u, connect_deadline < deadline ? connect_deadline : deadline, e);
-	if (fd < 0) {
-		buf_free(&req);
-		return false;
-	}
-	struct cli_http_error send_err;
-	bool sent = send_all(fd, req.data, req.len, deadline, &send_err);
+		return -1;
+	int64_t connect_deadline = clock_mono_us() + (int64_t)CONNECT_TIMEOUT_MS * 1000;
+	int fd = connect_to(u, connect_deadline < deadline_us ? connect_deadline : deadline_us, e);
+	if (fd >= 0)
+		*sent = send_all(fd, req.data, req.len, deadline_us, send_err);
 	buf_free(&req);
-	/* A server may answer and close before it read the whole request (a
-	 * body too large): its answer is worth more than our send error. */
+	return fd;
+}
+
+bool cli_http_exchange(const struct cli_http_url *u, const struct cli_http_request *rq,
+                       int timeout_ms, struct cli_http_response *resp, struct cli_http_error *e)
+{
+	int64_t deadline = clock_mono_us() + (int64_t)timeout_ms * 1000;
+	struct cli_http_error send_err;
+	bool sent = false;
+	int fd = send_request(u, rq, deadline, &sent, &send_err, e);
+	if (fd < 0)
+		return false;
 	bool ok = read_response(fd, resp, strcmp(rq->method, "HEAD") == 0, deadline, e);
 	close(fd);
 	if (!ok && !sent)
 		*e = send_err;
 	return ok;
+}
+
+/* --- streaming ------------------------------------------------------------------ */
+
+void cli_http_stream_close(struct cli_http_stream *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	cli_http_response_clear(&s->resp);
+	buf_free(&s->in);
+	memset(s, 0, sizeof *s);
+	s->fd = -1;
+}
+
+bool cli_http_stream_open(struct cli_http_stream *s, const struct cli_http_url *u,
+                          const struct cli_http_request *rq, int timeout_ms,
+                          struct cli_http_error *e)
+{
+	memset(s, 0, sizeof *s);
+	s->fd = -1;
+	int64_t deadline = clock_mono_us() + (int64_t)timeout_ms * 1000;
+	struct cli_http_error send_err;
+	bool sent = false;
+	s->fd = send_request(u, rq, deadline, &sent, &send_err, e);
+	if (s->fd < 0)
+		return false;
+	cli_http_parser_init(&s->parser, &s->resp, strcmp(rq->method, "HEAD") == 0);
+	enum cli_http_parse st = CLI_HTTP_PARSE_MORE;
+	int got = 1;
+	/* the head; then, for an answer that is not a stream, the rest */
+	while (got > 0 && st != CLI_HTTP_PARSE_DONE &&
+	       (s->parser.state == P_HEAD || s->resp.status < 200 || s->resp.status > 299))
+		got = read_some(s->fd, &s->in, &s->parser, deadline, &st, e);
+	if (got == 0)
+		fail(e, CLI_HTTP_ERR_TIMEOUT, "timed out waiting for the response");
+	if (got <= 0) {
+		if (!sent)
+			*e = send_err;
+		cli_http_stream_close(s);
+		return false;
+	}
+	s->done = st == CLI_HTTP_PARSE_DONE;
+	if (s->resp.body.data == NULL)
+		buf_add(&s->resp.body, "", 0);
+	return true;
+}
+
+enum cli_http_read cli_http_stream_line(struct cli_http_stream *s, int64_t deadline_us,
+                                        const char **line, size_t *len, struct cli_http_error *e)
+{
+	struct buf *b = &s->resp.body;
+	/* forget what was handed out */
+	if (s->off) {
+		memmove(b->data, b->data + s->off, b->len - s->off);
+		b->len -= s->off;
+		b->data[b->len] = '\0';
+		s->off = 0;
+	}
+	size_t scanned = 0;
+	for (;;) {
+		for (size_t i = scanned; i < b->len; i++) {
+			char c = b->data[i];
+			if (c != '\n' && c != '\r')
+				continue;
+			size_t used = 1;
+			if (c == '\r') {
+				if (i + 1 == b->len && !s->done)
+					break; /* a CR LF may be split across reads */
+				if (i + 1 < b->len && b->data[i + 1] == '\n')
+					used = 2;
+			}
+			b->data[i] = '\0';
+			*line = b->data;
+			*len = i;
+			s->off = i + used;
+			return CLI_HTTP_READ_LINE;
+		}
+		scanned = b->len && b->data[b->len - 1] == '\r' ? b->len - 1 : b->len;
+		if (s->done) {
+			if (b->len == 0)
+				return CLI_HTTP_READ_END;
+			*line = b->data; /* the last line, without an end */
+			*len = b->len;
+			s->off = b->len;
+			return CLI_HTTP_READ_LINE;
+		}
+		if (s->fd < 0) {
+			fail(e, CLI_HTTP_ERR_IO, "the connection is closed");
+			return CLI_HTTP_READ_ERROR;
+		}
+		enum cli_http_parse st = CLI_HTTP_PARSE_MORE;
+		int got = read_some(s->fd, &s->in, &s->parser, deadline_us, &st, e);
+		if (got == 0)
+			return CLI_HTTP_READ_TIMEOUT;
+		if (got < 0)
+			return CLI_HTTP_READ_ERROR;
+		if (st == CLI_HTTP_PARSE_DONE) {
+			s->done = true;
+			close(s->fd);
+			s->fd = -1;
+		}
+	}
 }

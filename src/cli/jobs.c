@@ -3,10 +3,10 @@
  * blocking client in cli/http. Every failure is one line on stderr (a
  * problem's title and detail, plus one line per invalid field) and exit 1;
  * a bad command line is usage and exit 2. `watch` reads the job's
- * revisions from job_feed_next() — today a poll with If-None-Match, later
- * the daemon's event stream — and hands each to a view: progress bars
- * redrawn in place on a terminal, one line per stage change otherwise, or
- * JSON lines. */
+ * revisions from job_feed_next() — the daemon's event stream applied to a
+ * copy of the job, or, from a daemon without one, a poll with
+ * If-None-Match — and hands each to a view: progress bars redrawn in place
+ * on a terminal, one line per stage change otherwise, or JSON lines. */
 #include "cli/jobs.h"
 
 #include <errno.h>
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,8 +66,7 @@ static const char usage_submit[] =
         "  --resume-from J:S    run stage S and its dependents again, take the other\n"
         "                       stages over from the earlier job J\n"
         "  --wait               then follow the job as `watch` does, and exit as it does\n"
-        "  --interval S         with --wait: seconds between polls (default 0.2)\n" COMMON_OPTS
-                WATCH_EXIT;
+        "  --interval S         with --wait: as for `watch` (default 0.2)\n" COMMON_OPTS WATCH_EXIT;
 
 static const char usage_status[] =
         "usage: stageline status JOB_ID [--json]\n"
@@ -91,7 +91,9 @@ static const char usage_watch[] =
         "Follows a job until it completes, fails or is cancelled. With --json,\n"
         "prints every new revision of the job as one line of JSON.\n"
         "\n"
-        "  --interval S   seconds between polls (default 0.2)\n" COMMON_OPTS WATCH_EXIT;
+        "  --interval S   seconds between updates that only move progress; with a\n"
+        "                 daemon that has no event stream, between polls (default "
+        "0.2)\n" COMMON_OPTS WATCH_EXIT;
 
 static const char usage_cancel[] =
         "usage: stageline cancel JOB_ID [--json]\n"
@@ -420,6 +422,62 @@ static void report_failure(const struct api *a, const char *method, const char *
 	json_decref(p);
 }
 
+/* The headers of a request: Accept, User-Agent, the API key, and what the
+ * caller adds. */
+struct api_headers {
+	char ua[64];
+	char *auth;
+	struct cli_http_field h[6];
+	size_t n;
+};
+
+static void api_headers_init(struct api_headers *hs, const struct api *a, const char *accept)
+{
+	memset(hs, 0, sizeof *hs);
+	snprintf(hs->ua, sizeof hs->ua, "stageline/%s", app_version);
+	hs->auth = a->key ? xasprintf("Bearer %s", a->key) : NULL;
+	hs->h[hs->n++] = (struct cli_http_field){"Accept", accept};
+	hs->h[hs->n++] = (struct cli_http_field){"User-Agent", hs->ua};
+	if (hs->auth)
+		hs->h[hs->n++] = (struct cli_http_field){"Authorization", hs->auth};
+}
+
+static void api_headers_add(struct api_headers *hs, const char *name, const char *value)
+{
+	if (value && hs->n < sizeof hs->h / sizeof hs->h[0])
+		hs->h[hs->n++] = (struct cli_http_field){name, value};
+}
+
+static void api_headers_clear(struct api_headers *hs)
+{
+	if (hs->auth) {
+		memset(hs->auth, 0, strlen(hs->auth));
+		free(hs->auth);
+	}
+	memset(hs, 0, sizeof *hs);
+}
+
+/* A request that got no answer, in words. */
+static void add_http_error(struct buf *b, const struct api *a, const char *method, const char *path,
+                           const struct cli_http_error *e)
+{
+	if (e->kind == CLI_HTTP_ERR_CONNECT)
+		buf_printf(b, "cannot connect to %s: %s", a->display, e->msg);
+	else if (e->kind == CLI_HTTP_ERR_REQUEST)
+		buf_printf(b, "cannot send %s %s: %s", method, path, e->msg);
+	else
+		buf_printf(b, "%s %s%s: %s", method, a->display, path, e->msg);
+}
+
+static void report_http_error(const struct api *a, const char *method, const char *path,
+                              const struct cli_http_error *e)
+{
+	struct buf b = BUF_INIT;
+	add_http_error(&b, a, method, path, e);
+	output_err("%s", b.data);
+	buf_free(&b);
+}
+
 /* Sends a request (body: a JSON value or NULL; if_none_match and
  * idempotency_key when not NULL) and decodes the answer into out. A 2xx or
  * 304 is an answer; a transport error or any other status is reported on
@@ -428,25 +486,16 @@ static bool api_call(struct api *a, const char *method, const char *path, json_t
                      const char *if_none_match, const char *idempotency_key, struct reply *out)
 {
 	memset(out, 0, sizeof *out);
-	char ua[64];
-	snprintf(ua, sizeof ua, "stageline/%s", app_version);
-	char *auth = a->key ? xasprintf("Bearer %s", a->key) : NULL;
-	struct cli_http_field h[5];
-	size_t nh = 0;
-	h[nh++] = (struct cli_http_field){"Accept", "application/json, application/problem+json"};
-	h[nh++] = (struct cli_http_field){"User-Agent", ua};
-	if (auth)
-		h[nh++] = (struct cli_http_field){"Authorization", auth};
-	if (if_none_match)
-		h[nh++] = (struct cli_http_field){"If-None-Match", if_none_match};
-	if (idempotency_key)
-		h[nh++] = (struct cli_http_field){"Idempotency-Key", idempotency_key};
+	struct api_headers hs;
+	api_headers_init(&hs, a, "application/json, application/problem+json");
+	api_headers_add(&hs, "If-None-Match", if_none_match);
+	api_headers_add(&hs, "Idempotency-Key", idempotency_key);
 	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 	struct cli_http_request rq = {
 	        .method = method,
 	        .path = path,
-	        .headers = h,
-	        .nheaders = nh,
+	        .headers = hs.h,
+	        .nheaders = hs.n,
 	        .body = text,
 	        .body_len = text ? strlen(text) : 0,
 	        .content_type = "application/json",
@@ -455,17 +504,9 @@ static bool api_call(struct api *a, const char *method, const char *path, json_t
 	struct cli_http_error e;
 	bool ok = cli_http_exchange(&a->url, &rq, REQUEST_TIMEOUT_MS, &resp, &e);
 	free(text);
-	if (auth) {
-		memset(auth, 0, strlen(auth));
-		free(auth);
-	}
+	api_headers_clear(&hs);
 	if (!ok) {
-		if (e.kind == CLI_HTTP_ERR_CONNECT)
-			output_err("cannot connect to %s: %s", a->display, e.msg);
-		else if (e.kind == CLI_HTTP_ERR_REQUEST)
-			output_err("cannot send %s %s: %s", method, path, e.msg);
-		else
-			output_err("%s %s%s: %s", method, a->display, path, e.msg);
+		report_http_error(a, method, path, &e);
 		cli_http_response_clear(&resp);
 		return false;
 	}
@@ -742,16 +783,63 @@ static int job_outcome(json_t *job)
 
 /* --- watch: the source of updates ------------------------------------------- */
 
-/* The revisions of one job, in order. This one polls GET /v1/jobs/{id}
- * with the last ETag in If-None-Match (304: nothing new); the daemon's
- * event stream (GET /v1/jobs/{id}/events) can replace job_feed_next()
- * without the views noticing. */
+/* The revisions of one job, in order, from the daemon's event stream (GET
+ * /v1/jobs/{id}/events, docs/api.md "Following a job live"): the feed keeps
+ * a copy of the job, the stream's snapshot, and applies the events that
+ * follow it the way the daemon changes its rows (src/engine/job.c
+ * SQL_JOB_TXN, scheduler.c SQL_CLAIM): a stage event sets the stage's
+ * status, attempt, error and timestamps, a progress event its progress, a
+ * lifecycle event the job's status; the fields the API derives (progress,
+ * current_stage, durations, waits) are derived again, with the server's
+ * clock (the events' ts). A revision is handed out once what has arrived
+ * is applied: at once after a durable event, at most once per interval for
+ * progress alone. Once the job has settled (a terminal lifecycle event,
+ * then `end`, or the stream closing after it) one GET /v1/jobs/{id} gives
+ * the exact final revision.
+ *
+ * A stream that breaks before that is resumed with Last-Event-ID after
+ * RECONNECT_MIN_US, doubling to RECONNECT_MAX_US, for at most
+ * RECONNECT_GIVE_UP_US without a snapshot; a stream silent for longer than
+ * STREAM_IDLE_US (the server sends a heartbeat every 15 s) counts as
+ * broken. The first request's failures are reported as any other
+ * request's. A daemon without the stream (404 or 405, or an answer that is
+ * not an event stream) is polled instead: GET /v1/jobs/{id} every
+ * interval with the last ETag in If-None-Match (304: nothing new). */
+#define STREAM_IDLE_US (45 * 1000000LL)
+#define RECONNECT_MIN_US 200000
+#define RECONNECT_MAX_US 2000000
+#define RECONNECT_GIVE_UP_US (30 * 1000000LL)
+
 struct job_feed {
 	struct api *api;
-	char *path;
-	char *etag;
+	const char *id; /* the caller's */
+	char *path; /* /v1/jobs/{id} */
+	char *events_path; /* /v1/jobs/{id}/events */
 	int64_t interval_us;
+	/* polling, with a daemon that has no event stream */
+	bool polling;
+	char *etag;
 	int64_t next_poll_us;
+	/* the event stream */
+	struct cli_http_stream stream;
+	bool open; /* stream is open */
+	bool connected; /* a stream was opened once: from then on failures are retried */
+	char *last_id; /* the id of the last event read (Last-Event-ID), or NULL */
+	struct buf ev_type, ev_data, ev_id; /* the event being read */
+	bool ev_has_id;
+	json_t *job; /* the last snapshot, with the events since applied */
+	bool live; /* this connection's snapshot came: events apply */
+	bool changed; /* job changed since it was handed out */
+	bool changed_now; /* ... by a durable event: hand it out at once */
+	int64_t handed_us; /* when a revision was last handed out */
+	int64_t server_us; /* the ts of the last event applied (the server's clock) */
+	bool settled; /* the job settled: only the final GET is left */
+	bool ended; /* `end` came */
+	int64_t last_rx_us; /* a line arrived */
+	int64_t failing_since_us; /* 0: no failure since the last snapshot */
+	int64_t backoff_us;
+	int64_t next_connect_us;
+	char *last_error; /* the last failure, for the message when giving up */
 };
 
 enum feed_next {
@@ -764,14 +852,42 @@ static void job_feed_init(struct job_feed *f, struct api *a, const char *id, int
 {
 	memset(f, 0, sizeof *f);
 	f->api = a;
+	f->id = id;
 	f->path = job_path(id, "");
+	f->events_path = job_path(id, "/events");
 	f->interval_us = interval_us;
+	f->backoff_us = RECONNECT_MIN_US;
+}
+
+static void ev_reset(struct job_feed *f)
+{
+	buf_reset(&f->ev_type);
+	buf_reset(&f->ev_data);
+	buf_reset(&f->ev_id);
+	f->ev_has_id = false;
+}
+
+static void stream_close(struct job_feed *f)
+{
+	if (f->open)
+		cli_http_stream_close(&f->stream);
+	f->open = false;
+	f->live = false;
+	ev_reset(f);
 }
 
 static void job_feed_clear(struct job_feed *f)
 {
+	stream_close(f);
 	free(f->path);
+	free(f->events_path);
 	free(f->etag);
+	free(f->last_id);
+	free(f->last_error);
+	buf_free(&f->ev_type);
+	buf_free(&f->ev_data);
+	buf_free(&f->ev_id);
+	json_decref(f->job);
 	memset(f, 0, sizeof *f);
 }
 
@@ -782,27 +898,34 @@ static void sleep_us(int64_t us)
 	nanosleep(&ts, NULL); /* an interrupted sleep just polls early */
 }
 
-/* Waits for the job's next revision (*job, the caller's) until deadline_us
- * on the monotonic clock (INT64_MAX: no deadline). */
-static enum feed_next job_feed_next(struct job_feed *f, int64_t deadline_us, json_t **job)
+/* GET /v1/jobs/{id} (with If-None-Match: etag unless NULL): the job in r,
+ * or a 304; false after reporting. */
+static bool feed_get(struct job_feed *f, const char *etag, struct reply *r)
+{
+	if (!api_call(f->api, "GET", f->path, NULL, etag, NULL, r))
+		return false;
+	if (r->status != 304 &&
+	    (!json_is_object(r->json) || !json_is_array(json_object_get(r->json, "stages")))) {
+		output_err("GET %s%s: the answer is not a job", f->api->display, f->path);
+		reply_clear(r);
+		return false;
+	}
+	return true;
+}
+
+/* The polling feed. */
+static enum feed_next feed_poll(struct job_feed *f, int64_t deadline_us, json_t **job)
 {
 	for (;;) {
 		int64_t now = clock_mono_us();
 		if (now >= f->next_poll_us) {
 			f->next_poll_us = now + f->interval_us;
 			struct reply r;
-			if (!api_call(f->api, "GET", f->path, NULL, f->etag, NULL, &r))
+			if (!feed_get(f, f->etag, &r))
 				return FEED_ERROR;
 			if (r.status == 304) {
 				reply_clear(&r);
 				continue;
-			}
-			if (!json_is_object(r.json) ||
-			    !json_is_array(json_object_get(r.json, "stages"))) {
-				output_err("GET %s%s: the answer is not a job", f->api->display,
-				           f->path);
-				reply_clear(&r);
-				return FEED_ERROR;
 			}
 			free(f->etag);
 			f->etag = r.etag;
@@ -815,6 +938,586 @@ static enum feed_next job_feed_next(struct job_feed *f, int64_t deadline_us, jso
 		if (now >= deadline_us)
 			return FEED_IDLE;
 		sleep_us((f->next_poll_us < deadline_us ? f->next_poll_us : deadline_us) - now);
+	}
+}
+
+/* --- applying events to the copy --- */
+
+static json_t *find_stage_of(json_t *job, json_t *ev)
+{
+	const char *task = json_string_value(json_object_get(ev, "task_id"));
+	const char *name = json_string_value(json_object_get(ev, "stage"));
+	size_t i;
+	json_t *s;
+	json_array_foreach(json_object_get(job, "stages"), i, s)
+	{
+		const char *t = json_string_value(json_object_get(s, "task_id"));
+		const char *n = json_string_value(json_object_get(s, "stage"));
+		if ((task && t && strcmp(task, t) == 0) ||
+		    (!task && name && n && strcmp(name, n) == 0))
+			return s;
+	}
+	return NULL;
+}
+
+/* A member of the event's data: nested in `data` (the API's shape), or
+ * flattened into the event. */
+static json_t *ev_field(json_t *ev, const char *name)
+{
+	json_t *d = json_object_get(ev, "data");
+	json_t *v = json_is_object(d) ? json_object_get(d, name) : NULL;
+	return v ? v : json_object_get(ev, name);
+}
+
+static bool is_one_of(const char *s, const char *const *list, size_t n)
+{
+	for (size_t i = 0; s && i < n; i++)
+		if (strcmp(s, list[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool task_settled(const char *st)
+{
+	static const char *const done[] = {"completed", "failed", "skipped", "cancelled"};
+	return is_one_of(st, done, 4);
+}
+
+static bool job_status_settled(const char *st)
+{
+	static const char *const done[] = {"completed", "failed", "cancelled"};
+	return is_one_of(st, done, 3);
+}
+
+/* A timestamp member in epoch µs; 0 when null or unreadable. */
+static int64_t ts_us(json_t *o, const char *key)
+{
+	int64_t us;
+	const char *s = json_string_value(json_object_get(o, key));
+	return s && clock_parse_rfc3339(s, &us) ? us : 0;
+}
+
+static void set_ts(json_t *o, const char *key, int64_t us)
+{
+	char b[40];
+	if (us <= 0) {
+		json_object_set_new(o, key, json_null());
+		return;
+	}
+	clock_fmt_rfc3339_us(b, sizeof b, us);
+	json_object_set_new(o, key, json_string(b));
+}
+
+static int64_t ms_between(int64_t from_us, int64_t to_us)
+{
+	return to_us > from_us ? (to_us - from_us) / 1000 : 0;
+}
+
+static int cmp_i64(const void *pa, const void *pb)
+{
+	int64_t x = *(const int64_t *)pa, y = *(const int64_t *)pb;
+	return x < y ? -1 : x > y;
+}
+
+/* The time some stage waited ready, overlaps counted once: the daemon's
+ * job_total_wait_ms() (src/engine/job.c). iv[i] = {ready, started or now}. */
+static int64_t total_wait_ms(int64_t (*iv)[2], size_t k)
+{
+	qsort(iv, k, sizeof *iv, cmp_i64);
+	int64_t total = 0, cs = 0, ce = 0;
+	for (size_t i = 0; i < k; i++) {
+		if (i == 0 || iv[i][0] > ce) {
+			total += ce - cs;
+			cs = iv[i][0];
+			ce = iv[i][1];
+		} else if (iv[i][1] > ce) {
+			ce = iv[i][1];
+		}
+	}
+	total += ce - cs;
+	return total / 1000;
+}
+
+/* What the API derives from the rows, as of now_us (the server's clock):
+ * the job's progress (each stage weighs the same, a settled one whole),
+ * current_stage, total_wait_ms and duration_ms, each stage's wait_ms and a
+ * running stage's duration_ms. */
+static void derive(json_t *job, int64_t now_us)
+{
+	json_t *stages = json_object_get(job, "stages"), *s;
+	size_t n = json_array_size(stages), i, k = 0;
+	int64_t(*iv)[2] = xcalloc(n ? n : 1, sizeof *iv);
+	double sum = 0;
+	const char *running = NULL;
+	json_array_foreach(stages, i, s)
+	{
+		const char *st = str_or(json_object_get(s, "status"), "");
+		double p = json_number_value(json_object_get(s, "progress"));
+		int64_t ready = ts_us(s, "ready_at"), started = ts_us(s, "started_at");
+		bool is_running = strcmp(st, "running") == 0;
+		if (task_settled(st))
+			sum += 1;
+		else if (is_running)
+			sum += p;
+		if (is_running && running == NULL)
+			running = json_string_value(json_object_get(s, "stage"));
+		if (now_us <= 0)
+			continue;
+		if (is_running && started > 0)
+			json_object_set_new(s, "duration_ms",
+			                    json_integer(ms_between(started, now_us)));
+		if (ready > 0) {
+			int64_t end = started > 0 ? started : now_us;
+			json_object_set_new(s, "wait_ms", json_integer(ms_between(ready, end)));
+			if (end > ready) {
+				iv[k][0] = ready;
+				iv[k][1] = end;
+				k++;
+			}
+		} else {
+			json_object_set_new(s, "wait_ms", json_null());
+		}
+	}
+	if (n) {
+		double p = sum / (double)n;
+		json_object_set_new(job, "progress", json_real(p > 1 ? 1 : p));
+		json_object_set_new(job, "current_stage",
+		                    running ? json_string(running) : json_null());
+	}
+	if (now_us > 0) {
+		json_object_set_new(job, "total_wait_ms", json_integer(total_wait_ms(iv, k)));
+		int64_t started = ts_us(job, "started_at"), done = ts_us(job, "completed_at");
+		json_object_set_new(
+		        job, "duration_ms",
+		        started > 0 ? json_integer(ms_between(started, done > 0 ? done : now_us))
+		                    : json_null());
+	}
+	free(iv);
+}
+
+/* job.stage.* and job.module.*: the task's row as the daemon updates it. */
+static void apply_stage_event(json_t *s, json_t *ev, int64_t ts)
+{
+	const char *to = json_string_value(json_object_get(ev, "status_to"));
+	if (to == NULL)
+		return;
+	char *from = xstrdup(str_or(json_object_get(s, "status"), ""));
+	bool to_waiting = strcmp(to, "pending") == 0 || strcmp(to, "ready") == 0;
+	bool to_running = strcmp(to, "running") == 0;
+	json_object_set_new(s, "status", json_string(to));
+	if (strcmp(to, "ready") == 0)
+		set_ts(s, "ready_at", ts);
+	else if (strcmp(to, "pending") == 0)
+		set_ts(s, "ready_at", 0);
+	if (to_running)
+		set_ts(s, "started_at", ts);
+	else if (to_waiting)
+		set_ts(s, "started_at", 0);
+	set_ts(s, "completed_at", task_settled(to) ? ts : 0);
+	int64_t started = ts_us(s, "started_at");
+	if (job_status_settled(to) && strcmp(from, "running") == 0 && started > 0)
+		json_object_set_new(s, "duration_ms", json_integer(ms_between(started, ts)));
+	else if (to_waiting)
+		json_object_set_new(s, "duration_ms", json_null());
+	json_t *attempt = ev_field(ev, "attempt");
+	if (json_is_integer(attempt))
+		json_object_set(s, "attempt", attempt);
+	else if (to_running)
+		json_object_set_new(
+		        s, "attempt",
+		        json_integer(json_integer_value(json_object_get(s, "attempt")) + 1));
+	json_t *retries = ev_field(ev, "retries");
+	if (strcmp(to, "pending") == 0)
+		json_object_set_new(s, "retries", json_integer(0));
+	else if (json_is_integer(retries))
+		json_object_set(s, "retries", retries);
+	json_t *engine = ev_field(ev, "engine_id");
+	if (strcmp(to, "pending") == 0)
+		json_object_set_new(s, "engine_id", json_null());
+	else if (json_is_string(engine))
+		json_object_set(s, "engine_id", engine);
+	if (strcmp(to, "skipped") == 0)
+		json_object_set(s, "skip_reason", json_object_get(ev, "reason"));
+	else if (strcmp(to, "pending") == 0)
+		json_object_set_new(s, "skip_reason", json_null());
+	json_t *error = ev_field(ev, "error");
+	if (json_is_object(error))
+		json_object_set(s, "error", error);
+	else if (strcmp(to, "pending") == 0 || strcmp(to, "completed") == 0)
+		json_object_set_new(s, "error", json_null());
+	if (strcmp(to, "completed") == 0)
+		json_object_set_new(s, "progress", json_real(1));
+	else if (to_waiting || to_running)
+		json_object_set_new(s, "progress", json_real(0));
+	free(from);
+}
+
+/* job.lifecycle.*: the job's row. */
+static void apply_lifecycle_event(json_t *job, json_t *ev, int64_t ts)
+{
+	const char *to = json_string_value(json_object_get(ev, "status_to"));
+	const char *from = str_or(json_object_get(ev, "status_from"), "");
+	if (to == NULL)
+		return;
+	json_object_set_new(job, "status", json_string(to));
+	if (strcmp(to, "queued") == 0) {
+		set_ts(job, "queued_at", ts);
+		set_ts(job, "completed_at", 0);
+		json_object_set_new(job, "error", json_null());
+		json_t *attempt = ev_field(ev, "attempt");
+		if (json_is_integer(attempt))
+			json_object_set(job, "attempt", attempt);
+		else if (strcmp(from, "pending") != 0)
+			json_object_set_new(
+			        job, "attempt",
+			        json_integer(json_integer_value(json_object_get(job, "attempt")) +
+			                     1));
+	} else if (strcmp(to, "running") == 0) {
+		if (ts_us(job, "started_at") <= 0)
+			set_ts(job, "started_at", ts);
+	} else if (job_status_settled(to)) {
+		set_ts(job, "completed_at", ts);
+	}
+}
+
+/* Applies a lifecycle, stage or progress event to f->job; true when it
+ * changed something. */
+static bool feed_apply(struct job_feed *f, const char *type, json_t *ev)
+{
+	int64_t ts = ts_us(ev, "ts");
+	if (ts > f->server_us)
+		f->server_us = ts;
+	json_t *seq = json_object_get(ev, "seq");
+	if (json_is_integer(seq))
+		json_object_set(f->job, "event_seq", seq);
+	if (strcmp(type, "lifecycle") == 0) {
+		apply_lifecycle_event(f->job, ev, ts);
+		f->settled = job_settled(f->job);
+	} else {
+		json_t *s = find_stage_of(f->job, ev);
+		if (s == NULL)
+			return json_is_integer(seq);
+		if (strcmp(type, "stage") == 0) {
+			apply_stage_event(s, ev, ts);
+		} else {
+			json_t *p = ev_field(ev, "progress"), *attempt = ev_field(ev, "attempt");
+			if (!json_is_number(p) ||
+			    strcmp(str_or(json_object_get(s, "status"), ""), "running") != 0 ||
+			    (json_is_integer(attempt) &&
+			     json_integer_value(attempt) !=
+			             json_integer_value(json_object_get(s, "attempt"))))
+				return false;
+			double v = json_number_value(p);
+			v = v > 1 ? 1 : v < 0 ? 0 : v;
+			if (v == json_number_value(json_object_get(s, "progress")))
+				return false;
+			json_object_set_new(s, "progress", json_real(v));
+		}
+	}
+	derive(f->job, f->server_us);
+	return true;
+}
+
+/* --- the stream --- */
+
+/* A failure to remember for the message when giving up. */
+static void feed_note(struct job_feed *f, char *owned)
+{
+	free(f->last_error);
+	f->last_error = owned;
+}
+
+/* The stream broke (or would not open): try again later, or give up. */
+static bool feed_retry_later(struct job_feed *f)
+{
+	int64_t now = clock_mono_us();
+	if (f->failing_since_us == 0) {
+		f->failing_since_us = now;
+		f->backoff_us = RECONNECT_MIN_US;
+	}
+	if (now - f->failing_since_us >= RECONNECT_GIVE_UP_US) {
+		struct buf b = BUF_INIT;
+		add_clean(&b, f->id);
+		output_err("lost the event stream of job %s and could not resume it for %lld s: %s",
+		           b.data, (long long)(RECONNECT_GIVE_UP_US / 1000000),
+		           f->last_error ? f->last_error : "no reason given");
+		buf_free(&b);
+		return false;
+	}
+	f->next_connect_us = now + f->backoff_us;
+	f->backoff_us = f->backoff_us * 2 > RECONNECT_MAX_US ? RECONNECT_MAX_US : f->backoff_us * 2;
+	return true;
+}
+
+static void feed_lost(struct job_feed *f, char *why)
+{
+	stream_close(f);
+	feed_note(f, why);
+}
+
+static void feed_event(struct job_feed *f, const char *type, const char *data, size_t len)
+{
+	if (strcmp(type, "end") == 0) {
+		f->ended = true;
+		stream_close(f); /* the server closes too */
+		return;
+	}
+	if (strcmp(type, "snapshot") != 0 && strcmp(type, "lifecycle") != 0 &&
+	    strcmp(type, "stage") != 0 && strcmp(type, "progress") != 0)
+		return; /* reset (a snapshot follows), log, or one we don't know */
+	json_t *o = json_loadb(data, len, 0, NULL);
+	if (!json_is_object(o)) {
+		json_decref(o);
+		return;
+	}
+	if (strcmp(type, "snapshot") == 0) {
+		if (!json_is_array(json_object_get(o, "stages"))) {
+			json_decref(o);
+			return;
+		}
+		json_decref(f->job);
+		f->job = o;
+		f->live = true;
+		f->changed = f->changed_now = true;
+		f->settled = job_settled(o);
+		f->server_us = 0;
+		f->failing_since_us = 0; /* this connection works */
+		return;
+	}
+	/* the replay before the snapshot is in the snapshot */
+	if (f->live && feed_apply(f, type, o)) {
+		f->changed = true;
+		f->changed_now = f->changed_now || strcmp(type, "progress") != 0;
+	}
+	json_decref(o);
+}
+
+/* An id fit for the Last-Event-ID header: visible ASCII. */
+static bool id_ok(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] <= ' ' || s[i] > '~')
+			return false;
+	return true;
+}
+
+/* One line of text/event-stream (the HTML standard's "event stream
+ * interpretation"). */
+static void feed_line(struct job_feed *f, const char *line, size_t len)
+{
+	if (len == 0) { /* dispatch */
+		if (f->ev_has_id) {
+			free(f->last_id);
+			f->last_id = f->ev_id.len ? xstrdup(f->ev_id.data) : NULL;
+		}
+		if (f->ev_data.len) {
+			f->ev_data.data[--f->ev_data.len] = '\0'; /* the last LF */
+			char *type = xstrdup(f->ev_type.len ? f->ev_type.data : "message");
+			struct buf data = f->ev_data;
+			f->ev_data = (struct buf)BUF_INIT;
+			ev_reset(f);
+			feed_event(f, type, data.data, data.len);
+			free(type);
+			buf_free(&data);
+		}
+		ev_reset(f);
+		return;
+	}
+	if (line[0] == ':')
+		return; /* a comment: the heartbeat */
+	const char *colon = memchr(line, ':', len);
+	size_t nlen = colon ? (size_t)(colon - line) : len;
+	const char *v = colon ? colon + 1 : line + len;
+	if (v < line + len && *v == ' ')
+		v++;
+	size_t vlen = (size_t)(line + len - v);
+	if (nlen == 5 && memcmp(line, "event", 5) == 0) {
+		buf_reset(&f->ev_type);
+		buf_add(&f->ev_type, v, vlen);
+	} else if (nlen == 4 && memcmp(line, "data", 4) == 0) {
+		buf_add(&f->ev_data, v, vlen);
+		buf_addc(&f->ev_data, '\n');
+	} else if (nlen == 2 && memcmp(line, "id", 2) == 0 && !memchr(v, '\0', vlen)) {
+		buf_reset(&f->ev_id);
+		if (id_ok(v, vlen))
+			buf_add(&f->ev_id, v, vlen);
+		f->ev_has_id = true;
+	} /* retry: our own backoff instead; other fields are ignored */
+}
+
+enum feed_connect {
+	CONNECT_OK,
+	CONNECT_POLL, /* no event stream here: poll */
+	CONNECT_RETRY, /* try again later */
+	CONNECT_FAIL, /* reported */
+};
+
+static bool content_type_is(const char *value, const char *type)
+{
+	size_t n = strlen(type);
+	if (value == NULL || strncasecmp(value, type, n) != 0)
+		return false;
+	value += n;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	return *value == '\0' || *value == ';';
+}
+
+static enum feed_connect feed_connect(struct job_feed *f)
+{
+	struct api *a = f->api;
+	struct api_headers hs;
+	api_headers_init(&hs, a, "text/event-stream");
+	api_headers_add(&hs, "Last-Event-ID", f->last_id);
+	struct cli_http_request rq = {
+	        .method = "GET", .path = f->events_path, .headers = hs.h, .nheaders = hs.n};
+	struct cli_http_error e;
+	bool ok = cli_http_stream_open(&f->stream, &a->url, &rq, REQUEST_TIMEOUT_MS, &e);
+	api_headers_clear(&hs);
+	ev_reset(f);
+	if (!ok) {
+		if (!f->connected || e.kind == CLI_HTTP_ERR_REQUEST) {
+			report_http_error(a, "GET", f->events_path, &e);
+			return CONNECT_FAIL;
+		}
+		struct buf b = BUF_INIT;
+		add_http_error(&b, a, "GET", f->events_path, &e);
+		feed_note(f, buf_steal(&b));
+		return CONNECT_RETRY;
+	}
+	f->open = true;
+	struct cli_http_response *r = &f->stream.resp;
+	int st = r->status;
+	if (st >= 200 && st < 300 &&
+	    content_type_is(cli_http_response_header(r, "Content-Type"), "text/event-stream")) {
+		f->connected = true;
+		return CONNECT_OK;
+	}
+	enum feed_connect out;
+	if (st == 404 || st == 405 || (st >= 200 && st < 300)) {
+		out = CONNECT_POLL; /* an older daemon (or a proxy that knows no streams) */
+	} else if (f->connected && (st >= 500 || st == 408 || st == 429)) {
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "GET %s%s: HTTP %d ", a->display, f->events_path, st);
+		add_clean(&b, r->reason ? r->reason : "");
+		feed_note(f, buf_steal(&b));
+		out = CONNECT_RETRY;
+	} else {
+		report_failure(a, "GET", f->events_path, r);
+		out = CONNECT_FAIL;
+	}
+	stream_close(f);
+	return out;
+}
+
+/* After `end` (or the stream closing once the job settled): the job as
+ * GET /v1/jobs/{id} shows it. Should it have moved on (retried), the
+ * stream is followed again. */
+static enum feed_next feed_final(struct job_feed *f, json_t **job)
+{
+	struct reply r;
+	if (!feed_get(f, NULL, &r))
+		return FEED_ERROR;
+	*job = r.json;
+	r.json = NULL;
+	reply_clear(&r);
+	f->ended = false;
+	f->settled = job_settled(*job);
+	json_decref(f->job);
+	f->job = json_deep_copy(*job);
+	f->changed = f->changed_now = false;
+	f->handed_us = clock_mono_us();
+	f->next_connect_us = 0;
+	f->failing_since_us = 0;
+	return FEED_JOB;
+}
+
+/* Hands out a copy of the job as it is now. */
+static enum feed_next feed_hand_out(struct job_feed *f, json_t **job)
+{
+	*job = json_deep_copy(f->job);
+	f->changed = f->changed_now = false;
+	f->handed_us = clock_mono_us();
+	return FEED_JOB;
+}
+
+static int64_t min3(int64_t a, int64_t b, int64_t c)
+{
+	int64_t m = a < b ? a : b;
+	return m < c ? m : c;
+}
+
+/* Waits for the job's next revision (*job, the caller's) until deadline_us
+ * on the monotonic clock (INT64_MAX: no deadline). */
+static enum feed_next job_feed_next(struct job_feed *f, int64_t deadline_us, json_t **job)
+{
+	for (;;) {
+		if (f->polling)
+			return feed_poll(f, deadline_us, job);
+		/* a revision to hand out, now or once the interval has passed */
+		int64_t now = clock_mono_us();
+		bool due = f->changed && f->job && !f->settled;
+		int64_t hand_at = !due             ? INT64_MAX
+		                  : f->changed_now ? now
+		                                   : f->handed_us + f->interval_us;
+		if (!f->open) {
+			if (f->ended || f->settled)
+				return feed_final(f, job);
+			if (now >= hand_at)
+				return feed_hand_out(f, job);
+			if (now < f->next_connect_us) {
+				if (now >= deadline_us)
+					return FEED_IDLE;
+				sleep_us(min3(f->next_connect_us, deadline_us, hand_at) - now);
+				continue;
+			}
+			switch (feed_connect(f)) {
+			case CONNECT_OK: f->last_rx_us = clock_mono_us(); continue;
+			case CONNECT_POLL: f->polling = true; continue;
+			case CONNECT_FAIL: return FEED_ERROR;
+			case CONNECT_RETRY:
+				if (!feed_retry_later(f))
+					return FEED_ERROR;
+				continue;
+			}
+		}
+		/* what has arrived first, then the revision */
+		const char *line;
+		size_t len;
+		struct cli_http_error e;
+		enum cli_http_read got = cli_http_stream_line(
+		        &f->stream, min3(f->last_rx_us + STREAM_IDLE_US, deadline_us, hand_at),
+		        &line, &len, &e);
+		if (got == CLI_HTTP_READ_LINE) {
+			f->last_rx_us = clock_mono_us();
+			feed_line(f, line, len);
+			continue;
+		}
+		if (got == CLI_HTTP_READ_END || got == CLI_HTTP_READ_ERROR) {
+			struct buf b = BUF_INIT;
+			if (got == CLI_HTTP_READ_END)
+				buf_printf(&b, "GET %s%s: the server closed the stream",
+				           f->api->display, f->events_path);
+			else
+				add_http_error(&b, f->api, "GET", f->events_path, &e);
+			feed_lost(f, buf_steal(&b));
+			if (!f->settled && !feed_retry_later(f))
+				return FEED_ERROR;
+			continue;
+		}
+		now = clock_mono_us();
+		if (now >= hand_at)
+			return feed_hand_out(f, job);
+		if (now - f->last_rx_us >= STREAM_IDLE_US) {
+			feed_lost(f, xasprintf("GET %s%s: nothing from the server for %lld s",
+			                       f->api->display, f->events_path,
+			                       (long long)(STREAM_IDLE_US / 1000000)));
+			if (!feed_retry_later(f))
+				return FEED_ERROR;
+			continue;
+		}
+		if (now >= deadline_us)
+			return FEED_IDLE;
 	}
 }
 

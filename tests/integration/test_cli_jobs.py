@@ -381,11 +381,12 @@ def test_watch_piped_prints_a_line_per_change_and_exits_0(env):
     assert any(ln.startswith(f"job {jid} (pipeline slow): completed, 100%") for ln in lines), lines
     assert any(re.match(r"^2\s+nap\s+completed\s+1\s", ln) for ln in lines), lines
     assert "\x1b[" not in r.stdout
-    # it polled with If-None-Match: unchanged revisions cost a 304
-    polls = d.find_log(lambda l: l["event"] == "http.access" and l.get("method") == "GET"
-                       and l.get("route") == "/v1/jobs/{id}")
-    assert any(l["status"] == 304 for l in polls), sorted({l["status"] for l in polls})
-    assert all(l["status"] in (200, 304) for l in polls), polls
+    # it followed the job's event stream, and read the job once at the end: no polling
+    gets = d.find_log(lambda l: l["event"] == "http.access" and l.get("method") == "GET")
+    streams = [l for l in gets if l.get("route") == "/v1/jobs/{id}/events"]
+    assert [l["status"] for l in streams] == [200], streams
+    polls = [l for l in gets if l.get("route") == "/v1/jobs/{id}"]
+    assert [l["status"] for l in polls] == [200], polls
     # a settled job: one line per stage, at once
     r = cli.run("watch", jid)
     assert r.returncode == 0 and r.stdout.count("completed") >= 3, r
@@ -493,6 +494,50 @@ def test_watch_json_prints_revisions_as_lines(env):
     docs = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(docs) >= 2 and docs[-1]["status"] == "completed", docs
     assert all(doc["id"] == jid for doc in docs)
+
+
+def test_watch_resumes_the_stream_across_a_daemon_restart(daemon, pg, dbname, cli_path,
+                                                           tmp_path):
+    """The daemon goes away in the middle of a stage (SIGTERM: its streams
+    end, the running attempt goes back to ready) and comes back: `watch`
+    reconnects with Last-Event-ID and follows the job to its end."""
+    pipes = {"nap": {"stages": [{"name": "nap", "module": "sleep",
+                                 "params": {"seconds": 6, "tick": 0.05}}]}}
+    d = start(daemon, pg, dbname, pipes)
+    cli = Cli(cli_path, d.base_url, tmp_path)
+    jid = cli.submit("nap")
+    p = subprocess.Popen([cli.path, "watch", jid, "--interval", "0.05"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=cli.env(), cwd=cli.cwd)
+    try:
+        # the log, not GET /v1/jobs/{id}, says when: the access log then counts only the CLI's
+        d.wait_log(lambda l: l["event"] == "job.module.spawn" and l.get("job_id") == jid,
+                   timeout=20.0, what="nap to start")
+        d.wait_log(lambda l: l["event"] == "http.access"
+                   and l.get("route") == "/v1/jobs/{id}/events", timeout=10.0,
+                   what="the CLI's event stream")
+        time.sleep(0.5)
+        assert d.stop() == 0
+        d.start(wait_healthy=True)
+        d.wait_ready(timeout=20.0)
+        out, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, (p.returncode, out, err)
+    assert err == "", err
+    lines = out.splitlines()
+    assert re.search(r"^\[\s*\d+\.\d\ds\] nap\s+running \d+%$", out, re.M), out
+    assert re.search(r"^\[\s*\d+\.\d\ds\] nap\s+completed \(attempt 2\)$", out, re.M), out
+    assert any(ln.startswith(f"job {jid} (pipeline nap): completed, 100%") for ln in lines), out
+    assert any(re.match(r"^1\s+nap\s+completed\s+2\s", ln) for ln in lines), out
+    gets = d.find_log(lambda l: l["event"] == "http.access" and l.get("method") == "GET")
+    streams = [l for l in gets if l.get("route") == "/v1/jobs/{id}/events"]
+    assert len([l for l in streams if l["status"] == 200]) >= 2, streams
+    polls = [l for l in gets if l.get("route") == "/v1/jobs/{id}"]
+    assert [l["status"] for l in polls] == [200], polls  # only the final read
+    job = get_job(d, jid)
+    assert job["status"] == "completed" and stage(job, "nap")["attempt"] == 2, job
 
 
 # --------------------------------------------------------------------------
@@ -707,8 +752,9 @@ class CannedServer:
     sent with short pauses, then close) and records each request as
     (head, body). No daemon, no database."""
 
-    def __init__(self, replies):
+    def __init__(self, replies, pause=0.02):
         self.replies = list(replies)
+        self.pause = pause
         self.requests = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -739,7 +785,7 @@ class CannedServer:
                 self.requests.append((head.decode(), body))
                 for part in reply:
                     conn.sendall(part)
-                    time.sleep(0.02)
+                    time.sleep(self.pause)
 
     def close(self):
         self.sock.close()
@@ -832,6 +878,238 @@ def test_http_client_sends_the_submission(cli_path, tmp_path):
     r = Cli(cli_path, f"http://127.0.0.1:{free_port()}", tmp_path).run(
         "submit", "speech", "--idempotency-key", "a\r\nX-Evil: 1")
     assert r.returncode == 1 and "control character" in r.stderr, r
+
+
+# --------------------------------------------------------------------------
+# watch against a canned server: the event stream applied, resumed and given up, and the
+# polling fallback for a daemon without it
+
+CJ = "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d"
+T1 = "0190b5a0-0000-7000-8000-000000000001"
+T2 = "0190b5a0-0000-7000-8000-000000000002"
+TIMING = {"fetch_ms": None, "run_ms": None, "upload_ms": None}
+
+
+def ts(s):
+    return f"2026-11-26T01:00:{s}Z"
+
+
+def canned_job(status, nap, seq, **job):
+    """A job as GET /v1/jobs/{id} shows it: prep completed, nap as given."""
+    prep = {"stage": "prep", "stage_number": 1, "task_id": T1, "module": "noop",
+            "engine_id": None, "status": "completed", "started_at": ts("00.100000"),
+            "completed_at": ts("00.200000"), "duration_ms": 100, "required": True,
+            "retries": 0, "attempt": 1, "error": None, "skip_reason": None,
+            "ready_at": ts("00.000000"), "wait_ms": 100, "progress": 1.0, "depends_on": [],
+            "timing": TIMING}
+    stage2 = {"stage": "nap", "stage_number": 2, "task_id": T2, "module": "sleep",
+              "engine_id": None, "status": "running", "started_at": ts("01.000000"),
+              "completed_at": None, "duration_ms": 500, "required": True, "retries": 0,
+              "attempt": 1, "error": None, "skip_reason": None, "ready_at": ts("00.200000"),
+              "wait_ms": 800, "progress": 0.1, "depends_on": ["prep"], "timing": TIMING}
+    stage2.update(nap)
+    doc = {"id": CJ, "pipeline": "slow", "status": status, "progress": 0.55,
+           "current_stage": "nap", "attempt": 1, "created_at": ts("00.000000"),
+           "queued_at": ts("00.000000"), "started_at": ts("00.100000"), "completed_at": None,
+           "duration_ms": 1400, "error": None, "logs_key": None, "params": {},
+           "event_seq": seq, "total_wait_ms": 900, "stages": [prep, stage2]}
+    doc.update(job)
+    return doc
+
+
+def sse(event, data, eid=None):
+    head = f"id: {eid}\n" if eid is not None else ""
+    return (head + f"event: {event}\ndata: {json.dumps(data)}\n\n").encode()
+
+
+def stage_event(seq, kind, st_from, st_to, at, **data):
+    return {"id": 100 + seq, "seq": seq, "ts": ts(at), "kind": kind, "job_id": CJ,
+            "task_id": T2, "stage": "nap", "status_from": st_from, "status_to": st_to,
+            "reason": "r", "request_id": None,
+            "data": dict({"tasks_total": 2, "tasks_completed": 1, "tasks_failed": 0,
+                          "tasks_running": 0}, **data)}
+
+
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Connection: close\r\n\r\nretry: 3000\n\n")
+FLAKY = {"code": "FLAKY", "category": "module", "retryable": True, "message": "try again"}
+SNAP1 = canned_job("running", {}, 6)
+SNAP2 = canned_job("running", {"attempt": 2, "retries": 1, "progress": 0.0, "error": FLAKY,
+                               "started_at": ts("02.100000"), "ready_at": ts("02.000000"),
+                               "duration_ms": 0, "wait_ms": 100}, 8, progress=0.5)
+FINAL = canned_job("completed", {"status": "completed", "attempt": 2, "retries": 1,
+                                 "progress": 1.0, "started_at": ts("02.100000"),
+                                 "completed_at": ts("03.000000"), "duration_ms": 900,
+                                 "ready_at": ts("02.000000"), "wait_ms": 100,
+                                 "engine_id": "sleep@1"}, 10, progress=1.0,
+                   current_stage=None, completed_at=ts("03.000000"), duration_ms=2900,
+                   total_wait_ms=1000)
+
+
+def reconnect_replies():
+    """Three connections: a stream that breaks in the middle of event 8, its
+    resumption (replay of 8, snapshot, 9, 10, end), then the final GET."""
+    enqueue = {"id": 101, "seq": 1, "ts": ts("00.000000"), "kind": "job.lifecycle.enqueue",
+               "job_id": CJ, "task_id": None, "stage": None, "status_from": "pending",
+               "status_to": "queued", "reason": "submitted", "request_id": None,
+               "data": {"tasks_total": 2}}
+    progress = {"ts": ts("01.500000"), "kind": "progress", "job_id": CJ, "task_id": T2,
+                "stage": "nap", "data": {"progress": 0.6, "attempt": 1}}
+    retry = stage_event(7, "job.module.retry", "running", "ready", "02.000000", module="sleep",
+                        attempt=1, duration_ms=1000, error=FLAKY, retries=1, backoff_ms=10)
+    spawn = stage_event(8, "job.module.spawn", "ready", "running", "02.100000", module="sleep",
+                        attempt=2)
+    done = stage_event(9, "job.module.complete", "running", "completed", "03.000000",
+                       module="sleep", attempt=2, duration_ms=900, engine_id="sleep@1")
+    complete = {"id": 110, "seq": 10, "ts": ts("03.000000"), "kind": "job.lifecycle.complete",
+                "job_id": CJ, "task_id": None, "stage": None, "status_from": "running",
+                "status_to": "completed", "reason": "all_stages_done", "request_id": None,
+                "data": {"tasks_total": 2, "tasks_completed": 2}}
+    final = json.dumps(FINAL).encode()
+    return [
+        [SSE_HEAD, sse("lifecycle", enqueue, 1), sse("snapshot", SNAP1), b": heartbeat\n\n",
+         sse("progress", progress), sse("stage", retry, 7),
+         sse("stage", spawn, 8)[:-1]],  # no blank line: event 8 is not complete
+        [SSE_HEAD, sse("stage", spawn, 8), sse("snapshot", SNAP2), sse("stage", done, 9),
+         sse("lifecycle", complete, 10),
+         sse("end", {"job_id": CJ, "status": "completed", "last_seq": 10})],
+        [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: \"10\"\r\n"
+         b"Content-Length: %d\r\n\r\n" % len(final) + final],
+    ]
+
+
+def request_lines(srv):
+    out = []
+    for head, _ in srv.requests:
+        lines = head.split("\r\n")
+        out.append((lines[0], {k.lower(): v for k, _, v in (ln.partition(": ")
+                                                            for ln in lines[1:])}))
+    return out
+
+
+# Parts of a canned stream this far apart arrive one by one, even under valgrind.
+STREAM_PAUSE = 0.15
+
+
+def test_watch_resumes_a_broken_stream_with_last_event_id(cli_path, tmp_path):
+    srv = CannedServer(reconnect_replies(), pause=STREAM_PAUSE)
+    try:
+        cli = Cli(cli_path, f"http://127.0.0.1:{srv.port}", tmp_path)
+        r = cli.run("watch", CJ, "--interval", "0.01", timeout=30)
+    finally:
+        srv.close()
+    assert r.returncode == 0 and r.stderr == "", r
+    got = [re.sub(r"^\[\s*\d+\.\d\ds\] ", "", ln) for ln in r.stdout.splitlines()
+           if re.match(r"^\[\s*\d+\.\d\ds\] ", ln)]
+    assert [re.sub(r"\s+", " ", ln) for ln in got] == [
+        "prep completed",
+        "nap running 10%",
+        "nap running 60%",
+        "nap ready: FLAKY (module): try again",
+        "nap running 0% (attempt 2): FLAKY (module): try again",
+        "nap completed (attempt 2)",
+    ], r.stdout
+    assert f"job {CJ} (pipeline slow): completed, 100%, 2.90s (waited 1.00s)" in r.stdout
+    assert re.search(r"^2\s+nap\s+completed\s+2\s+100ms\s+900ms\s*$", r.stdout, re.M), r.stdout
+    reqs = request_lines(srv)
+    assert [line for line, _ in reqs] == [f"GET /v1/jobs/{CJ}/events HTTP/1.1"] * 2 + [
+        f"GET /v1/jobs/{CJ} HTTP/1.1"], reqs
+    assert reqs[0][1]["accept"] == "text/event-stream" and "last-event-id" not in reqs[0][1]
+    # resumed after the last whole event: 7, not the 8 that broke off
+    assert reqs[1][1]["last-event-id"] == "7", reqs[1]
+    assert "if-none-match" not in reqs[2][1], reqs[2]
+
+
+def test_watch_json_applies_the_events_to_the_snapshot(cli_path, tmp_path):
+    srv = CannedServer(reconnect_replies(), pause=STREAM_PAUSE)
+    try:
+        cli = Cli(cli_path, f"http://127.0.0.1:{srv.port}", tmp_path)
+        r = cli.run("watch", CJ, "--json", "--interval", "0.01", timeout=30)
+    finally:
+        srv.close()
+    assert r.returncode == 0 and r.stderr == "", r
+    docs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    # the snapshots and the final GET come through as they are
+    assert docs[0] == SNAP1 and docs[-1] == FINAL and SNAP2 in docs, docs
+    assert sum(1 for doc in docs if doc["status"] == "completed") == 1, docs
+    # progress: the stage's, the job's and the running stage's run time, on the server's clock
+    moved = next(doc for doc in docs if doc["stages"][1]["progress"] == 0.6)
+    assert moved["progress"] == 0.8 and moved["stages"][1]["duration_ms"] == 500, moved
+    # a retry: back to ready with the attempt's error, the run's timestamps cleared
+    ready = next(doc for doc in docs if doc["stages"][1]["status"] == "ready")
+    nap = ready["stages"][1]
+    assert nap["error"] == FLAKY and nap["retries"] == 1 and nap["attempt"] == 1, nap
+    assert nap["ready_at"] == ts("02.000000") and nap["started_at"] is None, nap
+    assert nap["duration_ms"] is None and nap["wait_ms"] == 0 and nap["progress"] == 0, nap
+    assert ready["event_seq"] == 7 and ready["progress"] == 0.5, ready
+    assert ready["current_stage"] is None and ready["duration_ms"] == 1900, ready
+    # the module's result: completed, its error gone, run time from its start
+    i = docs.index(SNAP2)
+    if i + 2 < len(docs):  # unless the result and the job's end arrived in one read
+        nap = docs[i + 1]["stages"][1]
+        assert docs[i + 1]["status"] == "running" and nap["status"] == "completed", docs[i + 1]
+        assert nap["error"] is None and nap["progress"] == 1 and nap["attempt"] == 2, nap
+        assert nap["completed_at"] == ts("03.000000") and nap["duration_ms"] == 900, nap
+        assert nap["engine_id"] == "sleep@1" and docs[i + 1]["progress"] == 1, docs[i + 1]
+
+
+def test_watch_polls_a_daemon_without_the_event_stream(cli_path, tmp_path):
+    def answer(status, doc, etag=None, reason="OK"):
+        body = json.dumps(doc).encode()
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" % (status,
+                                                                          reason.encode())
+        if etag:
+            head += b"ETag: \"%s\"\r\n" % etag.encode()
+        return [head + b"Content-Length: %d\r\n\r\n" % len(body) + body]
+
+    not_found = answer(404, {"type": "urn:stageline:problem:not-found", "title": "Not Found",
+                             "status": 404, "detail": "no such route"}, reason="Not Found")
+    not_allowed = [b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"]
+    cancelled = canned_job("cancelled", {"status": "cancelled", "progress": 0.0}, 9)
+    srv = CannedServer([not_found, answer(200, SNAP1, "6"),
+                        [b"HTTP/1.1 304 Not Modified\r\nETag: \"6\"\r\n\r\n"],
+                        answer(200, FINAL, "10"),
+                        not_allowed, answer(200, cancelled, "9")])
+    try:
+        cli = Cli(cli_path, f"http://127.0.0.1:{srv.port}", tmp_path)
+        first = cli.run("watch", CJ, "--interval", "0.05", timeout=30)
+        second = cli.run("watch", CJ, "--interval", "0.05", timeout=30)
+    finally:
+        srv.close()
+    assert first.returncode == 0 and first.stderr == "", first
+    assert f"job {CJ} (pipeline slow): completed, 100%" in first.stdout, first.stdout
+    assert second.returncode == 3 and second.stderr == "", second
+    reqs = request_lines(srv)
+    assert [line for line, _ in reqs] == [
+        f"GET /v1/jobs/{CJ}/events HTTP/1.1", f"GET /v1/jobs/{CJ} HTTP/1.1",
+        f"GET /v1/jobs/{CJ} HTTP/1.1", f"GET /v1/jobs/{CJ} HTTP/1.1",
+        f"GET /v1/jobs/{CJ}/events HTTP/1.1", f"GET /v1/jobs/{CJ} HTTP/1.1"], reqs
+    assert [h.get("if-none-match") for _, h in reqs] == [None, None, '"6"', '"6"', None,
+                                                         None], reqs
+
+
+def test_watch_gives_up_after_30s_without_the_stream(cli_path, tmp_path):
+    srv = CannedServer([[SSE_HEAD, sse("snapshot", SNAP1)]])
+    cli = Cli(cli_path, f"http://127.0.0.1:{srv.port}", tmp_path)
+    t0 = time.monotonic()
+    p = subprocess.Popen([cli.path, "watch", CJ], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=cli.env(), cwd=cli.cwd)
+    try:
+        # once the one stream has been served, nothing listens there any more
+        srv.thread.join(20)
+        srv.sock.close()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        srv.close()
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 1, (p.returncode, out, err)
+    assert err == (f"stageline: lost the event stream of job {CJ} and could not resume it for "
+                   f"30 s: cannot connect to http://127.0.0.1:{srv.port}: Connection refused\n"), err
+    assert 29 <= elapsed <= 40, elapsed
+    assert re.search(r"^\[\s*\d+\.\d\ds\] nap\s+running 10%$", out, re.M), out
 
 
 # --------------------------------------------------------------------------
