@@ -271,7 +271,9 @@ def test_no_hello_ignoring_sigterm_gets_sigkill(workdir):
     assert d["outcome"] == "panic"
     assert d["message"] == "no hello within 300ms"
     assert d["signal"] == 9
-    assert 0.6 <= run.summary["elapsed_s"] < 3
+    # 300 ms to the hello deadline, 300 ms more to SIGKILL; libevent's
+    # timers and the harness's clock may each round by a millisecond
+    assert 0.59 <= run.summary["elapsed_s"] < 3
 
 
 def test_deadline_sends_cancel_then_timeout(workdir):
