@@ -2018,8 +2018,16 @@ static bool progress_cb(PGresult *res, const struct pg_error *err, void *arg)
 	struct scheduler *s = arg;
 	s->progress_q = NULL;
 	s->progress_inflight = false;
-	for (int r = 0; !err && r < PQntuples(res); r++)
+	for (int r = 0; !err && r < PQntuples(res); r++) {
 		job_rev_note(s->e, PQgetvalue(res, r, 0), PQgetvalue(res, r, 2), col_i(res, r, 1));
+		/* a revision with no event: streams learn it is not news */
+		struct sl_event ev = {.ts_us = clock_now_us(),
+		                      .kind = "rev",
+		                      .job_id = PQgetvalue(res, r, 0),
+		                      .project_id = PQgetvalue(res, r, 2),
+		                      .rev = col_i(res, r, 1)};
+		event_bus_publish(s->e->bus, &ev);
+	}
 	return false;
 }
 

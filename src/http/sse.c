@@ -35,6 +35,21 @@
 
 enum sse_state { SSE_OPENING, SSE_REPLAY, SSE_SNAPSHOT, SSE_LIVE };
 
+/* Another instance changed a job some stream follows: one fetch for all of
+ * that job's streams, a moment later (our own commits' NOTIFYs come back
+ * too, sometimes before their results: by then the bus has told us). */
+struct job_note {
+	TAILQ_ENTRY(job_note) link;
+	struct sse_hub *hub;
+	char job_id[ID_UUID_LEN + 1];
+	char project[AUTH_PROJECT_MAX + 1];
+	int64_t rev;
+	struct job_op *op;
+	bool again; /* news came while the fetch was in flight */
+};
+
+#define SSE_NOTE_DELAY_MS 30
+
 struct sse_hub {
 	struct api_ctx *ctx;
 	struct event_base *base;
@@ -43,6 +58,9 @@ struct sse_hub {
 	TAILQ_HEAD(, sse_stream) streams;
 	size_t n;
 	bool draining;
+	TAILQ_HEAD(, job_note) notes;
+	struct event *note_ev, *poke_ev;
+	bool poke_armed;
 };
 
 struct sse_stream {
@@ -72,6 +90,7 @@ struct sse_stream {
 
 static void stream_close(struct sse_stream *st, const char *why);
 static void stream_fetch(struct sse_stream *st);
+static void note_request(struct sse_hub *hub, const char *job_id, const char *project, int64_t rev);
 
 /* --- Writing ------------------------------------------------------------ */
 
@@ -479,6 +498,16 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 {
 	struct sse_hub *hub = arg;
 	char *rendered = NULL;
+	if (strcmp(ev->kind, "rev") == 0) { /* a revision without an event */
+		struct sse_stream *st;
+		TAILQ_FOREACH(st, &hub->streams, link)
+		{
+			if (!st->project_stream && strcmp(st->job_id, ev->job_id) == 0 &&
+			    ev->rev > st->last_rev)
+				st->last_rev = ev->rev;
+		}
+		return;
+	}
 	const char *type = event_sse_type(ev->kind);
 	bool durable = ev->seq > 0;
 	struct sse_stream *st, *next;
@@ -500,7 +529,8 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 		} else if (ev->seq <= st->last_seq) {
 			continue;
 		} else if (ev->seq != st->last_seq + 1) {
-			stream_fetch(st); /* a gap: another instance's events */
+			/* a gap: another instance's events come first */
+			note_request(hub, st->job_id, st->project, ev->rev);
 			continue;
 		}
 		if (rendered == NULL) {
@@ -521,27 +551,153 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 	free(rendered);
 }
 
+static struct job_note *note_find(struct sse_hub *hub, const char *job_id)
+{
+	struct job_note *n;
+	TAILQ_FOREACH(n, &hub->notes, link)
+	if (strcmp(n->job_id, job_id) == 0)
+		return n;
+	return NULL;
+}
+
+static void note_free(struct job_note *n)
+{
+	TAILQ_REMOVE(&n->hub->notes, n, link);
+	job_op_cancel(n->op);
+	free(n);
+}
+
+static void note_fetch(struct job_note *n);
+
+/* The events another instance committed: to every live stream of the job,
+ * each from where it is. */
+static void note_events_cb(json_t *events, const struct pg_error *err, void *arg)
+{
+	struct job_note *n = arg;
+	struct sse_hub *hub = n->hub;
+	n->op = NULL;
+	struct sse_stream *st, *next;
+	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
+		next = TAILQ_NEXT(st, link);
+		if (st->project_stream || strcmp(st->job_id, n->job_id) != 0)
+			continue;
+		if (err || st->state != SSE_LIVE || st->catchup) {
+			st->refetch = true; /* its own fetch brings it up to date */
+			if (st->state == SSE_LIVE && !st->catchup)
+				stream_fetch(st);
+			continue;
+		}
+		if (n->rev > st->last_rev)
+			st->last_rev = n->rev;
+		stream_write_events(st, events);
+	}
+	bool more = json_array_size(events) == SSE_REPLAY_BATCH;
+	json_decref(events);
+	if (more || n->again) {
+		n->again = false;
+		note_fetch(n);
+		return;
+	}
+	note_free(n);
+}
+
+static void note_fetch(struct job_note *n)
+{
+	struct sse_hub *hub = n->hub;
+	int64_t from = -1;
+	struct sse_stream *st;
+	TAILQ_FOREACH(st, &hub->streams, link)
+	{
+		if (st->project_stream || strcmp(st->job_id, n->job_id) != 0)
+			continue;
+		if (st->state == SSE_LIVE && !st->catchup && st->last_rev < n->rev &&
+		    (from < 0 || st->last_seq < from))
+			from = st->last_seq;
+	}
+	if (from < 0) { /* every stream saw it already (the bus), or none is live */
+		note_free(n);
+		return;
+	}
+	n->op = job_events_after(hub->ctx->engine, n->project, n->job_id, from, SSE_REPLAY_BATCH,
+	                         note_events_cb, n);
+}
+
+/* Asks for one shared fetch of the job's events, a moment from now. */
+static void note_request(struct sse_hub *hub, const char *job_id, const char *project, int64_t rev)
+{
+	struct job_note *n = note_find(hub, job_id);
+	if (n == NULL) {
+		n = xcalloc(1, sizeof *n);
+		n->hub = hub;
+		snprintf(n->job_id, sizeof n->job_id, "%s", job_id);
+		snprintf(n->project, sizeof n->project, "%s", project);
+		TAILQ_INSERT_TAIL(&hub->notes, n, link);
+	} else if (n->op) {
+		n->again = true;
+	}
+	if (rev > n->rev)
+		n->rev = rev;
+	if (!evtimer_pending(hub->note_ev, NULL)) {
+		struct timeval delay = {0, SSE_NOTE_DELAY_MS * 1000};
+		evtimer_add(hub->note_ev, &delay);
+	}
+}
+
+static void note_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sse_hub *hub = arg;
+	(void)fd;
+	(void)what;
+	struct job_note *n, *next;
+	for (n = TAILQ_FIRST(&hub->notes); n; n = next) {
+		next = TAILQ_NEXT(n, link);
+		if (n->op == NULL)
+			note_fetch(n);
+	}
+}
+
+static void poke_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sse_hub *hub = arg;
+	(void)fd;
+	(void)what;
+	hub->poke_armed = false;
+	struct sse_stream *st, *next;
+	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
+		next = TAILQ_NEXT(st, link);
+		if (st->project_stream)
+			project_poke(st);
+	}
+}
+
 void sse_hub_on_job_notify(struct sse_hub *hub, const char *payload)
 {
 	if (hub == NULL || payload == NULL || strlen(payload) < ID_UUID_LEN + 2)
 		return;
 	int64_t rev = strtoll(payload + ID_UUID_LEN + 1, NULL, 10);
-	struct sse_stream *st, *next;
-	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
-		next = TAILQ_NEXT(st, link);
-		if (st->project_stream) {
-			project_poke(st); /* the payload does not say whose job it is */
-			continue;
-		}
-		if (strncmp(st->job_id, payload, ID_UUID_LEN) != 0 || rev <= st->last_rev)
-			continue;
-		if (st->state != SSE_LIVE || st->catchup) {
-			st->refetch = true;
-			continue;
-		}
-		st->last_rev = rev; /* what the fetch will show at least */
-		stream_fetch(st);
+	char job_id[ID_UUID_LEN + 1];
+	memcpy(job_id, payload, ID_UUID_LEN);
+	job_id[ID_UUID_LEN] = '\0';
+	struct timeval delay = {0, SSE_NOTE_DELAY_MS * 1000};
+	bool project_streams = false;
+	const char *project = NULL;
+	struct sse_stream *st;
+	TAILQ_FOREACH(st, &hub->streams, link)
+	{
+		if (st->project_stream)
+			project_streams = true;
+		else if (strcmp(st->job_id, job_id) == 0 && rev > st->last_rev)
+			project = st->project;
 	}
+	if (project_streams && !hub->poke_armed) {
+		/* the payload does not say whose job it is: every project
+		 * stream looks, once per moment */
+		hub->poke_armed = true;
+		evtimer_add(hub->poke_ev, &delay);
+	}
+	if (project == NULL)
+		return; /* no stream of this job, or all have seen it */
+	note_request(hub, job_id, project, rev);
 }
 
 static void hub_heartbeat_cb(evutil_socket_t fd, short what, void *arg)
@@ -751,6 +907,9 @@ struct sse_hub *sse_hub_new(struct api_ctx *ctx)
 	hub->ctx = ctx;
 	hub->base = ctx->app->base;
 	TAILQ_INIT(&hub->streams);
+	TAILQ_INIT(&hub->notes);
+	hub->note_ev = evtimer_new(hub->base, note_timer_cb, hub);
+	hub->poke_ev = evtimer_new(hub->base, poke_timer_cb, hub);
 	hub->sub = event_bus_subscribe(engine_bus(ctx->engine), hub_bus_cb, hub);
 	hub->hb_ev = event_new(hub->base, -1, EV_PERSIST, hub_heartbeat_cb, hub);
 	struct timeval tv = {SSE_HEARTBEAT_MS / 1000, (SSE_HEARTBEAT_MS % 1000) * 1000};
@@ -784,8 +943,13 @@ void sse_hub_free(struct sse_hub *hub)
 		st->req = NULL; /* the server answers or frees its requests */
 		stream_close(st, NULL);
 	}
+	struct job_note *n;
+	while ((n = TAILQ_FIRST(&hub->notes)) != NULL)
+		note_free(n);
 	event_sub_cancel(hub->sub);
 	event_free(hub->hb_ev);
+	event_free(hub->note_ev);
+	event_free(hub->poke_ev);
 	free(hub);
 }
 
