@@ -144,16 +144,25 @@ static bool stream_send(struct sse_stream *st, const char *data, size_t len)
 }
 
 /* One SSE event. data is one line (compact JSON escapes CR, LF and NUL). */
+/* The bytes of one SSE event; built once and written to every stream. */
+static void frame_event(struct buf *b, const char *type, int64_t id, const char *data)
+{
+	if (id > 0)
+		buf_printf(b, "id: %lld\n", (long long)id);
+	buf_printf(b, "event: %s\ndata: ", type);
+	size_t start = b->len;
+	buf_adds(b, data);
+	/* defence in depth: a raw line break would end the event early */
+	for (size_t i = start; i < b->len; i++)
+		if (b->data[i] == '\r' || b->data[i] == '\n')
+			b->data[i] = ' ';
+	buf_adds(b, "\n\n");
+}
+
 static bool stream_event(struct sse_stream *st, const char *type, int64_t id, const char *data)
 {
 	struct buf b = BUF_INIT;
-	if (id > 0)
-		buf_printf(&b, "id: %lld\n", (long long)id);
-	buf_printf(&b, "event: %s\ndata: ", type);
-	/* defence in depth: a raw line break would end the event early */
-	for (const char *p = data; *p; p++)
-		buf_addc(&b, *p == '\r' || *p == '\n' ? ' ' : *p);
-	buf_adds(&b, "\n\n");
+	frame_event(&b, type, id, data);
 	bool ok = stream_send(st, b.data, b.len);
 	buf_free(&b);
 	if (ok)
@@ -497,7 +506,8 @@ static void project_txid_cb(json_t *txid, const struct pg_error *err, void *arg)
 static void hub_bus_cb(const struct sl_event *ev, void *arg)
 {
 	struct sse_hub *hub = arg;
-	char *rendered = NULL;
+	struct buf frame = BUF_INIT; /* the event's bytes, framed once for every stream */
+	size_t sent = 0;
 	if (strcmp(ev->kind, "rev") == 0) { /* a revision without an event */
 		struct sse_stream *st;
 		TAILQ_FOREACH(st, &hub->streams, link)
@@ -533,13 +543,16 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 			note_request(hub, st->job_id, st->project, ev->rev);
 			continue;
 		}
-		if (rendered == NULL) {
+		if (frame.data == NULL) {
 			json_t *o = event_to_json(ev);
-			rendered = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+			char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
 			json_decref(o);
+			frame_event(&frame, type, durable ? ev->seq : 0, text ? text : "{}");
+			free(text);
 		}
-		if (!stream_event(st, type, durable ? ev->seq : 0, rendered))
+		if (!stream_send(st, frame.data, frame.len))
 			continue;
+		sent++;
 		if (durable) {
 			st->last_seq = ev->seq;
 			if (ev->rev > st->last_rev)
@@ -548,7 +561,9 @@ static void hub_bus_cb(const struct sl_event *ev, void *arg)
 				stream_end(st, ev->status_to);
 		}
 	}
-	free(rendered);
+	if (sent)
+		metric_inc(metrics_default_get(M_SSE_EVENTS_SENT_TOTAL), (double)sent, type);
+	buf_free(&frame);
 }
 
 static struct job_note *note_find(struct sse_hub *hub, const char *job_id)
