@@ -286,6 +286,7 @@ static bool daemon_routes(struct daemon *d)
 	d->api.app = &d->app;
 	d->api.db_health = d->db_health;
 	d->api.engine = d->engine;
+	d->api.store = d->store;
 	d->api.auth = d->auth;
 	d->api.pipelines = d->pipelines;
 	d->sse = sse_hub_new(&d->api);

@@ -2194,6 +2194,22 @@ void scheduler_drain(struct scheduler *s, int64_t grace_ms, void (*done)(void *a
 	event_active(s->drained_ev, EV_TIMEOUT, 0);
 }
 
+const char *scheduler_task_log(struct scheduler *s, const char *task_id, size_t *len)
+{
+	if (s == NULL)
+		return NULL;
+	struct stask *t = task_find(s, task_id);
+	if (t == NULL) {
+		TAILQ_FOREACH(t, &s->to_commit, link)
+		if (strcmp(t->id, task_id) == 0)
+			break;
+	}
+	if (t == NULL)
+		return NULL;
+	*len = t->log.len;
+	return t->log.data ? t->log.data : "";
+}
+
 size_t scheduler_running(const struct scheduler *s)
 {
 	return s && s->running > 0 ? (size_t)s->running : 0;

@@ -51,6 +51,9 @@ void scheduler_drain(struct scheduler *s, int64_t grace_ms, void (*done)(void *a
 /* Stops everything at once (modules killed, no commit). NULL is a no-op. */
 void scheduler_free(struct scheduler *s);
 size_t scheduler_running(const struct scheduler *s);
+/* The stage log so far of a task running here (borrowed until the next
+ * loop pass), NULL when it does not run here. */
+const char *scheduler_task_log(struct scheduler *s, const char *task_id, size_t *len);
 
 /* Retry delay after `retries` earlier retries: exponential with full jitter,
  * uniform in [0, min(cap, base * 2^retries)], picked by rnd in [0, 1). Pure. */

@@ -13,12 +13,14 @@ struct pipeline_set;
 struct router;
 
 struct scheduler;
+struct store;
 
 struct api_ctx {
 	struct app *app;
 	struct pg_conn *db_health; /* a dedicated connection for /readyz */
 	struct engine *engine;
 	struct scheduler *sched; /* NULL until the schema is current */
+	struct store *store;
 	struct auth *auth;
 	const struct pipeline_set *pipelines;
 	bool migrated; /* the schema is current: DB-backed routes may serve */

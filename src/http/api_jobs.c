@@ -23,6 +23,7 @@
 #include "http/api.h"
 #include "http/auth.h"
 #include "http/server.h"
+#include "store/store.h"
 
 #define LIST_LIMIT_DEFAULT 50
 #define LIST_LIMIT_MAX 200
@@ -1141,6 +1142,138 @@ static void jobs_task(struct http_req *req, void *arg)
 	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_task_authed, ctx);
 }
 
+/* --- GET /v1/jobs/{id}/tasks/{task_id}/logs ------------------------------- */
+
+#define TASK_LOG_MAX_BYTES (16u * 1024 * 1024) /* above the scheduler's 8 MiB cap */
+
+struct log_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct job_op *op;
+	struct store_op *sop;
+	char project[AUTH_PROJECT_MAX + 1];
+	char job_id[ID_UUID_LEN + 1], task_id[ID_UUID_LEN + 1];
+	bool running;
+};
+
+static void log_abort_cb(struct http_req *req, void *arg)
+{
+	struct log_call *c = arg;
+	job_op_cancel(c->op);
+	store_op_cancel(c->sop);
+	free(c);
+}
+
+static void log_got_cb(const struct store_error *err, const struct store_object_info *info,
+                       const char *data, size_t len, void *arg)
+{
+	struct log_call *c = arg;
+	struct http_req *req = c->req;
+	bool running = c->running;
+	c->sop = NULL;
+	free(c);
+	(void)info;
+	if (err && err->kind == STORE_ERR_NOT_FOUND) {
+		http_reply_problem(
+		        req, 404, "not-found", NULL,
+		        running ? "the stage runs on another instance and its log is not "
+		                  "stored yet; follow it live with GET "
+		                  "/v1/jobs/{id}/events?logs=1"
+		                : "no log is stored for this stage (it has not run yet)",
+		        NULL);
+		return;
+	}
+	if (err) {
+		log_warn("http.store_error", "a stage log could not be read",
+		         LF_STR("error", err->message), LF_STR("request_id", http_req_id(req)));
+		http_set_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
+		                   "the object store is unavailable; retry shortly", NULL);
+		return;
+	}
+	http_reply(req, 200, "text/plain; charset=utf-8", data, len);
+}
+
+static void log_job_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
+{
+	struct log_call *c = arg;
+	struct http_req *req = c->req;
+	c->op = NULL;
+	(void)rev;
+	if (err || job == NULL) {
+		free(c);
+		if (err)
+			reply_db_error(req, err);
+		else
+			reply_no_such_job(req);
+		return;
+	}
+	const json_t *stage = NULL;
+	size_t i;
+	json_t *stg;
+	json_array_foreach(json_object_get(job, "stages"), i, stg)
+	{
+		if (strcmp(json_string_value(json_object_get(stg, "task_id")), c->task_id) == 0)
+			stage = stg;
+	}
+	if (stage == NULL) {
+		json_decref(job);
+		free(c);
+		reply_no_such_task(req);
+		return;
+	}
+	c->running = strcmp(json_string_value(json_object_get(stage, "status")), "running") == 0;
+	size_t len = 0;
+	const char *live = c->running ? scheduler_task_log(c->ctx->sched, c->task_id, &len) : NULL;
+	if (live) { /* it runs here: the log so far */
+		json_decref(job);
+		free(c);
+		http_reply(req, 200, "text/plain; charset=utf-8", live, len);
+		return;
+	}
+	char *key = xasprintf("%s/%s/%02d_%s/stage.log", c->project, c->job_id,
+	                      (int)json_integer_value(json_object_get(stage, "stage_number")),
+	                      json_string_value(json_object_get(stage, "stage")));
+	json_decref(job);
+	c->sop = store_get_buf(c->ctx->store, key, TASK_LOG_MAX_BYTES, log_got_cb, c);
+	free(key);
+}
+
+static void jobs_task_log_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	char id[ID_UUID_LEN + 1];
+	if (!job_id_param(req, id))
+		return;
+	const char *tid = http_req_param(req, "task_id");
+	if (!id_uuid_valid(tid)) {
+		reply_no_such_task(req);
+		return;
+	}
+	if (ctx->store == NULL) {
+		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
+		                   "this instance has no object store", NULL);
+		return;
+	}
+	struct log_call *c = xcalloc(1, sizeof *c);
+	c->ctx = ctx;
+	c->req = req;
+	snprintf(c->project, sizeof c->project, "%s", p->project_id);
+	memcpy(c->job_id, id, sizeof c->job_id);
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		c->task_id[i] = (char)((tid[i] >= 'A' && tid[i] <= 'F') ? tid[i] + 32 : tid[i]);
+	http_req_on_abort(req, log_abort_cb, c);
+	c->op = job_get(ctx->engine, c->project, c->job_id, log_job_cb, c);
+}
+
+static void jobs_task_log(struct http_req *req, void *arg)
+{
+	struct api_ctx *ctx = arg;
+	if (!api_ready(ctx, req))
+		return;
+	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_task_log_authed, ctx);
+}
+
 /* --- GET /v1/pipelines --------------------------------------------------- */
 
 static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
@@ -1168,5 +1301,7 @@ bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 	       http_route(r, HTTP_M_DELETE, "/v1/jobs/{id}", jobs_cancel, ctx) &&
 	       http_route(r, HTTP_M_POST, "/v1/jobs/{id}/retry", jobs_retry, ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}", jobs_task, ctx) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}/logs", jobs_task_log,
+	                  ctx) &&
 	       http_route(r, HTTP_M_GET, "/v1/pipelines", pipelines_list, ctx);
 }

@@ -1731,3 +1731,35 @@ def test_speech_demo_runs_end_to_end_with_the_quickstart_config(daemon, edb, tmp
     assert report["coverage"] > 0.8, report
     srt = (base / "06_subtitles" / "subtitles.srt").read_text()
     assert "-->" in srt
+
+
+def test_stage_log_endpoint(daemon, edb):
+    """GET /v1/jobs/{id}/tasks/{task_id}/logs: the stored stage.log of a stage
+    that ran (the reference's line shape and the module's own lines), the
+    log so far of a stage running here, 404 for one that has not run."""
+    pipes = {"p": {"stages": [
+        {"name": "f", "module": "flaky", "params": {"failures": 1}, "retries": 1,
+         "backoff": "50ms"},
+        {"name": "s", "module": "sleep", "needs": ["f"], "params": {"seconds": 30}},
+        {"name": "z", "module": "echo", "needs": ["s"]},
+    ]}}
+    d = start(daemon, edb, pipes, expect_errors=[ERR_MODULE])
+    jid = submit(d, "p")["id"]
+    wait_for(lambda: get_job(d, jid)["stages"][1]["status"] == "running", 20.0, 0.05,
+             "the sleep stage running")
+    f, s, z = get_job(d, jid)["stages"]
+    st, hd, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{f['task_id']}/logs")
+    assert st == 200 and hd["content-type"].startswith("text/plain"), (st, body[:300])
+    text = body.decode()
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[f\] \[INFO\] Stage f: "
+                     r"STARTING$", text, re.M), text
+    assert re.search(r"\[f\] \[INFO\] Stage f: COMPLETED \(\d+\.\ds\)$", text, re.M), text
+    # the latest attempt's log (the first one failed on purpose)
+    st, _, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{s['task_id']}/logs")
+    assert st == 200 and "Stage s: STARTING" in body.decode(), body[:300]
+    st, hd, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{z['task_id']}/logs")
+    assert st == 404 and json.loads(body)["type"].endswith(":not-found"), body
+    st, _, _ = d.http("GET", f"/v1/jobs/{jid}/tasks/01a20000-0000-7000-8000-000000000000/logs")
+    assert st == 404
+    assert d.http("DELETE", f"/v1/jobs/{jid}")[0] == 202
+    wait_job(d, jid)
