@@ -94,17 +94,35 @@ static void reply_no_such_job(struct http_req *req)
 	http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
 }
 
-/* The {id} path parameter as a lowercase UUID; false (404 sent) otherwise. */
-static bool job_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+/* A path parameter as a lowercase UUID; false when it is not one. */
+static bool uuid_param(struct http_req *req, const char *name, char out[ID_UUID_LEN + 1])
 {
-	const char *id = http_req_param(req, "id");
-	if (!id_uuid_valid(id)) {
-		reply_no_such_job(req);
+	const char *id = http_req_param(req, name);
+	if (!id_uuid_valid(id))
 		return false;
-	}
 	for (int i = 0; i <= ID_UUID_LEN; i++)
 		out[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
 	return true;
+}
+
+/* The {id} path parameter as a lowercase UUID; false (404 sent) otherwise. */
+static bool job_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+{
+	if (uuid_param(req, "id", out))
+		return true;
+	reply_no_such_job(req);
+	return false;
+}
+
+static void reply_no_such_task(struct http_req *req);
+
+/* The {task_id} path parameter, the same way. */
+static bool task_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+{
+	if (uuid_param(req, "task_id", out))
+		return true;
+	reply_no_such_task(req);
+	return false;
 }
 
 static void set_etag(struct http_req *req, int64_t rev)
@@ -1118,18 +1136,15 @@ static void jobs_task_authed(struct http_req *req, const struct auth_principal *
 	char id[ID_UUID_LEN + 1];
 	if (!job_id_param(req, id))
 		return;
-	const char *tid = http_req_param(req, "task_id");
-	if (!id_uuid_valid(tid)) {
-		reply_no_such_task(req);
+	char tid[ID_UUID_LEN + 1];
+	if (!task_id_param(req, tid))
 		return;
-	}
 	struct task_call *c = xcalloc(1, sizeof *c);
 	c->ctx = ctx;
 	c->req = req;
 	snprintf(c->project, sizeof c->project, "%s", p->project_id);
 	memcpy(c->job_id, id, sizeof c->job_id);
-	for (int i = 0; i <= ID_UUID_LEN; i++)
-		c->task_id[i] = (char)((tid[i] >= 'A' && tid[i] <= 'F') ? tid[i] + 32 : tid[i]);
+	memcpy(c->task_id, tid, sizeof c->task_id);
 	http_req_on_abort(req, task_abort_cb, c);
 	c->op = job_get(ctx->engine, c->project, c->job_id, task_got_cb, c);
 }
@@ -1245,11 +1260,9 @@ static void jobs_task_log_authed(struct http_req *req, const struct auth_princip
 	char id[ID_UUID_LEN + 1];
 	if (!job_id_param(req, id))
 		return;
-	const char *tid = http_req_param(req, "task_id");
-	if (!id_uuid_valid(tid)) {
-		reply_no_such_task(req);
+	char tid[ID_UUID_LEN + 1];
+	if (!task_id_param(req, tid))
 		return;
-	}
 	if (ctx->store == NULL) {
 		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
 		                   "this instance has no object store", NULL);
@@ -1260,8 +1273,7 @@ static void jobs_task_log_authed(struct http_req *req, const struct auth_princip
 	c->req = req;
 	snprintf(c->project, sizeof c->project, "%s", p->project_id);
 	memcpy(c->job_id, id, sizeof c->job_id);
-	for (int i = 0; i <= ID_UUID_LEN; i++)
-		c->task_id[i] = (char)((tid[i] >= 'A' && tid[i] <= 'F') ? tid[i] + 32 : tid[i]);
+	memcpy(c->task_id, tid, sizeof c->task_id);
 	http_req_on_abort(req, log_abort_cb, c);
 	c->op = job_get(ctx->engine, c->project, c->job_id, log_job_cb, c);
 }
