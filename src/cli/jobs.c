@@ -118,6 +118,20 @@ static const char usage_attempts[] =
         "number): outcome, instance, process, exit status, where the time went, "
         "error.\n" COMMON_OPTS;
 
+static const char usage_logs[] =
+        "usage: stageline logs JOB_ID [--stage S] [-f|--follow] [--json]\n"
+        "\n"
+        "Prints the stored logs of a job's stages (each stage's stage.log: the\n"
+        "engine's lines and the module's log lines and stderr), in stage order, each\n"
+        "under a header line `==> NN_stage <==`; stages that have not run yet are\n"
+        "left out. With --json, one line of JSON per stage: {stage, task_id, log}.\n"
+        "\n"
+        "  --stage S      only stage S (its name or number); exit 1 when it has no\n"
+        "                 log yet\n"
+        "  -f, --follow   then print the module's log lines as they come, as\n"
+        "                 `[stage] message`, and each stage's outcome, until the job\n"
+        "                 settles; exit as `watch` does (with --json: the events)\n" COMMON_OPTS;
+
 static const char usage_pipelines[] =
         "usage: stageline pipelines [--json]\n"
         "\n"
@@ -141,7 +155,9 @@ enum {
 	OPT_PIPELINE = 'l',
 	OPT_LIMIT = 'L',
 	OPT_ALL = 'a',
-	OPT_FROM_STAGE = 'f',
+	OPT_FROM_STAGE = 'R',
+	OPT_STAGE = 'S',
+	OPT_FOLLOW = 'f', /* also -f */
 	OPT_URL = 256,
 	OPT_API_KEY,
 	OPT_JSON,
@@ -149,9 +165,9 @@ enum {
 
 struct args {
 	const char *url, *api_key;
-	bool json, help, wait, all;
+	bool json, help, wait, all, follow;
 	const char *params_file, *input_file, *input, *idempotency_key, *resume_from;
-	const char *status, *pipeline, *from_stage;
+	const char *status, *pipeline, *from_stage, *stage;
 	int limit; /* 0: the server's default */
 	int64_t interval_us;
 	bool interval_set;
@@ -221,6 +237,8 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 	        {"limit", required_argument, NULL, OPT_LIMIT},
 	        {"all", no_argument, NULL, OPT_ALL},
 	        {"from-stage", required_argument, NULL, OPT_FROM_STAGE},
+	        {"stage", required_argument, NULL, OPT_STAGE},
+	        {"follow", no_argument, NULL, OPT_FOLLOW},
 	        {NULL, 0, NULL, 0},
 	};
 	const char *usage = cmd->usage;
@@ -230,10 +248,13 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 	optind = 0; /* GNU: reinitialise */
 	opterr = 0;
 	int ch, idx = -1;
-	while ((ch = getopt_long(argc, argv, ":h", longopts, &idx)) != -1) {
-		if (ch < 256 && ch != 'h' && ch != ':' && ch != '?' && !strchr(cmd->options, ch))
-			return output_usage_error(usage, "--%s does not apply to `stageline %s`",
-			                          longopts[idx].name, cmd->name);
+	while ((ch = getopt_long(argc, argv, ":hf", longopts, &idx)) != -1) {
+		if (ch < 256 && ch != 'h' && ch != ':' && ch != '?' && !strchr(cmd->options, ch)) {
+			char opt[3] = {'-', (char)ch, '\0'}; /* a short option: no idx */
+			return output_usage_error(usage, "%s%s does not apply to `stageline %s`",
+			                          idx >= 0 ? "--" : "",
+			                          idx >= 0 ? longopts[idx].name : opt, cmd->name);
+		}
 		switch (ch) {
 		case 'h': o->help = true; break;
 		case OPT_URL: o->url = optarg; break;
@@ -278,6 +299,8 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 			break;
 		case OPT_ALL: o->all = true; break;
 		case OPT_FROM_STAGE: o->from_stage = optarg; break;
+		case OPT_STAGE: o->stage = optarg; break;
+		case OPT_FOLLOW: o->follow = true; break;
 		case ':': return output_usage_error(usage, "%s needs a value", argv[optind - 1]);
 		default: return output_usage_error(usage, "unknown option '%s'", argv[optind - 1]);
 		}
@@ -840,6 +863,9 @@ struct job_feed {
 	int64_t backoff_us;
 	int64_t next_connect_us;
 	char *last_error; /* the last failure, for the message when giving up */
+	/* `logs -f`: every stage and log event as it is read, replayed or live */
+	void (*on_event)(void *arg, const char *type, json_t *ev);
+	void *on_event_arg;
 };
 
 enum feed_next {
@@ -857,6 +883,17 @@ static void job_feed_init(struct job_feed *f, struct api *a, const char *id, int
 	f->events_path = job_path(id, "/events");
 	f->interval_us = interval_us;
 	f->backoff_us = RECONNECT_MIN_US;
+}
+
+/* Asks the stream for the module's log lines too (?logs=1) and hands each
+ * stage and log event to fn as it is read. */
+static void job_feed_on_events(struct job_feed *f,
+                               void (*fn)(void *arg, const char *type, json_t *ev), void *arg)
+{
+	free(f->events_path);
+	f->events_path = job_path(f->id, "/events?logs=1");
+	f->on_event = fn;
+	f->on_event_arg = arg;
 }
 
 static void ev_reset(struct job_feed *f)
@@ -1262,11 +1299,18 @@ static void feed_event(struct job_feed *f, const char *type, const char *data, s
 		stream_close(f); /* the server closes too */
 		return;
 	}
-	if (strcmp(type, "snapshot") != 0 && strcmp(type, "lifecycle") != 0 &&
+	bool hooked = f->on_event && (strcmp(type, "stage") == 0 || strcmp(type, "log") == 0);
+	if (!hooked && strcmp(type, "snapshot") != 0 && strcmp(type, "lifecycle") != 0 &&
 	    strcmp(type, "stage") != 0 && strcmp(type, "progress") != 0)
 		return; /* reset (a snapshot follows), log, or one we don't know */
 	json_t *o = json_loadb(data, len, 0, NULL);
 	if (!json_is_object(o)) {
+		json_decref(o);
+		return;
+	}
+	if (hooked)
+		f->on_event(f->on_event_arg, type, o);
+	if (strcmp(type, "log") == 0) {
 		json_decref(o);
 		return;
 	}
@@ -2104,6 +2148,26 @@ static int cmd_retry(struct api *a, const struct args *o)
 	return 0;
 }
 
+static void report_no_stage(json_t *job, const char *id, const char *name)
+{
+	struct buf b = BUF_INIT, n = BUF_INIT, j = BUF_INIT;
+	size_t i;
+	json_t *s;
+	json_array_foreach(json_object_get(job, "stages"), i, s)
+	{
+		if (i)
+			buf_adds(&b, ", ");
+		add_clean(&b, str_or(json_object_get(s, "stage"), "?"));
+	}
+	add_clean(&n, name);
+	add_clean(&j, id);
+	output_err("job %s has no stage '%s' (its stages: %s)", j.data, n.data,
+	           b.data ? b.data : "none");
+	buf_free(&b);
+	buf_free(&n);
+	buf_free(&j);
+}
+
 /* The stage called name, else the one numbered name; NULL when none. */
 static json_t *find_stage(json_t *job, const char *name)
 {
@@ -2130,18 +2194,7 @@ static int cmd_attempts(struct api *a, const struct args *o)
 	json_t *stage = find_stage(job, name);
 	const char *task_id = json_string_value(json_object_get(stage, "task_id"));
 	if (task_id == NULL) {
-		struct buf b = BUF_INIT;
-		size_t i;
-		json_t *s;
-		json_array_foreach(json_object_get(job, "stages"), i, s)
-		{
-			if (i)
-				buf_adds(&b, ", ");
-			add_clean(&b, str_or(json_object_get(s, "stage"), "?"));
-		}
-		output_err("job %s has no stage '%s' (its stages: %s)", id, name,
-		           b.data ? b.data : "none");
-		buf_free(&b);
+		report_no_stage(job, id, name);
 		json_decref(job);
 		return EXIT_FAIL;
 	}
@@ -2267,6 +2320,291 @@ static int cmd_pipelines(struct api *a, const struct args *o)
 	return 0;
 }
 
+/* --- logs --- */
+
+static int cmp_stage_number(const void *pa, const void *pb)
+{
+	json_int_t x = json_integer_value(json_object_get(*(json_t *const *)pa, "stage_number"));
+	json_int_t y = json_integer_value(json_object_get(*(json_t *const *)pb, "stage_number"));
+	return x < y ? -1 : x > y;
+}
+
+enum log_fetch {
+	LOG_OK, /* resp has the log */
+	LOG_NONE, /* a 404: resp has the problem, to report or not */
+	LOG_FAIL, /* reported */
+};
+
+/* GET /v1/jobs/{id}/tasks/{task_id}/logs: the stage's stored stage.log as
+ * text/plain. resp is the caller's to clear, whatever the outcome. */
+static enum log_fetch fetch_stage_log(struct api *a, const char *path,
+                                      struct cli_http_response *resp)
+{
+	struct api_headers hs;
+	api_headers_init(&hs, a, "text/plain, application/problem+json");
+	struct cli_http_request rq = {
+	        .method = "GET", .path = path, .headers = hs.h, .nheaders = hs.n};
+	struct cli_http_error e;
+	memset(resp, 0, sizeof *resp);
+	bool ok = cli_http_exchange(&a->url, &rq, REQUEST_TIMEOUT_MS, resp, &e);
+	api_headers_clear(&hs);
+	if (!ok) {
+		report_http_error(a, "GET", path, &e);
+		return LOG_FAIL;
+	}
+	if (resp->status >= 200 && resp->status < 300)
+		return LOG_OK;
+	if (resp->status == 404)
+		return LOG_NONE;
+	report_failure(a, "GET", path, resp);
+	return LOG_FAIL;
+}
+
+/* Prints a stored log: control characters other than tab and newline
+ * become spaces (a CR before a newline goes), and the last line ends. */
+static void print_log_text(const char *s, size_t n)
+{
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '\r' && i + 1 < n && s[i + 1] == '\n')
+			continue;
+		buf_addc(&b, c == '\n' || c == '\t' || (c >= ' ' && c != 0x7f) ? (char)c : ' ');
+	}
+	if (b.len && b.data[b.len - 1] != '\n')
+		buf_addc(&b, '\n');
+	if (b.len)
+		fwrite(b.data, 1, b.len, stdout);
+	buf_free(&b);
+}
+
+/* A JSON string of text that may not be UTF-8: each byte that does not
+ * start a valid sequence becomes U+FFFD. */
+static json_t *json_text(const char *s, size_t n)
+{
+	json_t *v = json_stringn(s, n);
+	if (v)
+		return v;
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < n;) {
+		unsigned char c = (unsigned char)s[i];
+		size_t k = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+		json_t *one = i + k <= n ? json_stringn(s + i, k) : NULL;
+		if (one) {
+			buf_add(&b, s + i, k);
+			json_decref(one);
+			i += k;
+		} else {
+			buf_adds(&b, "\xEF\xBF\xBD");
+			i++;
+		}
+	}
+	v = json_stringn(b.data ? b.data : "", b.len);
+	buf_free(&b);
+	return v;
+}
+
+/* `logs -f`: what to print of the events that arrive. */
+struct logs_follow {
+	const char *only; /* --stage's stage name, or NULL */
+	bool json;
+};
+
+/* A log event as "[stage] message"; a module outcome (job.module.complete,
+ * error, panic, timeout) as "[stage] error (attempt 1, 42ms): CODE
+ * (category): message". */
+static void logs_on_event(void *arg, const char *type, json_t *ev)
+{
+	static const char *const outcomes[] = {"job.module.complete", "job.module.error",
+	                                       "job.module.panic", "job.module.timeout"};
+	const struct logs_follow *lf = arg;
+	const char *stage = str_or(json_object_get(ev, "stage"), "?");
+	const char *kind = str_or(json_object_get(ev, "kind"), "");
+	bool is_log = strcmp(type, "log") == 0;
+	if (lf->only && strcmp(stage, lf->only) != 0)
+		return;
+	if (!is_log && !is_one_of(kind, outcomes, 4))
+		return;
+	if (lf->json) {
+		output_json_line(json_incref(ev));
+		fflush(stdout);
+		return;
+	}
+	struct buf b = BUF_INIT;
+	buf_addc(&b, '[');
+	add_clean(&b, stage);
+	buf_adds(&b, "] ");
+	if (is_log) {
+		add_clean(&b, str_or(ev_field(ev, "message"), ""));
+	} else {
+		char ms[32];
+		json_t *attempt = ev_field(ev, "attempt"), *dur = ev_field(ev, "duration_ms");
+		add_clean(&b, kind + strlen("job.module."));
+		if (json_is_integer(attempt) || json_is_number(dur)) {
+			buf_adds(&b, " (");
+			if (json_is_integer(attempt))
+				buf_printf(&b, "attempt %lld%s",
+				           (long long)json_integer_value(attempt),
+				           json_is_number(dur) ? ", " : "");
+			if (json_is_number(dur)) {
+				fmt_ms(ms, sizeof ms, dur);
+				buf_adds(&b, ms);
+			}
+			buf_addc(&b, ')');
+		}
+		struct buf why = BUF_INIT;
+		add_error(&why, ev_field(ev, "error"));
+		if (why.len) {
+			buf_adds(&b, ": ");
+			buf_add(&b, why.data, why.len);
+		}
+		buf_free(&why);
+	}
+	puts(b.data);
+	fflush(stdout);
+	buf_free(&b);
+}
+
+/* Opens the job's event stream with its log lines, from the events after
+ * the job as read (its event_seq). False after reporting. */
+static bool logs_follow_open(struct job_feed *f, json_t *job)
+{
+	json_t *seq = json_object_get(job, "event_seq");
+	if (json_is_integer(seq) && json_integer_value(seq) > 0)
+		f->last_id = xasprintf("%lld", (long long)json_integer_value(seq));
+	switch (feed_connect(f)) {
+	case CONNECT_OK: f->last_rx_us = clock_mono_us(); return true;
+	case CONNECT_POLL:
+		output_err("the daemon has no event stream: no log lines will follow, only the "
+		           "job's outcome");
+		f->polling = true;
+		return true;
+	case CONNECT_RETRY: return feed_retry_later(f);
+	case CONNECT_FAIL: break;
+	}
+	return false;
+}
+
+/* Follows the feed until the job settles: its outcome, or EXIT_FAIL. */
+static int logs_follow_run(struct job_feed *f)
+{
+	for (;;) {
+		json_t *job = NULL;
+		enum feed_next got = job_feed_next(f, INT64_MAX, &job);
+		if (got == FEED_ERROR)
+			return EXIT_FAIL;
+		if (got == FEED_IDLE)
+			continue;
+		bool settled = job_settled(job);
+		int rc = settled ? job_outcome(job) : 0;
+		json_decref(job);
+		if (settled)
+			return rc;
+	}
+}
+
+/* Prints the stored log of each stage in list (a header before each when
+ * headers); a 404 is skipped, or reported when strict. Returns 0 or
+ * EXIT_FAIL. */
+static int logs_print_stored(struct api *a, const char *id, json_t **list, size_t n, bool headers,
+                             bool strict, bool json)
+{
+	size_t shown = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *name = str_or(json_object_get(list[i], "stage"), "?");
+		const char *task_id = json_string_value(json_object_get(list[i], "task_id"));
+		if (task_id == NULL)
+			continue;
+		struct buf tp = BUF_INIT;
+		buf_adds(&tp, "/tasks/");
+		add_escaped(&tp, task_id);
+		buf_adds(&tp, "/logs");
+		char *path = job_path(id, tp.data);
+		buf_free(&tp);
+		struct cli_http_response resp;
+		enum log_fetch got = fetch_stage_log(a, path, &resp);
+		if (got == LOG_NONE && strict)
+			report_failure(a, "GET", path, &resp);
+		free(path);
+		if (got == LOG_FAIL || (got == LOG_NONE && strict)) {
+			cli_http_response_clear(&resp);
+			return EXIT_FAIL;
+		}
+		if (got == LOG_OK && json) {
+			output_json_line(json_pack(
+			        "{s:s, s:s, s:o}", "stage", name, "task_id", task_id, "log",
+			        json_text(resp.body.data ? resp.body.data : "", resp.body.len)));
+		} else if (got == LOG_OK) {
+			if (headers) {
+				struct buf h = BUF_INIT;
+				add_clean(&h, name);
+				printf("%s==> %02lld_%s <==\n", shown ? "\n" : "",
+				       (long long)json_integer_value(
+				               json_object_get(list[i], "stage_number")),
+				       h.data ? h.data : "");
+				buf_free(&h);
+			}
+			print_log_text(resp.body.data ? resp.body.data : "", resp.body.len);
+		}
+		if (got == LOG_OK)
+			shown++;
+		cli_http_response_clear(&resp);
+		fflush(stdout);
+	}
+	return 0;
+}
+
+static int cmd_logs(struct api *a, const struct args *o)
+{
+	const char *id = o->pos[0];
+	char *path = job_path(id, "");
+	json_t *job = api_get(a, path);
+	free(path);
+	if (job == NULL)
+		return EXIT_FAIL;
+	json_t *stages = json_object_get(job, "stages"), *s;
+	size_t n = json_array_size(stages), k = 0, i;
+	json_t **list = xcalloc(n ? n : 1, sizeof *list);
+	struct logs_follow lf = {.json = o->json};
+	struct job_feed feed;
+	bool feeding = false;
+	int rc = EXIT_FAIL;
+	if (o->stage) {
+		s = find_stage(job, o->stage);
+		if (s == NULL || !json_is_string(json_object_get(s, "task_id"))) {
+			report_no_stage(job, id, o->stage);
+			goto out;
+		}
+		list[k++] = s;
+		lf.only = json_string_value(json_object_get(s, "stage"));
+	} else {
+		json_array_foreach(stages, i, s) list[k++] = s;
+		qsort(list, k, sizeof *list, cmp_stage_number);
+	}
+	/* following: the stream first, so that nothing that happens while the
+	 * stored logs are read is missed */
+	bool follow = o->follow && !job_settled(job);
+	if (follow) {
+		job_feed_init(&feed, a, id, DEFAULT_INTERVAL_US);
+		job_feed_on_events(&feed, logs_on_event, &lf);
+		feeding = true;
+		if (!logs_follow_open(&feed, job))
+			goto out;
+	}
+	rc = logs_print_stored(a, id, list, k, o->stage == NULL && k > 1, o->stage && !o->follow,
+	                       o->json);
+	if (rc == 0 && follow)
+		rc = logs_follow_run(&feed);
+	else if (rc == 0 && o->follow)
+		rc = job_outcome(job);
+out:
+	if (feeding)
+		job_feed_clear(&feed);
+	free(list);
+	json_decref(job);
+	return rc;
+}
+
 /* --- dispatch -------------------------------------------------------------------- */
 
 static const struct job_command job_commands[] = {
@@ -2275,8 +2613,9 @@ static const struct job_command job_commands[] = {
         {"list", usage_list, "slLa", 0, NULL, cmd_list},
         {"watch", usage_watch, "n", 1, "the JOB_ID is missing", cmd_watch},
         {"cancel", usage_cancel, "", 1, "the JOB_ID is missing", cmd_cancel},
-        {"retry", usage_retry, "f", 1, "the JOB_ID is missing", cmd_retry},
+        {"retry", usage_retry, "R", 1, "the JOB_ID is missing", cmd_retry},
         {"attempts", usage_attempts, "", 2, "the JOB_ID and the STAGE are missing", cmd_attempts},
+        {"logs", usage_logs, "Sf", 1, "the JOB_ID is missing", cmd_logs},
         {"pipelines", usage_pipelines, "", 0, NULL, cmd_pipelines},
 };
 

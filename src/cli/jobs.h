@@ -1,5 +1,5 @@
 /* cli/jobs: the job commands of `stageline` (submit, status, list, watch,
- * cancel, retry, attempts, pipelines), which talk to the daemon's HTTP API. */
+ * cancel, retry, attempts, logs, pipelines), which talk to the daemon's HTTP API. */
 #ifndef SL_CLI_JOBS_H
 #define SL_CLI_JOBS_H
 
@@ -25,13 +25,14 @@ struct jobs_globals {
 	"  cancel JOB_ID                       cancel a job\n"                                    \
 	"  retry JOB_ID [--from-stage S]       run a settled job again from a stage\n"            \
 	"  attempts JOB_ID STAGE               every attempt at running one stage\n"              \
+	"  logs JOB_ID [--stage S] [-f]        the stages' logs; -f follows them live\n"          \
 	"  pipelines                           the pipelines the daemon runs\n"
 
 /* Whether name is a job command. */
 bool jobs_is_command(const char *name);
 
 /* Runs the job command argv[0] with its arguments (getopt-style argv);
- * returns the exit code: 0 done, 1 failed, 2 usage; `watch` and
+ * returns the exit code: 0 done, 1 failed, 2 usage; `watch`, `logs -f` and
  * `submit --wait` return the job's outcome (0 completed, 1 failed,
  * 3 cancelled). */
 int jobs_run(const struct jobs_globals *g, int argc, char **argv);

@@ -1,5 +1,5 @@
 """The `stageline` CLI's job commands (submit, status, list, watch, cancel,
-retry, attempts, pipelines) against a real stagelined over HTTP.
+retry, attempts, logs, pipelines) against a real stagelined over HTTP.
 
 Every test gets a database of its own and a daemon started the way
 test_engine.py starts them (config written as JSON, the scheduler on with
@@ -13,6 +13,7 @@ runs under a pseudo-terminal (os.openpty)."""
 import fcntl
 import json
 import os
+import queue
 import re
 import select
 import socket
@@ -90,6 +91,17 @@ PIPES = {
     "broken": {"stages": [
         {"name": "ok", "module": "noop"},
         {"name": "bad", "module": "flaky", "needs": ["ok"], "params": {"failures": 5}},
+    ]},
+    # a module that logs (flaky, twice) between two that take their time
+    "chatty": {"stages": [
+        {"name": "nap", "module": "sleep", "params": {"seconds": 1.0, "tick": 0.1}},
+        {"name": "talk", "module": "flaky", "needs": ["nap"], "retries": 3, "backoff": "50ms",
+         "params": {"failures": 2}},
+        {"name": "rest", "module": "sleep", "needs": ["talk"], "params": {"seconds": 1.5}},
+    ]},
+    "held": {"stages": [
+        {"name": "nap", "module": "sleep", "params": {"seconds": 60}},
+        {"name": "after", "module": "noop", "needs": ["nap"]},
     ]},
     "typed": {"description": "Declared params",
               "params": {"n": {"type": "integer", "required": True},
@@ -624,6 +636,202 @@ def test_attempts_of_a_flaky_stage(env):
 
 
 # --------------------------------------------------------------------------
+# logs
+
+class LOG_LINE:
+    """The start of a stage.log line: [time] [stage] [LEVEL] """
+
+    @staticmethod
+    def format(stage, level):
+        return (r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[" + re.escape(stage) +
+                r"\] \[" + level + r"\] ")
+
+
+def test_logs_of_a_finished_job(env):
+    d, cli = env
+    jid = cli.submit("broken")
+    job = wait_job(d, jid)
+    assert job["status"] == "failed", job
+    r = cli.ok("logs", jid)
+    assert r.stderr == "", r.stderr
+    out = r.stdout
+    # one section per stage, in stage order, each under a header like tail's
+    heads = [ln for ln in out.splitlines() if ln.startswith("==> ")]
+    assert heads == ["==> 01_ok <==", "==> 02_bad <=="], out
+    ok_part, bad_part = out.split("==> 02_bad <==\n")
+    assert ok_part.startswith("==> 01_ok <==\n") and ok_part.endswith("\n\n"), out
+    assert re.search(LOG_LINE.format(stage="ok", level="INFO") + r"Stage ok: STARTING$", ok_part,
+                     re.M), ok_part
+    assert re.search(LOG_LINE.format(stage="ok", level="INFO") +
+                     r"Stage ok: COMPLETED \(\d+\.\ds\)$", ok_part, re.M), ok_part
+    # the module's own log line, then the failure
+    assert re.search(LOG_LINE.format(stage="bad", level="INFO") + r"failing on purpose$",
+                     bad_part, re.M), bad_part
+    assert re.search(LOG_LINE.format(stage="bad", level="ERROR") + r"Stage bad: FAILED: ",
+                     bad_part, re.M), bad_part
+    # each section is the stored log, as the API gives it
+    for s, part in (("ok", ok_part), ("bad", bad_part)):
+        st, _, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{stage(job, s)['task_id']}/logs")
+        assert st == 200 and body.decode() in part, (st, body, part)
+
+    # --stage (a name or a number): that stage alone, no header
+    r = cli.ok("logs", jid, "--stage", "bad")
+    assert r.stdout == bad_part, (r.stdout, bad_part)
+    r = cli.ok("logs", jid, "--stage", "1")
+    assert r.stdout == ok_part[len("==> 01_ok <==\n"):-1], r.stdout
+
+    # --json: one object per stage
+    r = cli.ok("logs", jid, "--json")
+    docs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [(doc["stage"], doc["task_id"]) for doc in docs] == [
+        ("ok", stage(job, "ok")["task_id"]), ("bad", stage(job, "bad")["task_id"])], docs
+    assert "Stage ok: COMPLETED" in docs[0]["log"] and "failing on purpose" in docs[1]["log"]
+    r = cli.ok("--json", "logs", jid, "--stage", "bad")
+    docs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert len(docs) == 1 and docs[0]["stage"] == "bad", docs
+
+    # -f on a job that has settled: what is stored, then the job's outcome at once
+    r = cli.run("logs", jid, "-f")
+    assert r.returncode == 1 and r.stderr == "", r
+    assert r.stdout == out, (r.stdout, out)
+
+    # a stage the job does not have
+    r = cli.run("logs", jid, "--stage", "nope")
+    assert r.returncode == 1 and r.stdout == "", r
+    assert one_line_error(r) == [f"stageline: job {jid} has no stage 'nope' "
+                                 "(its stages: ok, bad)"], r.stderr
+
+
+def test_logs_skip_the_stages_that_have_not_run(env):
+    d, cli = env
+    jid = cli.submit("held")
+    wait_for(lambda: stage(get_job(d, jid), "nap")["status"] == "running", 20.0, 0.05,
+             "nap to run")
+    # a stage that has not run: left out, or named: its problem and exit 1
+    r = cli.ok("logs", jid)
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("==> ")] == ["==> 01_nap <=="], r
+    assert re.search(LOG_LINE.format(stage="nap", level="INFO") + r"Stage nap: STARTING$",
+                     r.stdout, re.M), r.stdout
+    r = cli.run("logs", jid, "--stage", "after")
+    assert r.returncode == 1 and r.stdout == "", r
+    lines = one_line_error(r)
+    assert len(lines) == 1 and lines[0].startswith("stageline: Not Found"), lines
+    r = cli.ok("logs", jid, "--json")
+    assert [json.loads(ln)["stage"] for ln in r.stdout.splitlines()] == ["nap"], r.stdout
+    # cancelled: the stages that never ran stay without a log
+    cli.ok("cancel", jid)
+    wait_job(d, jid)
+    r = cli.ok("logs", jid)
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("==> ")] == ["==> 01_nap <=="], r
+    r = cli.run("logs", jid, "--stage", "2")
+    assert r.returncode == 1 and "Not Found" in r.stderr, r
+
+
+class Follower:
+    """`stageline logs -f` running, its stdout lines read as they come."""
+
+    def __init__(self, cli, *args):
+        self.p = subprocess.Popen([cli.path, "logs", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=cli.env(), cwd=cli.cwd)
+        self.lines = queue.Queue()
+        self.seen = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for ln in self.p.stdout:
+            self.lines.put(ln.rstrip("\n"))
+        self.lines.put(None)
+
+    def until(self, pattern, timeout=30.0):
+        """Reads lines until one matches pattern; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ln = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line like {pattern!r} in {timeout}s: {self.seen}")
+            assert ln is not None, f"the output ended without {pattern!r}: {self.seen}"
+            self.seen.append(ln)
+            if re.search(pattern, ln):
+                return ln
+
+    def finish(self, timeout=30.0):
+        rc = self.p.wait(timeout=timeout)
+        self.thread.join(5)
+        while True:
+            ln = self.lines.get_nowait() if not self.lines.empty() else None
+            if ln is None:
+                break
+            self.seen.append(ln)
+        err = self.p.stderr.read()
+        self.p.stdout.close()
+        self.p.stderr.close()
+        for marker in SANITIZER:
+            assert marker not in err, err
+        return rc, err
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+
+
+def test_logs_follow_prints_lines_as_they_come(env):
+    d, cli = env
+    jid = cli.submit("chatty")
+    wait_for(lambda: stage(get_job(d, jid), "nap")["status"] == "running", 20.0, 0.05,
+             "nap to run")
+    everything = Follower(cli, jid, "-f")
+    only_talk = Follower(cli, jid, "--follow", "--stage", "talk", "--json")
+    try:
+        # what nap has logged so far is printed first, under its header
+        assert everything.until(r"^==> ") == "==> 01_nap <=="
+        everything.until(r"\[nap\] \[INFO\] Stage nap: STARTING$")
+        # then the live lines: talk's log lines (one per failing attempt) and outcomes
+        assert re.match(r"^\[nap\] complete \(attempt 1, \d+(ms|\.\d\ds)\)$",
+                        everything.until(r"^\[nap\] ")), everything.seen
+        assert everything.until(r"^\[talk\] ") == "[talk] failing on purpose"
+        assert everything.until(r"^\[talk\] ") == "[talk] failing on purpose"
+        assert re.match(r"^\[talk\] complete \(attempt 3, \d+(ms|\.\d\ds)\)$",
+                        everything.until(r"^\[talk\] ")), everything.seen
+        # ... before the job ends: rest still runs
+        assert get_job(d, jid)["status"] == "running"
+        everything.until(r"^\[rest\] complete \(attempt 1, ")
+        rc, err = everything.finish()
+        assert rc == 0 and err == "", (rc, err, everything.seen)
+        assert everything.seen[-1].startswith("[rest] complete"), everything.seen
+        # --stage talk --json: talk's stored log (none yet: it had not run) and its events
+        rc, err = only_talk.finish()
+        assert rc == 0 and err == "", (rc, err, only_talk.seen)
+        docs = [json.loads(ln) for ln in only_talk.seen]
+        assert {doc["stage"] for doc in docs} == {"talk"}, docs
+        logs = [doc for doc in docs if doc["kind"] == "log"]
+        assert [doc["data"]["message"] for doc in logs] == ["failing on purpose"] * 2, docs
+        assert docs[-1]["kind"] == "job.module.complete", docs
+    finally:
+        everything.kill()
+        only_talk.kill()
+    assert get_job(d, jid)["status"] == "completed"
+
+    # a job that fails: exit 1, a cancelled one: exit 3
+    jid = cli.submit("broken")
+    r = cli.run("logs", jid, "-f")
+    assert r.returncode == 1, r
+    jid = cli.submit("long")
+    wait_for(lambda: stage(get_job(d, jid), "nap")["status"] == "running", 20.0, 0.05,
+             "nap to run")
+    f = Follower(cli, jid, "-f")
+    try:
+        f.until(r"Stage nap: STARTING$")
+        cli.ok("cancel", jid)
+        rc, err = f.finish()
+        assert rc == 3 and err == "", (rc, err, f.seen)
+    finally:
+        f.kill()
+
+
+# --------------------------------------------------------------------------
 # errors
 
 
@@ -661,7 +869,9 @@ def test_unknown_job_prints_the_problem(env):
     _, cli = env
     for args in (["status", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d"], ["watch", "nope"],
                  ["cancel", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d"], ["retry", "not a uuid"],
-                 ["attempts", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d", "a"]):
+                 ["attempts", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d", "a"],
+                 ["logs", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d"],
+                 ["logs", "0190b5a0-3c1e-7a4f-8d2b-5e6f7a8b9c0d", "-f"]):
         r = cli.run(*args)
         assert r.returncode == 1, (args, r)
         assert r.stderr == "stageline: Not Found: no such job\n", (args, r.stderr)
@@ -700,6 +910,12 @@ def test_bad_arguments_are_usage_errors(env, tmp_path):
         ["retry"],
         ["retry", "x", "--status", "failed"],
         ["attempts", "x"],
+        ["logs"],
+        ["logs", "x", "y"],
+        ["logs", "x", "--stage"],
+        ["logs", "x", "--interval", "1"],
+        ["status", "x", "-f"],
+        ["watch", "x", "--follow"],
         ["pipelines", "extra"],
         ["status", "x", "--bogus"],
         ["frobnicate"],
@@ -711,13 +927,16 @@ def test_bad_arguments_are_usage_errors(env, tmp_path):
         assert r.stdout == "", (args, r.stdout)
     r = cli.run("attempts", "x")
     assert "the STAGE is missing" in r.stderr, r.stderr
+    r = cli.run("status", "x", "-f")
+    assert "-f does not apply to `stageline status`" in r.stderr, r.stderr
     # --help is not an error
-    for cmd in ("submit", "status", "list", "watch", "cancel", "retry", "attempts", "pipelines"):
+    for cmd in ("submit", "status", "list", "watch", "cancel", "retry", "attempts", "logs",
+                "pipelines"):
         r = cli.ok(cmd, "--help")
         assert r.stdout.startswith(f"usage: stageline {cmd}"), r.stdout
     r = cli.ok("--help")
-    for cmd in ("submit", "status", "list", "watch", "cancel", "retry", "attempts", "pipelines",
-                "projects create", "keys create"):
+    for cmd in ("submit", "status", "list", "watch", "cancel", "retry", "attempts", "logs",
+                "pipelines", "projects create", "keys create"):
         assert f"  {cmd}" in r.stdout, (cmd, r.stdout)
 
 
