@@ -118,6 +118,13 @@ static const char usage_attempts[] =
         "number): outcome, instance, process, exit status, where the time went, "
         "error.\n" COMMON_OPTS;
 
+static const char usage_artifacts[] =
+        "usage: stageline artifacts JOB_ID [--stage S] [--json]\n"
+        "\n"
+        "Lists the files the job's stages stored (the artifacts their modules\n"
+        "declared as outputs, and retained intermediates): stage, name, type,\n"
+        "format, role and size. --stage S (a name or number) lists one stage's.\n" COMMON_OPTS;
+
 static const char usage_logs[] =
         "usage: stageline logs JOB_ID [--stage S] [-f|--follow] [--json]\n"
         "\n"
@@ -707,13 +714,18 @@ static void table_add(struct table *t, char *owned)
 	t->cells[t->n++] = owned;
 }
 
-static void table_print(struct table *t, const char *const *head, int indent)
+static void table_free(struct table *t)
 {
-	output_table(head, t->ncols, t->cells, t->n / t->ncols, indent);
 	for (size_t i = 0; i < t->n; i++)
 		free(t->cells[i]);
 	free(t->cells);
 	memset(t, 0, sizeof *t);
+}
+
+static void table_print(struct table *t, const char *const *head, int indent)
+{
+	output_table(head, t->ncols, t->cells, t->n / t->ncols, indent);
+	table_free(t);
 }
 
 /* The job line ("job ID (pipeline P): running, 40%, 1.20s") and its error. */
@@ -2183,6 +2195,97 @@ static json_t *find_stage(json_t *job, const char *name)
 	return NULL;
 }
 
+/* The task of one stage (GET /v1/jobs/{id}/tasks/{task_id}): NULL after
+ * reporting the error. */
+static json_t *get_task(struct api *a, const char *job_id, const char *task_id)
+{
+	struct buf tp = BUF_INIT;
+	buf_adds(&tp, "/tasks/");
+	add_escaped(&tp, task_id);
+	char *path = job_path(job_id, tp.data);
+	buf_free(&tp);
+	json_t *task = api_get(a, path);
+	free(path);
+	return task;
+}
+
+static void fmt_bytes(char *out, size_t size, json_int_t n)
+{
+	if (n >= 1024 * 1024)
+		snprintf(out, size, "%.1f MiB", (double)n / (1024.0 * 1024.0));
+	else if (n >= 1024)
+		snprintf(out, size, "%.1f KiB", (double)n / 1024.0);
+	else
+		snprintf(out, size, "%lld B", (long long)n);
+}
+
+static int cmd_artifacts(struct api *a, const struct args *o)
+{
+	const char *id = o->pos[0];
+	char *path = job_path(id, "");
+	json_t *job = api_get(a, path);
+	free(path);
+	if (job == NULL)
+		return EXIT_FAIL;
+	json_t *only = NULL;
+	if (o->stage) {
+		only = find_stage(job, o->stage);
+		if (json_string_value(json_object_get(only, "task_id")) == NULL) {
+			report_no_stage(job, id, o->stage);
+			json_decref(job);
+			return EXIT_FAIL;
+		}
+	}
+	static const char *const head[] = {"STAGE", "NAME", "TYPE", "FORMAT", "ROLE", "SIZE"};
+	struct table t = {.ncols = 6};
+	json_t *all = json_array();
+	size_t i;
+	json_t *stage;
+	int rc = 0;
+	json_array_foreach(json_object_get(job, "stages"), i, stage)
+	{
+		if (only && stage != only)
+			continue;
+		const char *task_id = json_string_value(json_object_get(stage, "task_id"));
+		json_t *task = task_id ? get_task(a, id, task_id) : NULL;
+		if (task == NULL) {
+			rc = EXIT_FAIL;
+			break;
+		}
+		const char *name = str_or(json_object_get(stage, "stage"), "?");
+		size_t k;
+		json_t *f;
+		json_array_foreach(json_object_get(task, "files"), k, f)
+		{
+			json_array_append_new(all, json_pack("{s:s, s:s, s:O}", "stage", name,
+			                                     "task_id", task_id, "file", f));
+			char size[32];
+			fmt_bytes(size, sizeof size,
+			          json_integer_value(json_object_get(f, "size_bytes")));
+			struct buf b = BUF_INIT;
+			add_clean(&b, name);
+			table_add(&t, buf_steal(&b));
+			static const char *const cols[] = {"name", "type", "format", "role"};
+			for (size_t c = 0; c < 4; c++) {
+				add_clean(&b, str_or(json_object_get(f, cols[c]), "-"));
+				table_add(&t, buf_steal(&b));
+			}
+			table_add(&t, xstrdup(size));
+		}
+		json_decref(task);
+	}
+	if (rc == 0) {
+		if (o->json)
+			output_json(all);
+		else
+			table_print(&t, head, 0);
+	}
+	table_free(&t);
+	json_decref(all);
+	json_decref(job);
+	return rc;
+}
+
 static int cmd_attempts(struct api *a, const struct args *o)
 {
 	const char *id = o->pos[0], *name = o->pos[1];
@@ -2616,6 +2719,7 @@ static const struct job_command job_commands[] = {
         {"retry", usage_retry, "R", 1, "the JOB_ID is missing", cmd_retry},
         {"attempts", usage_attempts, "", 2, "the JOB_ID and the STAGE are missing", cmd_attempts},
         {"logs", usage_logs, "Sf", 1, "the JOB_ID is missing", cmd_logs},
+        {"artifacts", usage_artifacts, "S", 1, "the JOB_ID is missing", cmd_artifacts},
         {"pipelines", usage_pipelines, "", 0, NULL, cmd_pipelines},
 };
 

@@ -1,5 +1,5 @@
 /* cli/jobs: the job commands of `stageline` (submit, status, list, watch,
- * cancel, retry, attempts, logs, pipelines), which talk to the daemon's HTTP API. */
+ * cancel, retry, attempts, logs, artifacts, pipelines), which talk to the daemon's HTTP API. */
 #ifndef SL_CLI_JOBS_H
 #define SL_CLI_JOBS_H
 
@@ -26,6 +26,7 @@ struct jobs_globals {
 	"  retry JOB_ID [--from-stage S]       run a settled job again from a stage\n"            \
 	"  attempts JOB_ID STAGE               every attempt at running one stage\n"              \
 	"  logs JOB_ID [--stage S] [-f]        the stages' logs; -f follows them live\n"          \
+	"  artifacts JOB_ID [--stage S]        the files the stages stored\n"                     \
 	"  pipelines                           the pipelines the daemon runs\n"
 
 /* Whether name is a job command. */

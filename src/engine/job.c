@@ -559,19 +559,23 @@ static void job_op_free(struct job_op *op)
 #define SQL_EVENT_TXID "SELECT txid::text FROM job_events WHERE id = $1::bigint AND project_id = $2"
 
 /* A task's attempts, oldest first; the task must belong to the project's job. */
-#define SQL_TASK_ATTEMPTS                                                                        \
-	"SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'instance_id', "       \
-	"a.instance_id, 'pid', a.pid, 'started_at', to_char(a.started_at AT TIME ZONE 'UTC', "   \
-	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'ended_at', to_char(a.ended_at AT TIME ZONE "     \
-	"'UTC', "                                                                                \
-	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'outcome', a.outcome, 'exit_code', a.exit_code, " \
-	"'signal', a.signal, 'error', a.error, 'wait_ms', a.wait_ms, 'fetch_ms', a.fetch_ms, "   \
-	"'run_ms', a.run_ms, 'upload_ms', a.upload_ms, 'cpu_seconds', a.cpu_seconds, "           \
-	"'max_rss_bytes', a.max_rss_bytes) ORDER BY a.attempt) FILTER (WHERE a.task_id IS NOT "  \
-	"NULL), '[]')::text FROM tasks t JOIN "                                                  \
-	"jobs "                                                                                  \
-	"j ON j.id = t.job_id LEFT JOIN task_attempts a ON a.task_id = t.id WHERE t.id = "       \
-	"$1::uuid "                                                                              \
+#define SQL_TASK_ATTEMPTS                                                                         \
+	"SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'instance_id', "        \
+	"a.instance_id, 'pid', a.pid, 'started_at', to_char(a.started_at AT TIME ZONE 'UTC', "    \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'ended_at', to_char(a.ended_at AT TIME ZONE "      \
+	"'UTC', "                                                                                 \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'outcome', a.outcome, 'exit_code', a.exit_code, "  \
+	"'signal', a.signal, 'error', a.error, 'wait_ms', a.wait_ms, 'fetch_ms', a.fetch_ms, "    \
+	"'run_ms', a.run_ms, 'upload_ms', a.upload_ms, 'cpu_seconds', a.cpu_seconds, "            \
+	"'max_rss_bytes', a.max_rss_bytes) ORDER BY a.attempt) FILTER (WHERE a.task_id IS NOT "   \
+	"NULL), '[]')::text, "                                                                    \
+	"(SELECT coalesce(jsonb_agg(jsonb_build_object('name', f->>'name', 'type', f->>'type', "  \
+	"'format', f->'format', 'role', f->>'role', 'size_bytes', (f->>'size_bytes')::bigint)), " \
+	"'[]'::jsonb) FROM jsonb_array_elements(coalesce(t.artifacts, '[]'::jsonb)) f)::text "    \
+	"FROM tasks t JOIN "                                                                      \
+	"jobs "                                                                                   \
+	"j ON j.id = t.job_id LEFT JOIN task_attempts a ON a.task_id = t.id WHERE t.id = "        \
+	"$1::uuid "                                                                               \
 	"AND t.job_id = $2::uuid AND j.project_id = $3 GROUP BY t.id"
 
 static const struct {
@@ -700,11 +704,26 @@ static bool task_attempts_result_cb(PGresult *res, const struct pg_error *err, v
 	return false;
 }
 
+static bool task_detail_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *detail = NULL;
+	if (res && PQntuples(res) == 1) {
+		json_t *att = col_json(res, 0, 0), *files = col_json(res, 0, 1);
+		detail = json_pack("{s:o, s:o}", "attempts", att ? att : json_array(), "files",
+		                   files ? files : json_array());
+	}
+	op->cb.list(detail, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
 struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
                                  const char *task_id, job_list_cb cb, void *arg)
 {
 	const char *values[3] = {task_id, job_id, project_id};
-	return json_op_start(e, "task_attempts", 3, values, task_attempts_result_cb, cb, arg);
+	return json_op_start(e, "task_attempts", 3, values, task_detail_result_cb, cb, arg);
 }
 
 struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,

@@ -177,10 +177,12 @@ void job_txn_detach(struct job_txn *t);
 /* Frees a batch never committed. */
 void job_txn_free(struct job_txn *t);
 
-/* The attempts of a task of the project's job, oldest first: a JSON array
- * (owned by the callback) of {attempt, instance_id, pid, started_at,
+/* A task of the project's job: {attempts, files} (owned by the callback):
+ * attempts oldest first, each {attempt, instance_id, pid, started_at,
  * ended_at, outcome, exit_code, signal, error, wait_ms, fetch_ms, run_ms,
- * upload_ms, cpu_seconds, max_rss_bytes}; NULL when there is no such task. */
+ * upload_ms, cpu_seconds, max_rss_bytes}; files are what its latest
+ * completed attempt stored, each {name, type, format, role, size_bytes}.
+ * NULL when there is no such task. */
 struct job_op *job_task_attempts(struct engine *e, const char *project_id, const char *job_id,
                                  const char *task_id, job_list_cb cb, void *arg);
 

@@ -1076,12 +1076,12 @@ static void reply_no_such_task(struct http_req *req)
 	http_reply_problem(req, 404, "not-found", NULL, "no such task in this job", NULL);
 }
 
-static void task_attempts_cb(json_t *attempts, const struct pg_error *err, void *arg)
+static void task_attempts_cb(json_t *detail, const struct pg_error *err, void *arg)
 {
 	struct task_call *c = arg;
 	struct http_req *req = c->req;
 	c->op = NULL;
-	if (err || attempts == NULL) {
+	if (err || detail == NULL) {
 		task_call_free(c);
 		if (err)
 			reply_db_error(req, err);
@@ -1092,7 +1092,8 @@ static void task_attempts_cb(json_t *attempts, const struct pg_error *err, void 
 	json_t *t = c->task;
 	c->task = NULL;
 	task_call_free(c);
-	json_object_set_new(t, "attempts", attempts);
+	json_object_update(t, detail); /* attempts, files */
+	json_decref(detail);
 	http_reply_json(req, 200, t);
 }
 

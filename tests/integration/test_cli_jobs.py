@@ -103,6 +103,10 @@ PIPES = {
         {"name": "nap", "module": "sleep", "params": {"seconds": 60}},
         {"name": "after", "module": "noop", "needs": ["nap"]},
     ]},
+    "files": {"stages": [
+        {"name": "make", "module": "echo", "params": {"artifact": "note"}},
+        {"name": "use", "module": "echo", "needs": ["make"]},
+    ]},
     "typed": {"description": "Declared params",
               "params": {"n": {"type": "integer", "required": True},
                          "label": {"type": "string", "default": "none"}},
@@ -633,6 +637,25 @@ def test_attempts_of_a_flaky_stage(env):
     assert len(rows[2]) == 8, rows  # no error for the one that completed
     r = cli.run("attempts", jid, "nope")
     assert r.returncode == 1 and "has no stage 'nope' (its stages: f)" in r.stderr, r
+
+
+def test_artifacts_lists_the_stored_files(env):
+    d, cli = env
+    jid = cli.submit("files")
+    assert wait_job(d, jid)["status"] == "completed"
+    r = cli.ok("artifacts", jid)
+    lines = r.stdout.splitlines()
+    assert re.split(r"\s{2,}", lines[0].strip()) == ["STAGE", "NAME", "TYPE", "FORMAT", "ROLE",
+                                                      "SIZE"], lines
+    rows = [re.split(r"\s{2,}", ln.strip()) for ln in lines[1:] if ln.strip()]
+    assert rows == [["make", "note", "text", "txt", "output", "16 B"]], rows
+    r = cli.ok("artifacts", jid, "--stage", "make", "--json")
+    doc = json.loads(r.stdout)
+    assert [(x["stage"], x["file"]["name"], x["file"]["size_bytes"]) for x in doc] == \
+        [("make", "note", 16)], doc
+    assert json.loads(cli.ok("artifacts", jid, "--stage", "use", "--json").stdout) == []
+    r = cli.run("artifacts", jid, "--stage", "nope")
+    assert r.returncode == 1 and "has no stage 'nope'" in r.stderr, r
 
 
 # --------------------------------------------------------------------------

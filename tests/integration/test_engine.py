@@ -1649,8 +1649,9 @@ def test_task_endpoint_lists_attempts(daemon, edb):
     doc = json.loads(b)
     clock = {"wait_ms", "duration_ms"}
     assert doc.get("job_id") == jid, doc
-    assert {k: v for k, v in doc.items() if k not in clock | {"attempts", "job_id"}} == \
+    assert {k: v for k, v in doc.items() if k not in clock | {"attempts", "job_id", "files"}} == \
         {k: v for k, v in f.items() if k not in clock}, (doc, f)
+    assert doc["files"] == [], doc["files"]  # flaky declares no files
     att = doc["attempts"]
     assert [(a["attempt"], a["outcome"]) for a in att] == [(1, "error"), (2, "error"),
                                                           (3, "completed")], att
@@ -1763,3 +1764,32 @@ def test_stage_log_endpoint(daemon, edb):
     assert st == 404
     assert d.http("DELETE", f"/v1/jobs/{jid}")[0] == 202
     wait_job(d, jid)
+
+
+def test_declared_files_reach_dependents_and_the_task_lists_them(daemon, edb, tmp_path):
+    """A module's output artifact is stored under NN_<stage>/, handed to the
+    stages that need it as an input (its name, type, format and content),
+    and listed in the task's `files`."""
+    pipes = {"p": {"stages": [
+        {"name": "make", "module": "echo", "params": {"artifact": "note"}},
+        {"name": "use", "module": "echo", "needs": ["make"]},
+    ]}}
+    d = start(daemon, edb, pipes)
+    jid = submit(d, "p")["id"]
+    job = wait_job(d, jid)
+    assert job["status"] == "completed", job
+    make, use = job["stages"]
+    st, _, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{make['task_id']}")
+    assert st == 200
+    files = json.loads(body)["files"]
+    assert files == [{"name": "note", "type": "text", "format": "txt", "role": "output",
+                      "size_bytes": len("make wrote this\n")}], files
+    st, _, body = d.http("GET", f"/v1/jobs/{jid}/tasks/{use['task_id']}")
+    assert json.loads(body)["files"] == []
+    stored = os.path.join(os.path.dirname(d.cfg_path), "var", "objects", "default", jid,
+                          "01_make", "note.txt")
+    with open(stored) as f:
+        assert f.read() == "make wrote this\n"
+    out = edb.one("SELECT output FROM tasks WHERE id = %s", (use["task_id"],))["output"]
+    assert out["inputs"]["note"] == {"unreadable": "make wrote this\n"}, out["inputs"]
+    assert "make.output" in out["inputs"] and "input.json" in out["inputs"], out["inputs"]

@@ -10,6 +10,9 @@ reached a stage and which attempt produced an output:
 
 params.fail_attempts (default 0): the first that many attempts fail with a
 retryable module error (code ECHO_FAIL) instead.
+
+params.artifact (a name): also writes <name>.txt ("<stage> wrote this") and
+declares it as an output artifact (type "text", format "txt").
 """
 import os
 import sys
@@ -35,6 +38,11 @@ def handle(ctx):
     if ctx.attempt <= ctx.params.get("fail_attempts", 0):
         raise ModuleError(f"attempt {ctx.attempt}: failing on purpose", code="ECHO_FAIL",
                           category="module", retryable=True)
+    name = ctx.params.get("artifact")
+    if name:
+        with open(os.path.join(ctx.workdir, name + ".txt"), "w") as f:
+            f.write(f"{ctx.stage} wrote this\n")
+        ctx.artifact(name, name + ".txt", "text", format="txt")
     inputs = {}
     for i in ctx.inputs:
         try:
