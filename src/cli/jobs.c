@@ -2274,11 +2274,11 @@ static int cmd_artifacts(struct api *a, const struct args *o)
 		}
 		json_decref(task);
 	}
-	if (rc == 0) {
-		if (o->json)
-			output_json(all);
-		else
-			table_print(&t, head, 0);
+	if (rc == 0 && o->json) {
+		output_json(all); /* takes it */
+		all = NULL;
+	} else if (rc == 0) {
+		table_print(&t, head, 0);
 	}
 	table_free(&t);
 	json_decref(all);
