@@ -417,13 +417,6 @@ static void project_events_cb(json_t *page, const struct pg_error *err, void *ar
 			return;
 		}
 	}
-	if (st->state == SSE_OPENING) {
-		/* no resume point: start at the oldest running transaction */
-		snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s",
-		         json_string_value(json_object_get(page, "xmin")));
-		st->cursor_id = 0;
-	}
-	st->state = SSE_LIVE;
 	bool more = json_array_size(events) == SSE_REPLAY_BATCH;
 	bool held = json_integer_value(json_object_get(page, "held_back")) > 0;
 	json_decref(page);
@@ -444,10 +437,8 @@ static void project_fetch(struct sse_stream *st)
 	if (st->catchup || st->fd < 0)
 		return;
 	st->catchup = true;
-	st->op = project_events_after(st->hub->ctx->engine, st->project,
-	                              st->cursor_txid[0] ? st->cursor_txid : "0", st->cursor_id,
-	                              st->state == SSE_OPENING ? 0 : SSE_REPLAY_BATCH,
-	                              project_events_cb, st);
+	st->op = project_events_after(st->hub->ctx->engine, st->project, st->cursor_txid,
+	                              st->cursor_id, SSE_REPLAY_BATCH, project_events_cb, st);
 }
 
 static void project_open(struct sse_stream *st)
@@ -463,43 +454,77 @@ static void project_open(struct sse_stream *st)
 		if (!ok)
 			return;
 	}
-	if (st->cursor_txid[0]) { /* a resume point: replay from it, then live */
-		st->state = SSE_LIVE;
-		project_fetch(st);
-	} else {
-		project_fetch(st); /* OPENING: learns where "now" is */
-	}
+	/* replay from the resume point (nothing when it is "now"), then live */
+	st->state = SSE_LIVE;
+	project_fetch(st);
 }
 
-static void project_txid_cb(json_t *txid, const struct pg_error *err, void *arg)
+/* The cursor is set: answer with the head and start. */
+static void project_take(struct sse_stream *st)
 {
-	struct sse_stream *st = arg;
-	struct http_req *req = st->req;
-	st->op = NULL;
-	if (err) {
-		st->req = NULL;
-		http_set_header(req, "Retry-After", "1");
-		http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
-		                   "the database is unavailable; retry shortly", NULL);
-		json_decref(txid);
-		stream_close(st, NULL);
-		return;
-	}
-	if (txid) {
-		snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s", json_string_value(txid));
-		st->cursor_id = st->resume_from;
-	} else {
-		st->bad_resume = true; /* an id this project never had */
-		st->resume_from = -2;
-	}
-	json_decref(txid);
-	st->fd = http_req_take_stream(req, "text/event-stream");
+	st->fd = http_req_take_stream(st->req, "text/event-stream");
 	st->req = NULL;
 	if (st->fd < 0) {
 		stream_close(st, "client gone before the head");
 		return;
 	}
 	project_open(st);
+}
+
+static void project_refuse(struct sse_stream *st)
+{
+	struct http_req *req = st->req;
+	st->req = NULL;
+	http_set_header(req, "Retry-After", "1");
+	http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
+	                   "the database is unavailable; retry shortly", NULL);
+	stream_close(st, NULL);
+}
+
+/* No resume point: the stream starts at "now", the oldest running
+ * transaction, fixed before the head is sent — whatever commits after the
+ * client has the head reaches it. */
+static void project_now_cb(json_t *page, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->op = NULL;
+	const char *xmin = json_string_value(json_object_get(page, "xmin"));
+	if (err || xmin == NULL) {
+		json_decref(page);
+		project_refuse(st);
+		return;
+	}
+	snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s", xmin);
+	st->cursor_id = 0;
+	json_decref(page);
+	project_take(st);
+}
+
+static void project_start_now(struct sse_stream *st)
+{
+	st->op = project_events_after(st->hub->ctx->engine, st->project, "0", 0, 0, project_now_cb,
+	                              st);
+}
+
+static void project_txid_cb(json_t *txid, const struct pg_error *err, void *arg)
+{
+	struct sse_stream *st = arg;
+	st->op = NULL;
+	if (err) {
+		json_decref(txid);
+		project_refuse(st);
+		return;
+	}
+	if (txid == NULL) {
+		st->bad_resume = true; /* an id this project never had: from now */
+		st->resume_from = -2;
+		project_start_now(st);
+		return;
+	}
+	snprintf(st->cursor_txid, sizeof st->cursor_txid, "%s", json_string_value(txid));
+	st->cursor_id = st->resume_from;
+	json_decref(txid);
+	project_take(st);
 }
 
 /* Live events of this instance, from the bus. */
@@ -883,19 +908,12 @@ static void project_events_authed(struct http_req *req, const struct auth_princi
 	TAILQ_INSERT_TAIL(&hub->streams, st, link);
 	hub->n++;
 	metric_set(metrics_default_get(M_SSE_STREAMS_OPEN), (double)hub->n);
-	if (st->resume_from >= 0) {
-		http_req_on_abort(req, stream_abort_cb, st);
+	http_req_on_abort(req, stream_abort_cb, st);
+	if (st->resume_from >= 0)
 		st->op = event_txid(hub->ctx->engine, st->project, st->resume_from, project_txid_cb,
 		                    st);
-		return;
-	}
-	st->fd = http_req_take_stream(req, "text/event-stream");
-	st->req = NULL;
-	if (st->fd < 0) {
-		stream_close(st, "client gone before the head");
-		return;
-	}
-	project_open(st);
+	else
+		project_start_now(st);
 }
 
 static void project_events(struct http_req *req, void *arg)
