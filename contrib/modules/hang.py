@@ -25,6 +25,8 @@ module = Module("hang", "1.0")
 
 @module.task
 def handle(ctx):
+    sys.stderr.write("hang: task received; it ignores cancel and SIGTERM\n")
+    sys.stderr.flush()
     noted = False
     while True:
         time.sleep(0.05)

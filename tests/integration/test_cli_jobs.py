@@ -531,11 +531,21 @@ def test_watch_resumes_the_stream_across_a_daemon_restart(daemon, pg, dbname, cl
         d.wait_log(lambda l: l["event"] == "http.access"
                    and l.get("route") == "/v1/jobs/{id}/events", timeout=10.0,
                    what="the CLI's event stream")
-        time.sleep(0.5)
+        # the CLI has had live events from the first stream: it shows the stage
+        # running (its stdout, read as it comes)
+        seen = []
+        reader = threading.Thread(target=lambda: seen.extend(iter(p.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+        wait_for(lambda: any(re.search(r"nap\s+running", ln) for ln in seen), 20.0, 0.02,
+                 "watch to show nap running")
         assert d.stop() == 0
         d.start(wait_healthy=True)
         d.wait_ready(timeout=20.0)
-        out, err = p.communicate(timeout=90)
+        err = p.stderr.read()
+        p.wait(timeout=90)
+        reader.join(10)
+        out = "".join(seen)
     finally:
         if p.poll() is None:
             p.kill()

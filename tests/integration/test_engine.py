@@ -915,8 +915,11 @@ def test_cancel_a_module_that_ignores_cancel_and_sigterm(daemon, edb):
     wait_for(lambda: module_pids(tid), 10.0, 0.02, "the hang module's process")
     wait_for(lambda: get_job(d, jid)["stages"][0]["status"] == "running", 5.0, 0.05, "running")
     # A cancel before the module's hello ends it at once (there is no
-    # protocol to cancel with yet): give the interpreter time to say hello.
-    time.sleep(1.5)
+    # protocol to cancel with yet): wait until it has its task (its first
+    # stderr line, in the stage's log so far)
+    wait_for(lambda: b"hang: task received" in
+             d.http("GET", f"/v1/jobs/{jid}/tasks/{tid}/logs")[2], 20.0, 0.05,
+             "the hang module to get its task")
     assert d.http("DELETE", f"/v1/jobs/{jid}")[0] == 202
     t0 = time.monotonic()
     job = wait_job(d, jid, timeout=20, edb=edb)
@@ -1157,8 +1160,12 @@ def test_stale_lease_result_is_fenced_out(daemon, edb):
     print(f"A after SIGCONT: {line}")
     wait_gone(tid, 10.0, "A's module")
     # give A time for anything else it would do (a commit, an upload, a DAG
-    # step, two heartbeats): nothing of it may show
-    time.sleep(2.5)
+    # step, two heartbeats): its instance row shows two more heartbeats,
+    # and nothing of the rest may show
+    since = edb.one("SELECT now() AS t")["t"]
+    wait_for(lambda: edb.one("SELECT heartbeat_at > %s + interval '1.5 seconds' AS ok FROM "
+                             "instances WHERE id = %s", (since, a.instance_id))["ok"],
+             15.0, 0.1, "two more heartbeats of A")
     assert check_events(edb, jid, soft=soft) == before_events
     assert edb.one("SELECT status, attempt, retries, output, error, lease_token::text AS lease, "
                    "completed_at FROM tasks WHERE id = %s", (tid,)) == before_task

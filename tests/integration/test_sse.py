@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from test_engine import edb, start, submit, wait_job  # noqa: F401 (edb is a fixture)
+from slhelpers import wait_for
+from test_engine import edb, get_job, start, submit, wait_job  # noqa: F401 (edb is a fixture)
 
 PIPES = {
     "three": {"stages": [
@@ -235,7 +236,9 @@ def test_connect_disconnect_cycles_leak_nothing(daemon, edb):
     def fds():
         return len(os.listdir(f"/proc/{pid}/fd"))
 
-    time.sleep(0.5)
+    # the module runs (its pipes are open) before the count is taken
+    wait_for(lambda: get_job(d, job["id"])["stages"][0]["status"] == "running", 20.0, 0.05,
+             "the sleep stage running")
     before = fds()
     for i in range(10000):
         c = socket.create_connection(("127.0.0.1", d.port))
@@ -249,10 +252,7 @@ def test_connect_disconnect_cycles_leak_nothing(daemon, edb):
     def settled():
         st, _, b = d.http("GET", "/metrics.json")
         return json.loads(b)["gauges"].get("sse.streams_open", 0) == 0
-    deadline = time.monotonic() + 10
-    while not settled() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert settled()
+    wait_for(settled, 10.0, 0.1, "every stream closed")
     assert fds() <= before + 3, (before, fds())
 
 
@@ -291,8 +291,7 @@ def project_rows(edb):
 def test_project_stream_all_jobs_in_commit_order_and_resume(daemon, edb):
     d = start(daemon, edb, PIPES)
     s = ProjectStream(d)
-    assert s.status == 200
-    time.sleep(0.3)  # the stream starts at "now": submit after it is open
+    assert s.status == 200  # the stream starts at "now", fixed before the head
     jobs = [submit(d, "three")["id"] for _ in range(4)]
     for j in jobs:
         wait_job(d, j)
@@ -322,7 +321,6 @@ def test_project_stream_sees_other_instances(daemon, edb):
     start(daemon, edb, PIPES, name="worker")
     api = start(daemon, edb, PIPES, name="api", scheduler={"enabled": False})
     s = ProjectStream(api)
-    time.sleep(0.3)
     job = submit(api, "three")["id"]
     wait_job(api, job)
     n = len(db_events(edb, job))

@@ -364,7 +364,9 @@ def test_eventsource_keeps_reconnecting_while_the_new_daemon_starts(daemon, edb)
             asked = sum(1 for ln in c.lines if ln["t"] == "request")
         c.wait_for(lambda ls: sum(1 for ln in ls if ln["t"] == "request") > asked, 10.0,
                    "a reconnect to the starting daemon")
-        time.sleep(0.5)
+        # ... and the starting daemon has answered it (200, retry, close)
+        c.wait_for(lambda ls: any(ln["t"] == "error" and ln["n"] == asked + 1 for ln in ls),
+                   10.0, "the starting daemon to end that stream")
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_KEY,))
         wait_started(d2)
