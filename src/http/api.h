@@ -4,6 +4,9 @@
 #define SL_HTTP_API_H
 
 #include <stdbool.h>
+#include <stddef.h>
+
+#include "http/auth.h"
 
 struct app;
 struct auth;
@@ -15,6 +18,15 @@ struct router;
 struct scheduler;
 struct store;
 
+/* A route that needs the schema and an API key with scope before its
+ * handler (authed) runs: api_jobs.c registers them (api_guarded). */
+struct api_guard {
+	struct api_ctx *ctx;
+	unsigned scope;
+	auth_done_fn authed;
+};
+#define API_GUARDS_MAX 16
+
 struct api_ctx {
 	struct app *app;
 	struct pg_conn *db_health; /* a dedicated connection for /readyz */
@@ -24,6 +36,8 @@ struct api_ctx {
 	struct auth *auth;
 	const struct pipeline_set *pipelines;
 	bool migrated; /* the schema is current: DB-backed routes may serve */
+	struct api_guard guards[API_GUARDS_MAX];
+	size_t nguards;
 };
 
 /* GET /healthz (liveness, no I/O) and GET /readyz (PostgreSQL answers). */

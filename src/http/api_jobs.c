@@ -517,14 +517,6 @@ static bool api_ready(struct api_ctx *ctx, struct http_req *req)
 	return false;
 }
 
-static void jobs_create(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_create_authed, ctx);
-}
-
 /* --- GET /v1/jobs/{id} --------------------------------------------------- */
 
 static void get_done_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
@@ -562,14 +554,6 @@ static void jobs_get_authed(struct http_req *req, const struct auth_principal *p
 	struct job_call *c = job_call_new(ctx, req, p);
 	http_req_on_abort(req, job_call_abort_cb, c);
 	c->op = job_get(ctx->engine, p->project_id, lower, get_done_cb, c);
-}
-
-static void jobs_get(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_get_authed, ctx);
 }
 
 /* --- GET /v1/jobs -------------------------------------------------------- */
@@ -637,14 +621,6 @@ static void jobs_list_authed(struct http_req *req, const struct auth_principal *
 	struct job_call *c = job_call_new(ctx, req, p);
 	http_req_on_abort(req, job_call_abort_cb, c);
 	c->op = job_list(ctx->engine, &q, list_done_cb, c);
-}
-
-static void jobs_list(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_list_authed, ctx);
 }
 
 /* --- DELETE /v1/jobs/{id} ------------------------------------------------ */
@@ -787,14 +763,6 @@ static void jobs_cancel_authed(struct http_req *req, const struct auth_principal
 	memcpy(c->job_id, id, sizeof c->job_id);
 	http_req_on_abort(req, cancel_abort_cb, c);
 	cancel_read(c);
-}
-
-static void jobs_cancel(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_cancel_authed, ctx);
 }
 
 /* --- POST /v1/jobs/{id}/retry ------------------------------------------- */
@@ -1039,14 +1007,6 @@ static void jobs_retry_authed(struct http_req *req, const struct auth_principal 
 	c->op = job_get(ctx->engine, c->project, c->job_id, retry_got_cb, c);
 }
 
-static void jobs_retry(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_WRITE, jobs_retry_authed, ctx);
-}
-
 /* --- GET /v1/jobs/{id}/tasks/{task_id} ------------------------------------ */
 
 struct task_call {
@@ -1148,14 +1108,6 @@ static void jobs_task_authed(struct http_req *req, const struct auth_principal *
 	memcpy(c->task_id, tid, sizeof c->task_id);
 	http_req_on_abort(req, task_abort_cb, c);
 	c->op = job_get(ctx->engine, c->project, c->job_id, task_got_cb, c);
-}
-
-static void jobs_task(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_task_authed, ctx);
 }
 
 /* --- GET /v1/jobs/{id}/tasks/{task_id}/logs ------------------------------- */
@@ -1279,14 +1231,6 @@ static void jobs_task_log_authed(struct http_req *req, const struct auth_princip
 	c->op = job_get(ctx->engine, c->project, c->job_id, log_job_cb, c);
 }
 
-static void jobs_task_log(struct http_req *req, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
-		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, jobs_task_log_authed, ctx);
-}
-
 /* --- GET /v1/pipelines --------------------------------------------------- */
 
 static void pipelines_list_authed(struct http_req *req, const struct auth_principal *p, void *arg)
@@ -1298,23 +1242,41 @@ static void pipelines_list_authed(struct http_req *req, const struct auth_princi
 	http_reply_json(req, 200, json_pack("{s:o}", "data", data));
 }
 
-static void pipelines_list(struct http_req *req, void *arg)
+/* Every route here: the schema must be current (503 starting), then the
+ * key must have the scope (401/403), then the handler runs. */
+static void guarded(struct http_req *req, void *arg)
 {
-	struct api_ctx *ctx = arg;
-	if (!api_ready(ctx, req))
+	struct api_guard *g = arg;
+	if (!api_ready(g->ctx, req))
 		return;
-	auth_require(ctx->auth, req, APIKEY_SCOPE_JOBS_READ, pipelines_list_authed, ctx);
+	auth_require(g->ctx->auth, req, g->scope, g->authed, g->ctx);
+}
+
+static struct api_guard *guard(struct api_ctx *ctx, unsigned scope, auth_done_fn authed)
+{
+	if (ctx->nguards == API_GUARDS_MAX)
+		abort(); /* a routing table bigger than the array: a build-time mistake */
+	struct api_guard *g = &ctx->guards[ctx->nguards++];
+	*g = (struct api_guard){ctx, scope, authed};
+	return g;
 }
 
 bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 {
-	return http_route(r, HTTP_M_POST, "/v1/jobs", jobs_create, ctx) &&
-	       http_route(r, HTTP_M_GET, "/v1/jobs", jobs_list, ctx) &&
-	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}", jobs_get, ctx) &&
-	       http_route(r, HTTP_M_DELETE, "/v1/jobs/{id}", jobs_cancel, ctx) &&
-	       http_route(r, HTTP_M_POST, "/v1/jobs/{id}/retry", jobs_retry, ctx) &&
-	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}", jobs_task, ctx) &&
-	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}/logs", jobs_task_log,
-	                  ctx) &&
-	       http_route(r, HTTP_M_GET, "/v1/pipelines", pipelines_list, ctx);
+	const unsigned rd = APIKEY_SCOPE_JOBS_READ, wr = APIKEY_SCOPE_JOBS_WRITE;
+	return http_route(r, HTTP_M_POST, "/v1/jobs", guarded,
+	                  guard(ctx, wr, jobs_create_authed)) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs", guarded, guard(ctx, rd, jobs_list_authed)) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}", guarded,
+	                  guard(ctx, rd, jobs_get_authed)) &&
+	       http_route(r, HTTP_M_DELETE, "/v1/jobs/{id}", guarded,
+	                  guard(ctx, wr, jobs_cancel_authed)) &&
+	       http_route(r, HTTP_M_POST, "/v1/jobs/{id}/retry", guarded,
+	                  guard(ctx, wr, jobs_retry_authed)) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}", guarded,
+	                  guard(ctx, rd, jobs_task_authed)) &&
+	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}/logs", guarded,
+	                  guard(ctx, rd, jobs_task_log_authed)) &&
+	       http_route(r, HTTP_M_GET, "/v1/pipelines", guarded,
+	                  guard(ctx, rd, pipelines_list_authed));
 }
