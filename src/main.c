@@ -291,7 +291,8 @@ static bool daemon_routes(struct daemon *d)
 	d->api.pipelines = d->pipelines;
 	d->sse = sse_hub_new(&d->api);
 	bool ok = api_health_register(d->router, &d->api) &&
-	          api_jobs_register(d->router, &d->api) && api_sse_register(d->router, d->sse);
+	          api_jobs_register(d->router, &d->api) &&
+	          api_artifacts_register(d->router, &d->api) && api_sse_register(d->router, d->sse);
 	if (*d->app.cfg->server.metrics_listen) {
 		/* A separate listener serves only the metrics (and health). */
 		d->metrics_router = router_new();
@@ -387,6 +388,7 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		        .heartbeat_ms = cfg->scheduler.heartbeat_ms,
 		        .rescue_every_ms = cfg->scheduler.rescue_every_ms,
 		        .poll_ms = cfg->scheduler.poll_ms,
+		        .log_flush_ms = cfg->scheduler.log_flush_ms,
 		        .scratch_dir = scratch,
 		        .max_frame_bytes = cfg->limits.max_frame_bytes,
 		};

@@ -123,7 +123,9 @@ static const char usage_artifacts[] =
         "\n"
         "Lists the files the job's stages stored (the artifacts their modules\n"
         "declared as outputs, and retained intermediates): stage, name, type,\n"
-        "format, role and size. --stage S (a name or number) lists one stage's.\n" COMMON_OPTS;
+        "format, role, size and SHA-256, from each stage's manifest. --stage S (a\n"
+        "name or number) lists one stage's. --json adds each file's signed download\n"
+        "link (url, expires_at; a path on the daemon with the file store).\n" COMMON_OPTS;
 
 static const char usage_logs[] =
         "usage: stageline logs JOB_ID [--stage S] [-f|--follow] [--json]\n"
@@ -2195,13 +2197,14 @@ static json_t *find_stage(json_t *job, const char *name)
 	return NULL;
 }
 
-/* The task of one stage (GET /v1/jobs/{id}/tasks/{task_id}): NULL after
- * reporting the error. */
-static json_t *get_task(struct api *a, const char *job_id, const char *task_id)
+/* GET /v1/jobs/{id}/tasks/{task_id}<part>: NULL after reporting the error. */
+static json_t *get_task_part(struct api *a, const char *job_id, const char *task_id,
+                             const char *part)
 {
 	struct buf tp = BUF_INIT;
 	buf_adds(&tp, "/tasks/");
 	add_escaped(&tp, task_id);
+	buf_adds(&tp, part);
 	char *path = job_path(job_id, tp.data);
 	buf_free(&tp);
 	json_t *task = api_get(a, path);
@@ -2236,8 +2239,9 @@ static int cmd_artifacts(struct api *a, const struct args *o)
 			return EXIT_FAIL;
 		}
 	}
-	static const char *const head[] = {"STAGE", "NAME", "TYPE", "FORMAT", "ROLE", "SIZE"};
-	struct table t = {.ncols = 6};
+	static const char *const head[] = {"STAGE", "NAME", "TYPE",  "FORMAT",
+	                                   "ROLE",  "SIZE", "SHA256"};
+	struct table t = {.ncols = 7};
 	json_t *all = json_array();
 	size_t i;
 	json_t *stage;
@@ -2247,7 +2251,7 @@ static int cmd_artifacts(struct api *a, const struct args *o)
 		if (only && stage != only)
 			continue;
 		const char *task_id = json_string_value(json_object_get(stage, "task_id"));
-		json_t *task = task_id ? get_task(a, id, task_id) : NULL;
+		json_t *task = task_id ? get_task_part(a, id, task_id, "/artifacts") : NULL;
 		if (task == NULL) {
 			rc = EXIT_FAIL;
 			break;
@@ -2271,6 +2275,8 @@ static int cmd_artifacts(struct api *a, const struct args *o)
 				table_add(&t, buf_steal(&b));
 			}
 			table_add(&t, xstrdup(size));
+			const char *sha = json_string_value(json_object_get(f, "sha256"));
+			table_add(&t, xstrndup(sha ? sha : "-", 12));
 		}
 		json_decref(task);
 	}

@@ -100,6 +100,8 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	  "How often expired leases are returned to ready.")                                       \
 	X("scheduler.poll", DURATION, scheduler.poll_ms, NULL, "5s",                               \
 	  "Safety-net poll for ready tasks when no NOTIFY arrives.")                               \
+	X("scheduler.log_flush", DURATION, scheduler.log_flush_ms, NULL, "5s",                     \
+	  "How often a running stage's log is stored (a crash loses at most this much).")          \
 	X("scheduler.scratch_dir", STRING, scheduler.scratch_dir, NULL, "./var/scratch",           \
 	  "Where task inputs are fetched and modules run.")                                        \
 	X("quota.max_concurrent_jobs", INT, quota.max_concurrent_jobs, NULL, "0",                  \
@@ -903,6 +905,7 @@ bool config_validate(struct config *cfg, struct config_errors *errs)
 	        {"scheduler.heartbeat", offsetof(struct config, scheduler.heartbeat_ms)},
 	        {"scheduler.rescue_every", offsetof(struct config, scheduler.rescue_every_ms)},
 	        {"scheduler.poll", offsetof(struct config, scheduler.poll_ms)},
+	        {"scheduler.log_flush", offsetof(struct config, scheduler.log_flush_ms)},
 	        {"limits.max_input_bytes", offsetof(struct config, limits.max_input_bytes)},
 	        {"limits.max_header_bytes", offsetof(struct config, limits.max_header_bytes)},
 	        {"limits.max_header_fields", offsetof(struct config, limits.max_header_fields)},

@@ -67,6 +67,7 @@ struct config {
 		int64_t heartbeat_ms;
 		int64_t rescue_every_ms;
 		int64_t poll_ms;
+		int64_t log_flush_ms;
 		char *scratch_dir;
 	} scheduler;
 	struct {

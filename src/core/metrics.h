@@ -228,6 +228,12 @@ void metrics_format_json(const struct metrics_registry *reg, struct buf *out, co
 	X(M_EXTERNAL_CALL_LATENCY_MS, METRIC_HISTOGRAM, "external.call_latency_ms", \
 	  ("service", "op"), external, 0, \
 	  "Duration of calls to external dependencies, by service and operation.") \
+	X(M_STORE_TRANSFER_RETRIES_TOTAL, METRIC_COUNTER, "store.transfer_retries_total", \
+	  ("op"), none, 0, \
+	  "Task store transfers tried again after a failure, by operation.") \
+	X(M_JOBS_LOGS_STORED_TOTAL, METRIC_COUNTER, "jobs.logs_stored_total", \
+	  ("outcome"), none, 0, \
+	  "Settled jobs whose pipeline.log (and input.json) the finalizer stored, by outcome.") \
 	X(M_MODULES_SPAWNS_TOTAL, METRIC_COUNTER, "modules.spawns_total", \
 	  ("module"), none, 0, \
 	  "Module processes started, by module.") \

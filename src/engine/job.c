@@ -28,6 +28,7 @@
 #include "core/xmalloc.h"
 #include "db/listen.h"
 #include "db/pool.h"
+#include "engine/artifacts.h"
 #include "engine/engine_int.h"
 #include "engine/events.h"
 #include "engine/pipeline.h"
@@ -578,11 +579,18 @@ static void job_op_free(struct job_op *op)
 	"$1::uuid "                                                                               \
 	"AND t.job_id = $2::uuid AND j.project_id = $3 GROUP BY t.id"
 
+/* What GET /v1/jobs/{id}/logs renders pipeline.log from. */
+#define SQL_JOB_LOG_SOURCE                                                                       \
+	"SELECT j.id::text, j.pipeline, j.status, j.tasks_running, " PIPELOG_EVENTS_SQL(         \
+	        "j.id") ", " PIPELOG_TASKS_SQL("j.id") " FROM jobs j WHERE j.id = $1::uuid AND " \
+	                                               "j.project_id = $2"
+
 static const struct {
 	const char *name;
 	const char *sql;
 	int nparams;
 } job_statements[] = {
+        {"job_log_source", SQL_JOB_LOG_SOURCE, 2},
         {"task_attempts", SQL_TASK_ATTEMPTS, 3},
         {"job_events_after", SQL_JOB_EVENTS_AFTER, 4},
         {"project_events_after", SQL_PROJECT_EVENTS_AFTER, 4},
@@ -735,6 +743,28 @@ struct job_op *job_events_after(struct engine *e, const char *project_id, const 
 	const char *values[4] = {job_id, project_id, after, lim};
 	/* same shape as the attempts: one JSON array */
 	return json_op_start(e, "job_events_after", 4, values, task_attempts_result_cb, cb, arg);
+}
+
+static bool log_source_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *src = NULL;
+	if (res && PQntuples(res) == 1)
+		src = json_pack("{s:s, s:s, s:s, s:I, s:o, s:o}", "job_id", PQgetvalue(res, 0, 0),
+		                "pipeline", PQgetvalue(res, 0, 1), "status", PQgetvalue(res, 0, 2),
+		                "tasks_running", (json_int_t)col_i64(res, 0, 3), "events",
+		                col_json(res, 0, 4), "tasks", col_json(res, 0, 5));
+	op->cb.list(src, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *job_log_source(struct engine *e, const char *project_id, const char *job_id,
+                              job_list_cb cb, void *arg)
+{
+	const char *values[2] = {job_id, project_id};
+	return json_op_start(e, "job_log_source", 2, values, log_source_result_cb, cb, arg);
 }
 
 static bool project_events_result_cb(PGresult *res, const struct pg_error *err, void *arg)

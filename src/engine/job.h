@@ -192,6 +192,12 @@ struct job_op *job_task_attempts(struct engine *e, const char *project_id, const
 struct job_op *job_events_after(struct engine *e, const char *project_id, const char *job_id,
                                 int64_t after_seq, int limit, job_list_cb cb, void *arg);
 
+/* What the job's pipeline.log is rendered from (pipelog_render_tasks()):
+ * {job_id, pipeline, status, tasks_running, events, tasks}, NULL when the
+ * project has no such job. */
+struct job_op *job_log_source(struct engine *e, const char *project_id, const char *job_id,
+                              job_list_cb cb, void *arg);
+
 /* The project's events after (txid, after_id) in transaction order, only
  * from transactions older than every running one, at most limit: the
  * callback gets {events: [... each with "txid" ...], held_back: N (later

@@ -14,6 +14,7 @@
 #include <ftw.h>
 #include <libpq-fe.h>
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +26,13 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/fsutil.h"
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/xmalloc.h"
 #include "db/pool.h"
+#include "engine/artifacts.h"
 #include "engine/engine_int.h"
 #include "engine/events.h"
 #include "engine/job.h"
@@ -108,9 +111,13 @@ enum adv_job scheduler_advance_plan(struct adv_task *t, size_t n, size_t *failed
 
 /* --- State ----------------------------------------------------------------- */
 
-enum stask_state { ST_FETCH, ST_RUN, ST_UPLOAD, ST_COMMIT };
+enum stask_state { ST_ARCHIVE, ST_FETCH, ST_RUN, ST_UPLOAD, ST_COMMIT };
 
 struct claim_ctx;
+struct jput;
+struct fin_batch;
+struct xfer;
+struct hash_job;
 
 struct srunner {
 	struct scheduler *s;
@@ -140,9 +147,21 @@ struct stask {
 	const struct pipeline *p;
 	const struct stage_def *sd;
 	char *workdir;
-	struct store_op **ops; /* store operations in flight (NULL slots free) */
-	size_t capops;
-	int nops;
+	LIST_HEAD(, xfer) xfers; /* store transfers in flight or waiting to retry */
+	int nx; /* of them, the ones the task's step waits for */
+	int nside; /* the others: the running manifest, a stage-log flush */
+	bool upload_waiting; /* the upload waits for a side transfer to end */
+	char **input_keys; /* per input: its store key (NULL: written here) */
+	char **input_sha; /* per input: sha256 hex once hashed */
+	/* UPLOAD hashes every file it names in the manifest first, a chunk
+	 * per loop pass */
+	struct hash_job *hash;
+	struct event *step_ev; /* the next step once a phase's transfers ended */
+	int archive_n, archive_phase; /* ARCHIVE: the earlier attempt moved, 0/1 */
+	int64_t output_len; /* bytes of output.json */
+	json_t *warnings; /* [{timestamp, message}] for the manifest */
+	uint64_t log_flushed; /* log.total when stage.log was last stored */
+	int64_t log_flush_us; /* monotonic: the last flush */
 	struct frame_input *inputs;
 	size_t ninputs;
 	struct module_task *mt;
@@ -152,7 +171,7 @@ struct stask {
 	struct event *recheck_ev; /* a lease check that failed is asked again */
 	struct pg_pool_query *check_q;
 	struct hb_ctx *check_c;
-	struct buf log; /* stage.log text */
+	struct stage_log_ring log; /* stage.log text, bounded */
 	/* the attempt's end */
 	enum module_outcome outcome;
 	bool have_outcome;
@@ -175,6 +194,13 @@ struct stask {
 
 #define PROGRESS_EVERY_MS 500
 #define STAGE_LOG_CAP (8u * 1024 * 1024)
+#define STAGE_LOG_HEAD (256u * 1024) /* kept whole when the middle is dropped */
+#define XFER_TRIES 8 /* store transfers: tries before the task gives up */
+#define XFER_BACKOFF_MS 500
+#define XFER_BACKOFF_CAP_MS 30000
+#define HASH_CHUNK (1u << 20) /* bytes hashed per loop pass */
+#define ARCHIVE_MANIFEST_MAX (4u << 20)
+#define FINALIZE_BATCH 200
 #define ADVANCE_BATCH_MAX 1000
 #define COMMIT_INFLIGHT_MAX 4
 
@@ -209,10 +235,19 @@ struct scheduler {
 	struct pg_pool_query *hb_q, *rescue_q, *stuck_q, *stats_q, *progress_q;
 	struct hb_ctx *hb_c; /* the heartbeat in flight */
 	struct event_sub *bus_sub; /* this instance's own job changes */
+	/* job-level files (input.json, pipeline.log) */
+	LIST_HEAD(, jput) jputs;
+	struct event *fin_ev;
+	struct pg_pool_query *fin_q;
+	struct fin_batch *fin_batch;
+	bool fin_inflight, fin_more;
 	uint64_t rnd;
 };
 
 static void sched_kick(struct scheduler *s);
+static void job_input_put(struct scheduler *s, const char *project, const char *job_id,
+                          const char *input_text, struct fin_batch *b, size_t row);
+static void fin_kick(struct scheduler *s, int64_t ms);
 static void stask_commit(struct stask *t);
 static void stask_free(struct stask *t);
 static void adv_add(struct scheduler *s, const char *job_id);
@@ -305,7 +340,8 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"(SELECT jsonb_agg(a || jsonb_build_object('stage', d.stage)) FROM tasks d, "              \
 	"jsonb_array_elements(coalesce(d.artifacts, (SELECT e.artifacts FROM tasks e WHERE "       \
 	"e.job_id = (jl.resume_from->>'job_id')::uuid AND e.stage = d.stage))) a WHERE "           \
-	"tu.id IS NOT NULL AND d.job_id = tu.job_id AND d.stage = ANY(tu.depends_on))::text, "     \
+	"tu.id IS NOT NULL AND d.job_id = tu.job_id AND d.stage = ANY(tu.depends_on) AND "         \
+	"coalesce(a->>'role', 'output') = 'output')::text, "                                       \
 	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
 	"(extract(epoch from ev.ts) * 1e6)::bigint "                                               \
 	"FROM ev JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id LEFT JOIN tu ON "       \
@@ -359,6 +395,19 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"1000), 0)::bigint FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.status = 'ready' " \
 	"GROUP BY j.pipeline"
 
+#define SQL_LOGS_CLAIM                                                                             \
+	"WITH c AS (SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND " \
+	"logs_seq IS DISTINCT FROM event_seq AND tasks_running = 0 AND (logs_claimed_until IS "    \
+	"NULL OR logs_claimed_until < now()) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED), "       \
+	"u AS (UPDATE jobs j SET logs_claimed_until = now() + interval '60 seconds' FROM c WHERE " \
+	"j.id = c.id RETURNING j.id, j.project_id, j.pipeline, j.input, j.event_seq, j.logs_key) " \
+	"SELECT u.id::text, u.project_id, u.pipeline, u.input::text, u.event_seq, "                \
+	"u.logs_key, " PIPELOG_EVENTS_SQL("u.id") ", " PIPELOG_TASKS_SQL("u.id") " FROM u"
+
+#define SQL_LOGS_DONE                                                         \
+	"UPDATE jobs j SET logs_seq = x.seq, logs_claimed_until = NULL FROM " \
+	"jsonb_to_recordset($1::jsonb) AS x(id uuid, seq bigint) WHERE j.id = x.id"
+
 bool scheduler_prepare(struct engine *e)
 {
 	struct pg_pool *p = e->pool;
@@ -368,7 +417,9 @@ bool scheduler_prepare(struct engine *e)
 	       pg_pool_prepare(p, "sched_stuck", SQL_STUCK, 0, NULL) &&
 	       pg_pool_prepare(p, "sched_adv_read", SQL_ADV_READ, 1, NULL) &&
 	       pg_pool_prepare(p, "sched_progress", SQL_PROGRESS, 1, NULL) &&
-	       pg_pool_prepare(p, "sched_queue_stats", SQL_QUEUE_STATS, 0, NULL);
+	       pg_pool_prepare(p, "sched_queue_stats", SQL_QUEUE_STATS, 0, NULL) &&
+	       pg_pool_prepare(p, "sched_logs_claim", SQL_LOGS_CLAIM, 1, NULL) &&
+	       pg_pool_prepare(p, "sched_logs_done", SQL_LOGS_DONE, 1, NULL);
 }
 
 /* --- Scratch directories ---------------------------------------------------- */
@@ -425,16 +476,26 @@ static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
 /* A stage.log line in the reference's shape. */
 static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
 {
-	if (t->log.len >= STAGE_LOG_CAP)
-		return;
+	char line[4096];
 	char ts[32];
 	clock_fmt_log_ms(ts, sizeof ts, clock_now_us());
-	buf_printf(&t->log, "[%s] [%s] [%s] ", ts, t->stage, level);
+	int n = snprintf(line, sizeof line, "[%s] [%s] [%s] ", ts, t->stage, level);
 	va_list ap;
 	va_start(ap, fmt);
-	buf_vprintf(&t->log, fmt, ap);
+	if (n > 0 && (size_t)n < sizeof line)
+		vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
 	va_end(ap);
-	buf_addc(&t->log, '\n');
+	stage_log_ring_add(&t->log, line, strlen(line));
+	if (strcmp(level, "WARNING") == 0) {
+		char iso[40];
+		clock_fmt_rfc3339_us(iso, sizeof iso, clock_now_us());
+		if (t->warnings == NULL)
+			t->warnings = json_array();
+		if (json_array_size(t->warnings) < 1000)
+			json_array_append_new(t->warnings,
+			                      json_pack("{s:s, s:s}", "timestamp", iso, "message",
+			                                line + (n > 0 ? n : 0)));
+	}
 }
 
 static json_t *typed_error(const char *code, const char *category, bool retryable,
@@ -445,15 +506,17 @@ static json_t *typed_error(const char *code, const char *category, bool retryabl
 	                 detail);
 }
 
+static void xfer_free(struct xfer *x);
+static void hash_job_free(struct hash_job *h);
+
 static void stask_cancel_ops(struct stask *t)
 {
-	for (size_t i = 0; i < t->capops; i++) {
-		if (t->ops[i]) {
-			store_op_cancel(t->ops[i]);
-			t->ops[i] = NULL;
-		}
-	}
-	t->nops = 0;
+	struct xfer *x;
+	while ((x = LIST_FIRST(&t->xfers)) != NULL)
+		xfer_free(x);
+	t->nx = t->nside = 0;
+	hash_job_free(t->hash);
+	t->hash = NULL;
 }
 
 struct hb_ctx;
@@ -475,9 +538,10 @@ static void stask_free(struct stask *t)
 	t->sr->running--;
 	metric_set(metrics_default_get(M_WORKER_INFLIGHT_JOBS), (double)s->running);
 	stask_cancel_ops(t);
-	free(t->ops);
 	if (t->recheck_ev)
 		event_free(t->recheck_ev);
+	if (t->step_ev)
+		event_free(t->step_ev);
 	if (t->check_q) {
 		pg_pool_cancel(t->check_q);
 		hb_ctx_free(t->check_c);
@@ -491,6 +555,12 @@ static void stask_free(struct stask *t)
 		free(t->inputs[i].path);
 		free(t->inputs[i].format);
 	}
+	for (size_t i = 0; i < t->ninputs; i++) {
+		free(t->input_keys[i]);
+		free(t->input_sha[i]);
+	}
+	free(t->input_keys);
+	free(t->input_sha);
 	free(t->inputs);
 	free(t->id);
 	free(t->job_id);
@@ -509,39 +579,274 @@ static void stask_free(struct stask *t)
 	json_decref(t->stored);
 	json_decref(t->error);
 	json_decref(t->output);
-	buf_free(&t->log);
+	json_decref(t->warnings);
+	stage_log_ring_free(&t->log);
 	free(t);
 	drain_check(s);
 	sched_kick(s);
 }
 
-/* Registers a store op in a free slot. */
-static void stask_op_add(struct stask *t, struct store_op *op)
+/* --- Store transfers ----------------------------------------------------------
+ * Every store operation of a task is a struct xfer: an I/O error is tried
+ * again with backoff (XFER_TRIES, full jitter), keeping the task and so its
+ * lease — a store that is down for a while delays the task, it does not fail
+ * it. `side` transfers (the running manifest, stage-log flushes) are tried
+ * once: what they write is written again later. */
+enum xfer_kind { X_PUT_BUF, X_PUT_FILE, X_GET_FILE, X_GET_BUF, X_DELETE };
+
+typedef void (*xfer_done_fn)(struct xfer *x, const struct store_error *err, const char *data,
+                             size_t len);
+
+struct xfer {
+	LIST_ENTRY(xfer) link;
+	struct stask *t;
+	enum xfer_kind kind;
+	bool side;
+	char *key, *path, *data, *ctype;
+	size_t len;
+	int tries;
+	struct store_op *op;
+	struct event *retry_ev;
+	xfer_done_fn done; /* may be NULL; runs before the xfer is freed */
+	void *arg; /* the caller's, for done */
+	char *fallback_key; /* X_GET_FILE: tried once when key is NOT_FOUND */
+	char *dest; /* the caller's: a key to store the fetched file under */
+};
+
+static void xfer_free(struct xfer *x)
 {
-	for (size_t i = 0; i < t->capops; i++) {
-		if (t->ops[i] == NULL) {
-			t->ops[i] = op;
-			t->nops++;
-			return;
-		}
-	}
-	size_t old = t->capops;
-	t->capops = old ? old * 2 : 8;
-	t->ops = xrealloc(t->ops, t->capops * sizeof *t->ops);
-	memset(t->ops + old, 0, (t->capops - old) * sizeof *t->ops);
-	t->ops[old] = op;
-	t->nops++;
+	LIST_REMOVE(x, link);
+	if (x->side)
+		x->t->nside--;
+	else
+		x->t->nx--;
+	store_op_cancel(x->op);
+	if (x->retry_ev)
+		event_free(x->retry_ev);
+	free(x->key);
+	free(x->path);
+	free(x->data);
+	free(x->ctype);
+	free(x->fallback_key);
+	free(x->dest);
+	free(x);
 }
 
-static void stask_op_done(struct stask *t, const struct store_op *op)
+static void xfer_start(struct xfer *x);
+
+static void xfer_buf_cb(const struct store_error *err, const struct store_object_info *info,
+                        const char *data, size_t len, void *arg);
+
+static void xfer_end(struct xfer *x, const struct store_error *err, const char *data, size_t len)
 {
-	for (size_t i = 0; i < t->capops; i++) {
-		if (t->ops[i] == op) {
-			t->ops[i] = NULL;
-			t->nops--;
-			return;
-		}
+	struct stask *t = x->t;
+	x->op = NULL;
+	if (err && err->kind == STORE_ERR_IO && !x->side && !t->lost && x->tries < XFER_TRIES) {
+		int64_t ms = scheduler_backoff_ms(XFER_BACKOFF_MS, XFER_BACKOFF_CAP_MS, x->tries,
+		                                  sched_rand(t->s));
+		static const char *const op_names[] = {"put", "put", "get", "get", "delete"};
+		metric_inc(metrics_default_get(M_STORE_TRANSFER_RETRIES_TOTAL), 1,
+		           op_names[x->kind]);
+		if (x->tries == 1)
+			log_warn("job.module.store_retry", "a store transfer failed; trying again",
+			         LF_STR("job_id", t->job_id), LF_STR("task_id", t->id),
+			         LF_STR("stage", t->stage), LF_STR("key", x->key),
+			         LF_STR("error", err->message), LF_INT("backoff_ms", ms));
+		struct timeval tv;
+		tv_ms(&tv, ms < 1 ? 1 : ms);
+		evtimer_add(x->retry_ev, &tv);
+		return;
 	}
+	if (err && err->kind == STORE_ERR_NOT_FOUND && x->fallback_key) {
+		free(x->key);
+		x->key = x->fallback_key;
+		x->fallback_key = NULL;
+		x->tries = 0;
+		xfer_start(x);
+		return;
+	}
+	if (x->done)
+		x->done(x, err, data, len);
+	xfer_free(x);
+}
+
+static void xfer_done_cb(const struct store_error *err, void *arg)
+{
+	xfer_end(arg, err, NULL, 0);
+}
+
+static void xfer_buf_cb(const struct store_error *err, const struct store_object_info *info,
+                        const char *data, size_t len, void *arg)
+{
+	(void)info;
+	xfer_end(arg, err, data, len);
+}
+
+static void xfer_start(struct xfer *x)
+{
+	struct store *st = x->t->s->store;
+	x->tries++;
+	switch (x->kind) {
+	case X_PUT_BUF:
+		x->op = store_put_buf(st, x->key, x->data, x->len, x->ctype, xfer_done_cb, x);
+		break;
+	case X_PUT_FILE:
+		x->op = store_put_file(st, x->key, x->path, x->ctype, xfer_done_cb, x);
+		break;
+	case X_GET_FILE: x->op = store_get_file(st, x->key, x->path, xfer_done_cb, x); break;
+	case X_GET_BUF: x->op = store_get_buf(st, x->key, x->len, xfer_buf_cb, x); break;
+	case X_DELETE: x->op = store_delete(st, x->key, xfer_done_cb, x); break;
+	}
+}
+
+static void xfer_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	xfer_start(arg);
+}
+
+/* Starts a transfer; key and path are copied, data (X_PUT_BUF) too. For
+ * X_GET_BUF, len is the most it reads. */
+static struct xfer *xfer_new(struct stask *t, enum xfer_kind kind, bool side, const char *key,
+                             const char *path, const void *data, size_t len, const char *ctype,
+                             xfer_done_fn done, void *arg)
+{
+	struct xfer *x = xcalloc(1, sizeof *x);
+	x->t = t;
+	x->kind = kind;
+	x->side = side;
+	x->key = xstrdup(key);
+	x->path = path ? xstrdup(path) : NULL;
+	if (kind == X_PUT_BUF) {
+		x->data = xmalloc(len + 1);
+		memcpy(x->data, data, len);
+	}
+	x->len = len;
+	x->ctype = ctype ? xstrdup(ctype) : NULL;
+	x->done = done;
+	x->arg = arg;
+	x->retry_ev = evtimer_new(t->s->app->base, xfer_retry_cb, x);
+	LIST_INSERT_HEAD(&t->xfers, x, link);
+	if (side)
+		t->nside++;
+	else
+		t->nx++;
+	xfer_start(x);
+	return x;
+}
+
+/* --- Hashing ----------------------------------------------------------------
+ * SHA-256 of the files a manifest names, HASH_CHUNK bytes per loop pass so a
+ * big file never stalls the loop. */
+struct hash_job {
+	struct stask *t;
+	struct event *ev;
+	char **paths; /* files, in order */
+	char **out; /* hex digests (NULL: unreadable), owned by the job */
+	size_t n, i;
+	int fd;
+	EVP_MD_CTX *md;
+	unsigned char *chunk;
+	void (*done)(struct stask *t);
+};
+
+static void hash_job_free(struct hash_job *h)
+{
+	if (h == NULL)
+		return;
+	event_free(h->ev);
+	if (h->fd >= 0)
+		close(h->fd);
+	EVP_MD_CTX_free(h->md);
+	for (size_t i = 0; i < h->n; i++) {
+		free(h->paths[i]);
+		free(h->out[i]);
+	}
+	free(h->paths);
+	free(h->out);
+	free(h->chunk);
+	free(h);
+}
+
+static void hash_step_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hash_job *h = arg;
+	(void)fd;
+	(void)what;
+	while (h->i < h->n) {
+		if (h->fd < 0) {
+			h->fd = open(h->paths[h->i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (h->fd < 0) {
+				h->i++;
+				continue;
+			}
+			EVP_DigestInit_ex(h->md, EVP_sha256(), NULL);
+		}
+		ssize_t r = read(h->fd, h->chunk, HASH_CHUNK);
+		if (r < 0 && errno == EINTR)
+			break;
+		if (r > 0) {
+			EVP_DigestUpdate(h->md, h->chunk, (size_t)r);
+			if (r == (ssize_t)HASH_CHUNK)
+				break; /* more next pass */
+		}
+		if (r == 0 || r > 0) {
+			unsigned char md[32];
+			unsigned int mdlen = 0;
+			EVP_DigestFinal_ex(h->md, md, &mdlen);
+			h->out[h->i] = xmalloc(65);
+			for (unsigned k = 0; k < 32; k++)
+				snprintf(h->out[h->i] + k * 2, 3, "%02x", md[k]);
+		}
+		close(h->fd);
+		h->fd = -1;
+		h->i++;
+	}
+	if (h->i < h->n) {
+		event_active(h->ev, EV_TIMEOUT, 0);
+		return;
+	}
+	h->done(h->t);
+}
+
+static struct hash_job *hash_job_new(struct stask *t, void (*done)(struct stask *t))
+{
+	struct hash_job *h = xcalloc(1, sizeof *h);
+	h->t = t;
+	h->fd = -1;
+	h->md = EVP_MD_CTX_new();
+	h->chunk = xmalloc(HASH_CHUNK);
+	h->done = done;
+	h->ev = event_new(t->s->app->base, -1, 0, hash_step_cb, h);
+	return h;
+}
+
+static void hash_job_add(struct hash_job *h, const char *path)
+{
+	h->paths = xrealloc(h->paths, (h->n + 1) * sizeof *h->paths);
+	h->out = xrealloc(h->out, (h->n + 1) * sizeof *h->out);
+	h->paths[h->n] = xstrdup(path);
+	h->out[h->n++] = NULL;
+}
+
+/* The digest of path once the job ran (NULL when it was not named or not
+ * readable). */
+static const char *hash_job_get(const struct hash_job *h, const char *path)
+{
+	for (size_t i = 0; h && i < h->n; i++)
+		if (strcmp(h->paths[i], path) == 0)
+			return h->out[i];
+	return NULL;
+}
+
+static void sha256_hex(const void *data, size_t len, char hex[65])
+{
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+	for (unsigned k = 0; k < 32; k++)
+		snprintf(hex + k * 2, 3, "%02x", md[k]);
 }
 
 /* The attempt ended before its module ran (inputs could not be fetched). */
@@ -556,6 +861,8 @@ static void stask_fail_infra(struct stask *t, const char *code, const char *msg)
 }
 
 static void upload_start(struct stask *t);
+static char *manifest_text(struct stask *t, const char *output_sha);
+static void side_done(struct xfer *x, const struct store_error *err, const char *data, size_t len);
 
 /* The module answered (or never ran): classify and upload. */
 static void stask_module_done(struct module_task *mt, const struct module_task_result *res,
@@ -689,14 +996,15 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 		}
 		if (t->declared == NULL)
 			t->declared = json_array();
-		json_array_append_new(t->declared,
-		                      json_pack("{s:s, s:s, s:s, s:s?, s:s, s:b}", "name",
-		                                f->u.artifact.name ? f->u.artifact.name : path,
-		                                "path", path, "type",
-		                                f->u.artifact.type ? f->u.artifact.type : "file",
-		                                "format", f->u.artifact.format, "role",
-		                                f->u.artifact.role ? f->u.artifact.role : "output",
-		                                "retained", f->u.artifact.retained));
+		json_array_append_new(
+		        t->declared,
+		        json_pack("{s:s, s:s, s:s, s:s?, s:s, s:b, s:s?, s:O?}", "name",
+		                  f->u.artifact.name ? f->u.artifact.name : path, "path", path,
+		                  "type", f->u.artifact.type ? f->u.artifact.type : "file",
+		                  "format", f->u.artifact.format, "role",
+		                  f->u.artifact.role ? f->u.artifact.role : "output", "retained",
+		                  f->u.artifact.retained, "reason", f->u.artifact.reason, "meta",
+		                  f->u.artifact.meta));
 		stage_log(t, "INFO", "artifact %s: %s",
 		          f->u.artifact.name ? f->u.artifact.name : "", path);
 		break;
@@ -710,10 +1018,7 @@ static void stask_on_stderr(struct module_task *mt, const char *line, size_t len
 	struct stask *t = arg;
 	(void)mt;
 	stask_publish(t, "log", json_pack("{s:s, s:s%}", "level", "stderr", "message", line, len));
-	if (t->log.len >= STAGE_LOG_CAP)
-		return;
-	buf_add(&t->log, line, len);
-	buf_addc(&t->log, '\n');
+	stage_log_ring_add(&t->log, line, len);
 }
 
 static void inputs_sizes(struct stask *t)
@@ -739,6 +1044,13 @@ static void run_start(struct stask *t)
 	t->state = ST_RUN;
 	inputs_sizes(t);
 	stage_log(t, "INFO", "Stage %s: STARTING", t->stage);
+	/* manifest.json says `running` while the module works */
+	char *mkey = stage_key(t->project, t->job_id, t->stage_number, t->stage, "manifest.json");
+	char *m = manifest_text(t, NULL);
+	xfer_new(t, X_PUT_BUF, true, mkey, NULL, m, strlen(m), "application/json", side_done, NULL);
+	free(m);
+	free(mkey);
+	t->log_flush_us = clock_mono_us();
 	struct module_task_spec spec = {
 	        .task_id = t->id,
 	        .job_id = t->job_id,
@@ -764,50 +1076,32 @@ static void run_start(struct stask *t)
 	}
 }
 
-struct fetch_ctx {
-	struct stask *t;
-	struct store_op *op;
-	char *path, *fallback_key;
-};
+/* --- FETCH ------------------------------------------------------------------ */
 
-static void fetch_done_cb(const struct store_error *err, void *arg);
+static void fetch_inputs(struct stask *t);
 
-static void fetch_one(struct stask *t, const char *key, const char *path, const char *fallback)
+static void fetch_done(struct xfer *x, const struct store_error *err, const char *data, size_t len)
 {
-	struct fetch_ctx *c = xcalloc(1, sizeof *c);
-	c->t = t;
-	c->path = xstrdup(path);
-	c->fallback_key = fallback ? xstrdup(fallback) : NULL;
-	c->op = store_get_file(t->s->store, key, path, fetch_done_cb, c);
-	stask_op_add(t, c->op);
-}
-
-static void fetch_done_cb(const struct store_error *err, void *arg)
-{
-	struct fetch_ctx *c = arg;
-	struct stask *t = c->t;
-	stask_op_done(t, c->op);
-	if (err && err->kind == STORE_ERR_NOT_FOUND && c->fallback_key) {
-		/* resume_from: a reused stage's output lives under the earlier job */
-		char *fb = c->fallback_key;
-		c->fallback_key = NULL;
-		fetch_one(t, fb, c->path, NULL);
-		free(fb);
-	} else if (err) {
+	struct stask *t = x->t;
+	(void)data;
+	(void)len;
+	if (err)
 		stask_fail_infra(t, "fetch_failed", err->message);
-	}
-	free(c->path);
-	free(c->fallback_key);
-	free(c);
-	if (t->nops == 0 && t->state == ST_FETCH)
-		run_start(t);
+	if (t->nx == 1 && t->state == ST_FETCH) /* this one is the last */
+		event_active(t->step_ev, EV_TIMEOUT, 0);
 }
 
 /* proto/worker-protocol.md: input.json (job-input), <stage>.output
- * (stage-output). size_bytes is filled in once the file is there. */
-static void input_add(struct stask *t, const char *name, const char *type, const char *path)
+ * (stage-output). size_bytes is filled in once the file is there; key is
+ * where it came from (NULL: written here from the job row). */
+static void input_add(struct stask *t, const char *name, const char *type, const char *path,
+                      const char *key)
 {
 	t->inputs = xrealloc(t->inputs, (t->ninputs + 1) * sizeof *t->inputs);
+	t->input_keys = xrealloc(t->input_keys, (t->ninputs + 1) * sizeof *t->input_keys);
+	t->input_sha = xrealloc(t->input_sha, (t->ninputs + 1) * sizeof *t->input_sha);
+	t->input_keys[t->ninputs] = key ? xstrdup(key) : NULL;
+	t->input_sha[t->ninputs] = NULL;
 	struct frame_input *in = &t->inputs[t->ninputs++];
 	memset(in, 0, sizeof *in);
 	in->name = xstrdup(name);
@@ -816,18 +1110,142 @@ static void input_add(struct stask *t, const char *name, const char *type, const
 	in->format = xstrdup("json");
 }
 
+/* ARCHIVE (attempt > 1): the files an earlier attempt left in NN_<stage>/
+ * move under NN_<stage>/attempts/<n>/ before this attempt writes its own;
+ * n is the attempt its manifest names. Phases: read the manifest, copy,
+ * delete what this attempt might not write again (output.json, stage.log). */
+static const char *const archived[] = {"input.json", "output.json", "stage.log"};
+
+static void archive_copied(struct xfer *x, const struct store_error *err, const char *data,
+                           size_t len)
+{
+	struct stask *t = x->t;
+	(void)data;
+	(void)len;
+	if (err && err->kind != STORE_ERR_NOT_FOUND)
+		stask_fail_infra(t, "archive_failed", err->message);
+	else if (!err && x->kind == X_GET_FILE) {
+		/* fetched: store it under attempts/<n>/ */
+		xfer_new(t, X_PUT_FILE, false, x->dest, x->path, NULL, 0, NULL, archive_copied,
+		         NULL);
+	}
+	if (t->nx == 1)
+		event_active(t->step_ev, EV_TIMEOUT, 0);
+}
+
+static void archive_manifest(struct xfer *x, const struct store_error *err, const char *data,
+                             size_t len)
+{
+	struct stask *t = x->t;
+	if (err && err->kind != STORE_ERR_NOT_FOUND) {
+		stask_fail_infra(t, "archive_failed", err->message);
+	} else if (!err) {
+		json_t *m = json_loadb(data, len, 0, NULL);
+		int n = (int)json_integer_value(json_object_get(m, "attempt"));
+		if (n >= 1 && n < t->attempt) {
+			t->archive_n = n;
+			char *dir = xasprintf("attempts/%d", n);
+			for (size_t i = 0; i < sizeof archived / sizeof archived[0]; i++) {
+				char *rel = xasprintf("%s/%s", dir, archived[i]);
+				char *to = stage_key(t->project, t->job_id, t->stage_number,
+				                     t->stage, rel);
+				char *from = stage_key(t->project, t->job_id, t->stage_number,
+				                       t->stage, archived[i]);
+				char *local = xasprintf("%s/.prev.%s", t->workdir, archived[i]);
+				struct xfer *g = xfer_new(t, X_GET_FILE, false, from, local, NULL,
+				                          0, NULL, archive_copied, NULL);
+				g->dest = to;
+				free(rel);
+				free(from);
+				free(local);
+			}
+			char *rel = xasprintf("%s/manifest.json", dir);
+			char *to = stage_key(t->project, t->job_id, t->stage_number, t->stage, rel);
+			xfer_new(t, X_PUT_BUF, false, to, NULL, data, len, "application/json",
+			         archive_copied, NULL);
+			free(to);
+			free(rel);
+			free(dir);
+		}
+		json_decref(m);
+	}
+	if (t->nx == 1)
+		event_active(t->step_ev, EV_TIMEOUT, 0);
+}
+
+static void archive_deleted(struct xfer *x, const struct store_error *err, const char *data,
+                            size_t len)
+{
+	struct stask *t = x->t;
+	(void)data;
+	(void)len;
+	if (err && err->kind != STORE_ERR_NOT_FOUND)
+		stask_fail_infra(t, "archive_failed", err->message);
+	if (t->nx == 1)
+		event_active(t->step_ev, EV_TIMEOUT, 0);
+}
+
+/* The next step once a phase's transfers are all done (from the loop). */
+static void step_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct stask *t = arg;
+	(void)fd;
+	(void)what;
+	if (t->nx > 0)
+		return;
+	if (t->state == ST_ARCHIVE) {
+		if (t->have_outcome) {
+			run_start(t);
+		} else if (t->archive_phase == 0 && t->archive_n > 0) {
+			t->archive_phase = 1;
+			for (size_t i = 0; i < 2; i++) {
+				char *key = stage_key(t->project, t->job_id, t->stage_number,
+				                      t->stage, archived[i + 1]);
+				xfer_new(t, X_DELETE, false, key, NULL, NULL, 0, NULL,
+				         archive_deleted, NULL);
+				free(key);
+			}
+		} else {
+			fetch_inputs(t);
+		}
+	} else if (t->state == ST_FETCH) {
+		run_start(t);
+	} else if (t->state == ST_UPLOAD) {
+		upload_start(t);
+	}
+}
+
 /* FETCH: the job's input and each dependency's output.json into workdir. */
 static void fetch_start(struct stask *t)
 {
 	struct scheduler *s = t->s;
-	t->state = ST_FETCH;
 	t->workdir = xasprintf("%s/%s.%d", s->o.scratch_dir, t->id, t->attempt);
+	if (mkdir(t->workdir, 0750) < 0 && errno != EEXIST) {
+		t->state = ST_FETCH;
+		stask_fail_infra(t, "scratch_failed", strerror(errno));
+		run_start(t);
+		return;
+	}
+	if (t->attempt > 1) {
+		t->state = ST_ARCHIVE;
+		char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage,
+		                      "manifest.json");
+		xfer_new(t, X_GET_BUF, false, key, NULL, NULL, ARCHIVE_MANIFEST_MAX, NULL,
+		         archive_manifest, NULL);
+		free(key);
+		return;
+	}
+	fetch_inputs(t);
+}
+
+static void fetch_inputs(struct stask *t)
+{
+	t->state = ST_FETCH;
 	char *inputs_dir = xasprintf("%s/inputs", t->workdir);
 	/* inputs/ only when there is something to put there: every directory
 	 * and file made here costs an inode allocation per task */
 	bool has_inputs = (t->sd && t->sd->nneeds > 0) || json_array_size(t->dep_artifacts) > 0;
-	if ((mkdir(t->workdir, 0750) < 0 && errno != EEXIST) ||
-	    (has_inputs && mkdir(inputs_dir, 0750) < 0 && errno != EEXIST)) {
+	if (has_inputs && mkdir(inputs_dir, 0750) < 0 && errno != EEXIST) {
 		stask_fail_infra(t, "scratch_failed", strerror(errno));
 		free(inputs_dir);
 		run_start(t);
@@ -839,7 +1257,7 @@ static void fetch_start(struct stask *t)
 	if (!write_file(in_path, text, strlen(text)))
 		stask_fail_infra(t, "scratch_failed", "cannot write input.json");
 	else
-		input_add(t, "input.json", "job-input", in_path);
+		input_add(t, "input.json", "job-input", in_path, NULL);
 	free(text);
 	free(in_path);
 	const char *reuse_job = json_string_value(json_object_get(t->resume_from, "job_id"));
@@ -852,12 +1270,13 @@ static void fetch_start(struct stask *t)
 		char *fb = reuse_job ? stage_key(t->project, reuse_job, d->stage_number, d->name,
 		                                 "output.json")
 		                     : NULL;
-		input_add(t, name, "stage-output", path);
-		fetch_one(t, key, path, fb);
+		input_add(t, name, "stage-output", path, key);
+		struct xfer *x =
+		        xfer_new(t, X_GET_FILE, false, key, path, NULL, 0, NULL, fetch_done, NULL);
+		x->fallback_key = fb;
 		free(name);
 		free(path);
 		free(key);
-		free(fb);
 	}
 	/* Files the dependencies declared as outputs, by their store keys. */
 	size_t k;
@@ -880,45 +1299,183 @@ static void fetch_start(struct stask *t)
 		char *path = xasprintf("%s/%s", dir, base);
 		const char *name = json_string_value(json_object_get(a, "name"));
 		const char *type = json_string_value(json_object_get(a, "type"));
-		input_add(t, name ? name : base, type ? type : "file", path);
+		input_add(t, name ? name : base, type ? type : "file", path, key);
 		free(t->inputs[t->ninputs - 1].format);
 		const char *fmt = json_string_value(json_object_get(a, "format"));
 		t->inputs[t->ninputs - 1].format = fmt ? xstrdup(fmt) : NULL;
-		fetch_one(t, key, path, NULL);
+		xfer_new(t, X_GET_FILE, false, key, path, NULL, 0, NULL, fetch_done, NULL);
 		free(path);
 		free(dir);
 	}
 	free(inputs_dir);
-	if (t->nops == 0)
+	if (t->nx == 0)
 		run_start(t);
+}
+
+/* --- manifest.json ----------------------------------------------------------- */
+
+/* A key's path relative to this job's root ("02_x/a.wav"), or the key. */
+static const char *job_rel(const struct stask *t, const char *key)
+{
+	size_t pl = strlen(t->project), jl = strlen(t->job_id);
+	if (key && strncmp(key, t->project, pl) == 0 && key[pl] == '/' &&
+	    strncmp(key + pl + 1, t->job_id, jl) == 0 && key[pl + 1 + jl] == '/')
+		return key + pl + jl + 2;
+	return key;
+}
+
+static const char *manifest_attempt_status(const struct stask *t)
+{
+	if (!t->have_outcome)
+		return "running";
+	switch (t->outcome) {
+	case MODULE_COMPLETE: return "success";
+	case MODULE_CANCELLED: return "cancelled";
+	default: return "failed";
+	}
+}
+
+/* The manifest as it stands: `running` before the outcome, final after. */
+static char *manifest_text(struct stask *t, const char *output_sha)
+{
+	bool final = t->have_outcome;
+	size_t ndecl = json_array_size(t->declared);
+	struct manifest_file *in = xcalloc(t->ninputs + 1, sizeof *in);
+	struct manifest_file *out = xcalloc(ndecl + 2, sizeof *out);
+	struct manifest_file *mid = xcalloc(ndecl + 1, sizeof *mid);
+	size_t nout = 0, nmid = 0;
+	char **keys = xcalloc(ndecl + 1, sizeof *keys);
+	for (size_t i = 0; i < t->ninputs; i++) {
+		in[i] = (struct manifest_file){
+		        .name = t->inputs[i].name,
+		        .type = t->inputs[i].type,
+		        .format = t->inputs[i].format,
+		        .key = t->input_keys[i],
+		        .path = t->input_keys[i] ? job_rel(t, t->input_keys[i]) : "input.json",
+		        .size_bytes = t->inputs[i].size_bytes,
+		        .sha256 = hash_job_get(t->hash, t->inputs[i].path),
+		};
+	}
+	char *out_key = stage_key(t->project, t->job_id, t->stage_number, t->stage, "output.json");
+	if (final && t->outcome == MODULE_COMPLETE && output_sha) {
+		out[nout++] = (struct manifest_file){
+		        .name = "output.json",
+		        .type = "stage-output",
+		        .format = "json",
+		        .key = out_key,
+		        .path = job_rel(t, out_key),
+		        .size_bytes = t->output_len,
+		        .sha256 = output_sha,
+		};
+	}
+	size_t i;
+	json_t *a;
+	json_array_foreach(t->declared, i, a)
+	{
+		const char *rel = json_string_value(json_object_get(a, "path"));
+		const char *role = json_string_value(json_object_get(a, "role"));
+		bool retained = json_is_true(json_object_get(a, "retained"));
+		bool is_out = strcmp(role, "output") == 0;
+		char *local = xasprintf("%s/%s", t->workdir, rel);
+		struct stat st;
+		int64_t size = lstat(local, &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : 0;
+		keys[i] = is_out || retained
+		                  ? stage_key(t->project, t->job_id, t->stage_number, t->stage, rel)
+		                  : NULL;
+		struct manifest_file f = {
+		        .name = json_string_value(json_object_get(a, "name")),
+		        .type = json_string_value(json_object_get(a, "type")),
+		        .format = json_string_value(json_object_get(a, "format")),
+		        .key = keys[i],
+		        .path = keys[i] ? job_rel(t, keys[i]) : rel,
+		        .size_bytes = size,
+		        .sha256 = hash_job_get(t->hash, local),
+		        .retained = retained,
+		        .reason = json_string_value(json_object_get(a, "reason")),
+		        .meta = json_object_get(a, "meta"),
+		};
+		free(local);
+		if (is_out && final && t->outcome == MODULE_COMPLETE)
+			out[nout++] = f;
+		else if (!is_out)
+			mid[nmid++] = f;
+	}
+	struct manifest_in m = {
+	        .job_id = t->job_id,
+	        .task_id = t->id,
+	        .stage = t->stage,
+	        .module = t->sr->def->name,
+	        .instance_id = t->s->app->instance_id,
+	        .stage_number = t->stage_number,
+	        .attempt = t->attempt,
+	        .status = manifest_attempt_status(t),
+	        .started_us = t->t_fetch_end ? t->t_fetch_end : t->t_claimed,
+	        .completed_us = final ? (t->t_run_end ? t->t_run_end : clock_now_us()) : 0,
+	        .inputs = in,
+	        .ninputs = t->ninputs,
+	        .outputs = out,
+	        .noutputs = nout,
+	        .intermediates = mid,
+	        .nintermediates = nmid,
+	        .config = t->params,
+	        .have_resources = final && t->pid > 0,
+	        .cpu_seconds = t->cpu_seconds,
+	        .max_rss_bytes = t->max_rss_bytes,
+	        .error = final ? t->error : NULL,
+	        .warnings = t->warnings,
+	};
+	json_t *j = manifest_build(&m);
+	char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(j);
+	for (size_t k = 0; k < ndecl; k++)
+		free(keys[k]);
+	free(keys);
+	free(out_key);
+	free(in);
+	free(out);
+	free(mid);
+	return text;
+}
+
+static void side_done(struct xfer *x, const struct store_error *err, const char *data, size_t len)
+{
+	struct stask *t = x->t;
+	(void)data;
+	(void)len;
+	if (err)
+		log_info("job.module.store_side_failed",
+		         "a running manifest or stage-log flush was not stored; the attempt's end "
+		         "writes it again",
+		         LF_STR("job_id", t->job_id), LF_STR("task_id", t->id),
+		         LF_STR("key", x->key), LF_STR("error", err->message));
+	if (t->nside == 1 && t->upload_waiting) {
+		t->upload_waiting = false;
+		event_active(t->step_ev, EV_TIMEOUT, 0);
+	}
+}
+
+/* Every few seconds while the module runs: stage.log so far, so a crash
+ * loses at most that much of it. Only with a lease known to be ours. */
+static void stage_log_flush(struct stask *t)
+{
+	if (t->state != ST_RUN || t->nside > 0 || t->log.total == t->log_flushed || t->lost ||
+	    clock_mono_us() - t->lease_ok_us > t->s->o.lease_ms * 500)
+		return;
+	char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, "stage.log");
+	xfer_new(t, X_PUT_BUF, true, key, NULL, t->log.b.data, t->log.b.len, "text/plain",
+	         side_done, NULL);
+	free(key);
+	t->log_flushed = t->log.total;
+	t->log_flush_us = clock_mono_us();
 }
 
 /* --- UPLOAD ----------------------------------------------------------------- */
 
-static void upload_done_cb(const struct store_error *err, void *arg);
-
-struct upload_ctx {
-	struct stask *t;
-	struct store_op *op;
-};
-
-static void upload_put(struct stask *t, const char *file, const char *data, size_t len,
-                       const char *ctype)
+static void upload_done(struct xfer *x, const struct store_error *err, const char *data, size_t len)
 {
-	char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, file);
-	struct upload_ctx *c = xcalloc(1, sizeof *c);
-	c->t = t;
-	c->op = store_put_buf(t->s->store, key, data, len, ctype, upload_done_cb, c);
-	stask_op_add(t, c->op);
-	free(key);
-}
-
-static void upload_done_cb(const struct store_error *err, void *arg)
-{
-	struct upload_ctx *c = arg;
-	struct stask *t = c->t;
-	stask_op_done(t, c->op);
-	free(c);
+	struct stask *t = x->t;
+	(void)data;
+	(void)len;
 	if (err && (t->outcome == MODULE_COMPLETE || !t->error)) {
 		/* The outputs are not where the next stage will look: retry. */
 		t->outcome = MODULE_ERROR;
@@ -927,10 +1484,18 @@ static void upload_done_cb(const struct store_error *err, void *arg)
 		json_decref(t->error);
 		t->error = typed_error("upload_failed", "infra", true, err->message, NULL);
 	}
-	if (t->nops == 0 && t->state == ST_UPLOAD) {
+	if (t->nx == 1 && t->state == ST_UPLOAD) {
 		t->t_upload_end = clock_now_us();
 		stask_commit(t);
 	}
+}
+
+static void upload_put(struct stask *t, const char *file, const char *data, size_t len,
+                       const char *ctype)
+{
+	char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, file);
+	xfer_new(t, X_PUT_BUF, false, key, NULL, data, len, ctype, upload_done, NULL);
+	free(key);
 }
 
 /* The declared outputs (and retained intermediates) go to NN_<stage>/<path>;
@@ -959,28 +1524,74 @@ static void upload_artifacts(struct stask *t)
 			stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, msg);
 			free(msg);
 			free(local);
+			json_decref(t->stored);
+			t->stored = NULL;
 			return;
 		}
 		char *key = stage_key(t->project, t->job_id, t->stage_number, t->stage, rel);
 		if (t->stored == NULL)
 			t->stored = json_array();
 		json_t *fmt = json_object_get(a, "format");
-		json_array_append_new(t->stored, json_pack("{s:O, s:O, s:O, s:O, s:s, s:I}", "name",
-		                                           json_object_get(a, "name"), "type",
-		                                           json_object_get(a, "type"), "format",
-		                                           fmt ? fmt : json_null(), "role",
-		                                           json_object_get(a, "role"), "key", key,
-		                                           "size_bytes", (json_int_t)st.st_size));
-		struct upload_ctx *c = xcalloc(1, sizeof *c);
-		c->t = t;
-		c->op = store_put_file(t->s->store, key, local, NULL, upload_done_cb, c);
-		stask_op_add(t, c->op);
+		const char *sha = hash_job_get(t->hash, local);
+		json_array_append_new(t->stored, json_pack("{s:O, s:O, s:O, s:O, s:s, s:I, s:s?}",
+		                                           "name", json_object_get(a, "name"),
+		                                           "type", json_object_get(a, "type"),
+		                                           "format", fmt ? fmt : json_null(),
+		                                           "role", json_object_get(a, "role"),
+		                                           "key", key, "size_bytes",
+		                                           (json_int_t)st.st_size, "sha256", sha));
+		xfer_new(t, X_PUT_FILE, false, key, local, NULL, 0, NULL, upload_done, NULL);
 		free(key);
 		free(local);
 	}
 }
 
 static void lease_check(struct stask *t);
+
+/* Everything hashed: store the attempt's files, the manifest last in the
+ * list (all of them must land before the commit). */
+static void upload_puts(struct stask *t)
+{
+	/* What the module was given: its task frame's contents. */
+	json_t *given = json_pack("{s:s, s:s, s:s, s:i, s:O, s:[]}", "job_id", t->job_id, "task_id",
+	                          t->id, "stage", t->stage, "attempt", t->attempt, "params",
+	                          t->params ? t->params : json_object(), "inputs");
+	json_t *arr = json_object_get(given, "inputs");
+	for (size_t i = 0; i < t->ninputs; i++)
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s?}", "name", t->inputs[i].name,
+		                                     "type", t->inputs[i].type, "format",
+		                                     t->inputs[i].format));
+	char *text = json_dumps(given, JSON_COMPACT | JSON_SORT_KEYS);
+	upload_put(t, "input.json", text, strlen(text), "application/json");
+	free(text);
+	json_decref(given);
+	if (t->outcome == MODULE_COMPLETE)
+		upload_artifacts(t);
+	char sha[65];
+	bool have_out = false;
+	if (t->outcome == MODULE_COMPLETE && t->output) {
+		char *out = json_dumps(t->output, JSON_COMPACT | JSON_SORT_KEYS);
+		t->output_len = (int64_t)strlen(out);
+		sha256_hex(out, strlen(out), sha);
+		have_out = true;
+		upload_put(t, "output.json", out, strlen(out), "application/json");
+		free(out);
+	}
+	if (t->log.b.len > 0)
+		upload_put(t, "stage.log", t->log.b.data, t->log.b.len, "text/plain");
+	char *m = manifest_text(t, have_out ? sha : NULL);
+	upload_put(t, "manifest.json", m, strlen(m), "application/json");
+	free(m);
+	if (t->nx == 0) {
+		t->t_upload_end = clock_now_us();
+		stask_commit(t);
+	}
+}
+
+static void upload_hashed(struct stask *t)
+{
+	upload_puts(t);
+}
 
 static void upload_start(struct stask *t)
 {
@@ -991,6 +1602,12 @@ static void upload_start(struct stask *t)
 		stask_commit(t);
 		return;
 	}
+	/* A running-manifest put or a log flush still in flight would land
+	 * after (over) the final files: wait for it. */
+	if (t->nside > 0) {
+		t->upload_waiting = true;
+		return;
+	}
 	/* Store keys are per stage: a stale attempt must not overwrite the
 	 * files of the attempt that took its lease over. A lease not confirmed
 	 * for half its length (a paused or partitioned instance) is checked
@@ -999,32 +1616,24 @@ static void upload_start(struct stask *t)
 		lease_check(t);
 		return;
 	}
-	/* What the module was given: its task frame's contents. */
-	json_t *given = json_pack("{s:s, s:s, s:s, s:i, s:O, s:[]}", "job_id", t->job_id, "task_id",
-	                          t->id, "stage", t->stage, "attempt", t->attempt, "params",
-	                          t->params ? t->params : json_object(), "inputs");
-	json_t *arr = json_object_get(given, "inputs");
+	if (t->hash) /* hashing already */
+		return;
+	/* The manifest's sha256 of every file it names. */
+	t->hash = hash_job_new(t, upload_hashed);
 	for (size_t i = 0; i < t->ninputs; i++)
-		json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "name", t->inputs[i].name,
-		                                     "type", t->inputs[i].type, "format",
-		                                     t->inputs[i].format));
-	char *text = json_dumps(given, JSON_COMPACT | JSON_SORT_KEYS);
-	upload_put(t, "input.json", text, strlen(text), "application/json");
-	free(text);
-	json_decref(given);
-	if (t->outcome == MODULE_COMPLETE && t->output) {
-		char *out = json_dumps(t->output, JSON_COMPACT | JSON_SORT_KEYS);
-		upload_put(t, "output.json", out, strlen(out), "application/json");
-		free(out);
+		hash_job_add(t->hash, t->inputs[i].path);
+	if (t->workdir) {
+		size_t i;
+		json_t *a;
+		json_array_foreach(t->declared, i, a)
+		{
+			char *local = xasprintf("%s/%s", t->workdir,
+			                        json_string_value(json_object_get(a, "path")));
+			hash_job_add(t->hash, local);
+			free(local);
+		}
 	}
-	if (t->outcome == MODULE_COMPLETE)
-		upload_artifacts(t);
-	if (t->log.len > 0)
-		upload_put(t, "stage.log", t->log.data, t->log.len, "text/plain");
-	if (t->nops == 0) {
-		t->t_upload_end = clock_now_us();
-		stask_commit(t);
-	}
+	event_active(t->hash->ev, EV_TIMEOUT, 0);
 }
 
 /* --- COMMIT ------------------------------------------------------------------ */
@@ -1547,6 +2156,8 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 	int claimed = 0;
 	for (int r = 0; r < PQntuples(res); r++) {
 		claim_announce(s, res, r);
+		if (strcmp(col(res, r, 0), "job.lifecycle.start") == 0)
+			job_input_put(s, col(res, r, 6), col(res, r, 1), col(res, r, 21), NULL, 0);
 		if (PQgetisnull(res, r, 10))
 			continue;
 		claimed++;
@@ -1573,6 +2184,8 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		t->request_id = col(res, r, 23) ? xstrdup(col(res, r, 23)) : NULL;
 		t->dep_artifacts = col_j(res, r, 24);
 		t->exit_code = -1;
+		stage_log_ring_init(&t->log, STAGE_LOG_CAP, STAGE_LOG_HEAD);
+		t->step_ev = event_new(s->app->base, -1, 0, step_cb, t);
 		t->p = pipeline_set_find(s->e->pipelines, t->pipeline);
 		t->sd = t->p ? pipeline_stage_find(t->p, t->stage) : NULL;
 		TAILQ_INSERT_TAIL(&s->tasks, t, link);
@@ -1851,6 +2464,10 @@ static void hb_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void sched_bus_cb(const struct sl_event *ev, void *arg)
 {
 	struct scheduler *s = arg;
+	if (ev->status_to &&
+	    (strcmp(ev->status_to, "completed") == 0 || strcmp(ev->status_to, "failed") == 0 ||
+	     strcmp(ev->status_to, "cancelled") == 0))
+		fin_kick(s, 200); /* a job may have settled: its pipeline.log */
 	if (ev->task_id != NULL || strncmp(ev->kind, "job.lifecycle.", 14) != 0)
 		return;
 	bool cancelled = strcmp(ev->status_to, "cancelled") == 0;
@@ -1878,6 +2495,7 @@ void scheduler_on_job_notify(struct scheduler *s, const char *payload)
 	/* Our own changes come back too: only news matters. */
 	if (job_rev_known(s->e, id, &known) && known >= rev)
 		return;
+	fin_kick(s, 1000); /* another instance's change may have settled a job */
 	struct stask *t;
 	TAILQ_FOREACH(t, &s->tasks, link)
 	{
@@ -1982,9 +2600,12 @@ static bool stats_cb(PGresult *res, const struct pg_error *err, void *arg)
 	return false;
 }
 
+static void fin_kick(struct scheduler *s, int64_t ms);
+
 static void rescue_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct scheduler *s = arg;
+	fin_kick(s, 0);
 	(void)fd;
 	(void)what;
 	if (!s->rescue_inflight && !s->draining) {
@@ -2036,13 +2657,14 @@ static void progress_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct scheduler *s = arg;
 	(void)fd;
 	(void)what;
-	if (s->progress_inflight)
-		return;
 	json_t *arr = NULL;
 	struct stask *t;
+	int64_t now = clock_mono_us();
 	TAILQ_FOREACH(t, &s->tasks, link)
 	{
-		if (!t->progress_dirty || t->state != ST_RUN)
+		if (t->state == ST_RUN && now - t->log_flush_us >= s->o.log_flush_ms * 1000)
+			stage_log_flush(t);
+		if (!t->progress_dirty || t->state != ST_RUN || s->progress_inflight)
 			continue;
 		t->progress_dirty = false;
 		if (arr == NULL)
@@ -2061,6 +2683,240 @@ static void progress_timer_cb(evutil_socket_t fd, short what, void *arg)
 	json_decref(arr);
 }
 
+/* --- Job-level files: input.json, logs/pipeline.log ---------------------------
+ * A job's input.json is stored when its first task is claimed, and again with
+ * its pipeline.log once the job has settled: the finalizer claims settled jobs
+ * whose log is missing or older than their last event (any instance, so a
+ * crash only delays it), renders pipeline.log from job_events and stores both. */
+struct jput {
+	LIST_ENTRY(jput) link;
+	struct scheduler *s;
+	struct store_op *op;
+	struct fin_batch *batch; /* NULL: the claim's input.json */
+	size_t row;
+};
+
+struct fin_batch {
+	struct scheduler *s;
+	json_t *done; /* [{id, seq}] stored whole */
+	size_t n;
+	int *pending; /* per row: puts not yet back (-1: one failed) */
+	int64_t *seq;
+	char **ids;
+	int left;
+};
+
+static void fin_batch_end(struct fin_batch *b);
+
+static void jput_free(struct jput *j)
+{
+	LIST_REMOVE(j, link);
+	store_op_cancel(j->op);
+	free(j);
+}
+
+static void jput_cb(const struct store_error *err, void *arg)
+{
+	struct jput *j = arg;
+	struct fin_batch *b = j->batch;
+	size_t row = j->row;
+	j->op = NULL;
+	if (err)
+		log_warn("job.logs.store_failed", "a job-level file was not stored",
+		         LF_STR("error", err->message));
+	jput_free(j);
+	if (b == NULL)
+		return;
+	if (err && b->pending[row] > 0) {
+		b->pending[row] = -1;
+		metric_inc(metrics_default_get(M_JOBS_LOGS_STORED_TOTAL), 1, "failed");
+	} else if (!err && b->pending[row] > 0 && --b->pending[row] == 0) {
+		json_array_append_new(b->done, json_pack("{s:s, s:I}", "id", b->ids[row], "seq",
+		                                         (json_int_t)b->seq[row]));
+		metric_inc(metrics_default_get(M_JOBS_LOGS_STORED_TOTAL), 1, "stored");
+	}
+	if (--b->left == 0)
+		fin_batch_end(b);
+}
+
+static void jput_start(struct scheduler *s, struct fin_batch *b, size_t row, const char *key,
+                       const char *data, size_t len, const char *ctype)
+{
+	struct jput *j = xcalloc(1, sizeof *j);
+	j->s = s;
+	j->batch = b;
+	j->row = row;
+	LIST_INSERT_HEAD(&s->jputs, j, link);
+	if (b)
+		b->left++;
+	j->op = store_put_buf(s->store, key, data, len, ctype, jput_cb, j);
+}
+
+/* The job's input.json, as the claim that started it saw it. */
+static void job_input_put(struct scheduler *s, const char *project, const char *job_id,
+                          const char *input_text, struct fin_batch *b, size_t row)
+{
+	char *key = xasprintf("%s/%s/input.json", project, job_id);
+	const char *text = input_text ? input_text : "null";
+	jput_start(s, b, row, key, text, strlen(text), "application/json");
+	free(key);
+}
+
+static void fin_kick(struct scheduler *s, int64_t ms)
+{
+	if (s->fin_ev == NULL || s->draining)
+		return;
+	if (ms == 0 || !evtimer_pending(s->fin_ev, NULL)) {
+		struct timeval tv;
+		tv_ms(&tv, ms);
+		evtimer_add(s->fin_ev, &tv);
+	}
+}
+
+static void fin_batch_free(struct fin_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++)
+		free(b->ids[i]);
+	free(b->ids);
+	free(b->seq);
+	free(b->pending);
+	json_decref(b->done);
+	free(b);
+}
+
+static bool fin_done_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)res;
+	s->fin_q = NULL;
+	s->fin_inflight = false;
+	if (err)
+		log_warn("job.logs.mark_failed", "could not record stored pipeline logs",
+		         LF_STR("error", err->message));
+	if (s->fin_more)
+		fin_kick(s, 0);
+	return false;
+}
+
+static void fin_batch_end(struct fin_batch *b)
+{
+	struct scheduler *s = b->s;
+	s->fin_batch = NULL;
+	if (json_array_size(b->done) == 0) {
+		s->fin_inflight = false;
+		fin_batch_free(b);
+		return;
+	}
+	char *p = json_dumps(b->done, JSON_COMPACT);
+	const char *v[1] = {p};
+	s->fin_q = pg_pool_query_prepared(s->e->pool, "sched_logs_done", 1, v, fin_done_cb, s);
+	free(p);
+	fin_batch_free(b);
+}
+
+/* Stages that never ran (skipped, attempt 0) get a manifest saying so. */
+static void fin_skipped_manifests(struct scheduler *s, struct fin_batch *b, size_t row,
+                                  const char *project, const char *job_id, const json_t *events,
+                                  const json_t *tasks)
+{
+	size_t i;
+	json_t *t;
+	json_array_foreach((json_t *)tasks, i, t)
+	{
+		const char *st = json_string_value(json_object_get(t, "status"));
+		if (st == NULL || strcmp(st, "skipped") != 0 ||
+		    json_integer_value(json_object_get(t, "attempt")) != 0)
+			continue;
+		const char *stage = json_string_value(json_object_get(t, "stage"));
+		int64_t when = 0;
+		size_t k;
+		json_t *ev;
+		json_array_foreach((json_t *)events, k, ev)
+		{
+			const char *es = json_string_value(json_object_get(ev, "stage"));
+			const char *kind = json_string_value(json_object_get(ev, "kind"));
+			if (es && stage && kind && strcmp(es, stage) == 0 &&
+			    strcmp(kind, "job.stage.skipped") == 0)
+				when = json_integer_value(json_object_get(ev, "ts_us"));
+		}
+		json_t *m = manifest_skipped(job_id, t, when ? when : clock_now_us());
+		if (m == NULL)
+			continue;
+		char *text = json_dumps(m, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		char *key = stage_key(project, job_id,
+		                      (int)json_integer_value(json_object_get(t, "stage_number")),
+		                      stage, "manifest.json");
+		b->pending[row]++;
+		jput_start(s, b, row, key, text, strlen(text), "application/json");
+		free(key);
+		free(text);
+		json_decref(m);
+	}
+}
+
+static bool fin_claim_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct scheduler *s = arg;
+	s->fin_q = NULL;
+	if (err) {
+		s->fin_inflight = false;
+		log_warn("job.logs.claim_failed", "could not read settled jobs for their logs",
+		         LF_STR("error", err->message));
+		return false;
+	}
+	int n = PQntuples(res);
+	s->fin_more = n == FINALIZE_BATCH;
+	if (n == 0) {
+		s->fin_inflight = false;
+		return false;
+	}
+	struct fin_batch *b = xcalloc(1, sizeof *b);
+	b->s = s;
+	b->n = (size_t)n;
+	b->done = json_array();
+	b->ids = xcalloc((size_t)n, sizeof *b->ids);
+	b->seq = xcalloc((size_t)n, sizeof *b->seq);
+	b->pending = xcalloc((size_t)n, sizeof *b->pending);
+	s->fin_batch = b;
+	b->left = 1; /* held until every put started */
+	for (int r = 0; r < n; r++) {
+		const char *id = col(res, r, 0), *project = col(res, r, 1);
+		b->ids[r] = xstrdup(id);
+		b->seq[r] = col_i(res, r, 4);
+		b->pending[r] = 2;
+		json_t *events = col_j(res, r, 6), *tasks = col_j(res, r, 7);
+		struct buf text = BUF_INIT;
+		pipelog_render_tasks(id, col(res, r, 2), events, tasks, &text);
+		const char *key = col(res, r, 5);
+		char *dflt = key ? NULL : xasprintf("%s/%s/logs/pipeline.log", project, id);
+		jput_start(s, b, (size_t)r, key ? key : dflt, text.data ? text.data : "", text.len,
+		           "text/plain");
+		free(dflt);
+		job_input_put(s, project, id, col(res, r, 3), b, (size_t)r);
+		fin_skipped_manifests(s, b, (size_t)r, project, id, events, tasks);
+		buf_free(&text);
+		json_decref(events);
+		json_decref(tasks);
+	}
+	if (--b->left == 0)
+		fin_batch_end(b);
+	return false;
+}
+
+static void fin_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	(void)fd;
+	(void)what;
+	if (s->fin_inflight || s->draining)
+		return;
+	s->fin_inflight = true;
+	char lim[16];
+	snprintf(lim, sizeof lim, "%d", FINALIZE_BATCH);
+	const char *v[1] = {lim};
+	s->fin_q = pg_pool_query_prepared(s->e->pool, "sched_logs_claim", 1, v, fin_claim_cb, s);
+}
+
 /* --- Start, drain, free ------------------------------------------------------------- */
 
 static void runner_stderr_cb(struct module_runner *r, pid_t pid, const char *line, size_t len,
@@ -2075,7 +2931,7 @@ static void runner_stderr_cb(struct module_runner *r, pid_t pid, const char *lin
 struct scheduler *scheduler_start(struct engine *e, struct store *store,
                                   const struct scheduler_opts *o)
 {
-	if (mkdir(o->scratch_dir, 0750) < 0 && errno != EEXIST) {
+	if (!mkdir_p(o->scratch_dir, 0750)) {
 		log_error("sched.start", "cannot create the scratch directory",
 		          LF_STR("scratch_dir", o->scratch_dir), LF_STR("error", strerror(errno)));
 		return NULL;
@@ -2136,6 +2992,8 @@ struct scheduler *scheduler_start(struct engine *e, struct store *store,
 	s->rescue_ev = event_new(b, -1, EV_PERSIST, rescue_timer_cb, s);
 	tv_ms(&tv, o->rescue_every_ms > 0 ? o->rescue_every_ms : 15000);
 	event_add(s->rescue_ev, &tv);
+	s->fin_ev = evtimer_new(b, fin_timer_cb, s);
+	LIST_INIT(&s->jputs);
 	s->progress_ev = event_new(b, -1, EV_PERSIST, progress_timer_cb, s);
 	tv_ms(&tv, PROGRESS_EVERY_MS);
 	event_add(s->progress_ev, &tv);
@@ -2170,7 +3028,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 	int n = 0;
 	TAILQ_FOREACH(t, &s->tasks, link)
 	{
-		if (t->state == ST_FETCH || t->state == ST_RUN) {
+		if (t->state == ST_ARCHIVE || t->state == ST_FETCH || t->state == ST_RUN) {
 			stask_stop(t, "shutdown", false);
 			n++;
 		}
@@ -2194,7 +3052,8 @@ void scheduler_drain(struct scheduler *s, int64_t grace_ms, void (*done)(void *a
 	event_active(s->drained_ev, EV_TIMEOUT, 0);
 }
 
-const char *scheduler_task_log(struct scheduler *s, const char *task_id, size_t *len)
+const char *scheduler_task_log(struct scheduler *s, const char *task_id, uint64_t from, size_t *len,
+                               uint64_t *skipped, uint64_t *total)
 {
 	if (s == NULL)
 		return NULL;
@@ -2206,8 +3065,8 @@ const char *scheduler_task_log(struct scheduler *s, const char *task_id, size_t 
 	}
 	if (t == NULL)
 		return NULL;
-	*len = t->log.len;
-	return t->log.data ? t->log.data : "";
+	*total = t->log.total;
+	return stage_log_ring_since(&t->log, from, len, skipped);
 }
 
 size_t scheduler_running(const struct scheduler *s)
@@ -2250,6 +3109,14 @@ void scheduler_free(struct scheduler *s)
 		s->hb_q = NULL;
 	}
 	event_sub_cancel(s->bus_sub);
+	struct jput *jp;
+	while ((jp = LIST_FIRST(&s->jputs)) != NULL)
+		jput_free(jp);
+	if (s->fin_batch)
+		fin_batch_free(s->fin_batch);
+	pg_pool_cancel(s->fin_q);
+	if (s->fin_ev)
+		event_free(s->fin_ev);
 	pg_pool_cancel(s->hb_q);
 	pg_pool_cancel(s->rescue_q);
 	pg_pool_cancel(s->stuck_q);

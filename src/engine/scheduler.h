@@ -28,6 +28,7 @@ struct scheduler;
 struct scheduler_opts {
 	int max_concurrency; /* tasks at once on this instance */
 	int64_t lease_ms, heartbeat_ms, rescue_every_ms, poll_ms;
+	int64_t log_flush_ms; /* a running stage's log is stored this often */
 	const char *scratch_dir; /* absolute */
 	size_t max_frame_bytes;
 };
@@ -51,9 +52,13 @@ void scheduler_drain(struct scheduler *s, int64_t grace_ms, void (*done)(void *a
 /* Stops everything at once (modules killed, no commit). NULL is a no-op. */
 void scheduler_free(struct scheduler *s);
 size_t scheduler_running(const struct scheduler *s);
-/* The stage log so far of a task running here (borrowed until the next
- * loop pass), NULL when it does not run here. */
-const char *scheduler_task_log(struct scheduler *s, const char *task_id, size_t *len);
+/* The stage log so far of a task running here, from logical byte `from`
+ * (0: all of it): borrowed until the next loop pass; *total is every byte
+ * it ever held, *skipped what was dropped between `from` and the text
+ * returned (a log past its memory bound keeps its head and its tail). NULL
+ * when the task does not run here. */
+const char *scheduler_task_log(struct scheduler *s, const char *task_id, uint64_t from, size_t *len,
+                               uint64_t *skipped, uint64_t *total);
 
 /* Retry delay after `retries` earlier retries: exponential with full jitter,
  * uniform in [0, min(cap, base * 2^retries)], picked by rnd in [0, 1). Pure. */

@@ -46,6 +46,28 @@ bool api_health_register(struct router *r, struct api_ctx *ctx) __attribute__((w
 /* POST/GET /v1/jobs, GET /v1/jobs/{id}, GET /v1/pipelines. */
 bool api_jobs_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
 
+/* GET /v1/jobs/{id}/tasks/{task_id}/artifacts, .../logs, GET
+ * /v1/jobs/{id}/logs, and the file store's GET /v1/objects/{key+}. */
+bool api_artifacts_register(struct router *r, struct api_ctx *ctx)
+        __attribute__((warn_unused_result));
+
+/* Shared by the api_*.c handlers. ------------------------------------------ */
+struct http_req;
+struct pg_error;
+/* A route behind the schema check and scope (api_jobs.c's guard). */
+bool api_route_guarded(struct router *r, unsigned methods, const char *template_,
+                       struct api_ctx *ctx, unsigned scope, auth_done_fn authed)
+        __attribute__((warn_unused_result));
+/* 503 (or 500 for a failed query) for database trouble. */
+void api_reply_db_error(struct http_req *req, const struct pg_error *err);
+/* 404: unknown, malformed and other projects' jobs all read the same. */
+void api_reply_no_such_job(struct http_req *req);
+void api_reply_no_such_task(struct http_req *req);
+/* The {id} / {task_id} path parameter as a lowercase UUID; false (404 sent)
+ * when it is not one. */
+bool api_job_id_param(struct http_req *req, char out[37]);
+bool api_task_id_param(struct http_req *req, char out[37]);
+
 /* GET /metrics and GET /metrics.json; guarded: they need the admin scope
  * (the main listener with auth on), else they are open (the metrics
  * listener, or auth off). */

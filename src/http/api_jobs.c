@@ -55,7 +55,7 @@ static void job_call_abort_cb(struct http_req *req, void *arg)
 }
 
 /* Database trouble is the server's, not the client's: 503 with a hint. */
-static void reply_db_error(struct http_req *req, const struct pg_error *err)
+void api_reply_db_error(struct http_req *req, const struct pg_error *err)
 {
 	if (err && err->kind == PG_ERR_QUERY) {
 		log_error("http.db_error", "query failed", LF_STR("route", http_req_route(req)),
@@ -89,7 +89,7 @@ static void reply_field_422(struct http_req *req, const char *field, const char 
 }
 
 /* Unknown ids, malformed ids and other projects' jobs all read the same. */
-static void reply_no_such_job(struct http_req *req)
+void api_reply_no_such_job(struct http_req *req)
 {
 	http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
 }
@@ -106,22 +106,20 @@ static bool uuid_param(struct http_req *req, const char *name, char out[ID_UUID_
 }
 
 /* The {id} path parameter as a lowercase UUID; false (404 sent) otherwise. */
-static bool job_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+bool api_job_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
 {
 	if (uuid_param(req, "id", out))
 		return true;
-	reply_no_such_job(req);
+	api_reply_no_such_job(req);
 	return false;
 }
 
-static void reply_no_such_task(struct http_req *req);
-
 /* The {task_id} path parameter, the same way. */
-static bool task_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
+bool api_task_id_param(struct http_req *req, char out[ID_UUID_LEN + 1])
 {
 	if (uuid_param(req, "task_id", out))
 		return true;
-	reply_no_such_task(req);
+	api_reply_no_such_task(req);
 	return false;
 }
 
@@ -178,7 +176,7 @@ static void submit_done_cb(enum job_submit_result r, json_t *job, int64_t rev,
 		http_reply_problem(req, 409, "idempotency-conflict", "Idempotency key reused",
 		                   "this Idempotency-Key was used for a different request", NULL);
 		break;
-	case JOB_SUBMIT_ERROR: reply_db_error(req, err); break;
+	case JOB_SUBMIT_ERROR: api_reply_db_error(req, err); break;
 	}
 }
 
@@ -330,7 +328,7 @@ static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *e
 	(void)rev;
 	if (err || earlier == NULL) {
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
 			http_reply_problem(req, 404, "not-found", NULL,
 			                   "resume_from.job_id: no such job in this project", NULL);
@@ -525,9 +523,9 @@ static void get_done_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 	struct http_req *req = c->req;
 	free(c);
 	if (err) {
-		reply_db_error(req, err);
+		api_reply_db_error(req, err);
 	} else if (job == NULL) {
-		reply_no_such_job(req);
+		api_reply_no_such_job(req);
 	} else if (etag_matches(req, rev)) {
 		json_decref(job);
 		set_etag(req, rev);
@@ -542,7 +540,7 @@ static void jobs_get_authed(struct http_req *req, const struct auth_principal *p
 {
 	struct api_ctx *ctx = arg;
 	char lower[ID_UUID_LEN + 1];
-	if (!job_id_param(req, lower))
+	if (!api_job_id_param(req, lower))
 		return;
 	/* The cheap path: the revision this instance last saw still matches. */
 	int64_t rev;
@@ -564,7 +562,7 @@ static void list_done_cb(json_t *page, const struct pg_error *err, void *arg)
 	struct http_req *req = c->req;
 	free(c);
 	if (err)
-		reply_db_error(req, err);
+		api_reply_db_error(req, err);
 	else
 		http_reply_json(req, 200, page);
 }
@@ -656,9 +654,9 @@ static void cancel_reply_cb(json_t *job, int64_t rev, const struct pg_error *err
 	struct http_req *req = c->req;
 	free(c);
 	if (err) {
-		reply_db_error(req, err);
+		api_reply_db_error(req, err);
 	} else if (job == NULL) {
-		reply_no_such_job(req);
+		api_reply_no_such_job(req);
 	} else {
 		set_etag(req, rev);
 		http_reply_json(req, 202, job);
@@ -674,7 +672,7 @@ static void cancel_done_cb(size_t applied, size_t total, const bool *which,
 		http_req_on_abort(c->req, NULL, NULL);
 		struct http_req *req = c->req;
 		free(c);
-		reply_db_error(req, err);
+		api_reply_db_error(req, err);
 		return;
 	}
 	/* The job change is the first of the batch; if it didn't apply, the job
@@ -694,9 +692,9 @@ static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 	if (err || job == NULL) {
 		free(c);
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
-			reply_no_such_job(req);
+			api_reply_no_such_job(req);
 		json_decref(job);
 		return;
 	}
@@ -754,7 +752,7 @@ static void jobs_cancel_authed(struct http_req *req, const struct auth_principal
 {
 	struct api_ctx *ctx = arg;
 	char id[ID_UUID_LEN + 1];
-	if (!job_id_param(req, id))
+	if (!api_job_id_param(req, id))
 		return;
 	struct cancel_call *c = xcalloc(1, sizeof *c);
 	c->ctx = ctx;
@@ -799,9 +797,9 @@ static void retry_reply_cb(json_t *job, int64_t rev, const struct pg_error *err,
 	retry_call_free(c);
 	if (err || job == NULL) {
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
-			reply_no_such_job(req);
+			api_reply_no_such_job(req);
 		return;
 	}
 	set_etag(req, rev);
@@ -818,7 +816,7 @@ static void retry_done_cb(size_t applied, size_t total, const bool *which,
 	if (err) {
 		struct http_req *req = c->req;
 		retry_call_free(c);
-		reply_db_error(req, err);
+		api_reply_db_error(req, err);
 		return;
 	}
 	if (!which[0]) { /* the job moved on between the read and the write */
@@ -842,9 +840,9 @@ static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, v
 	if (err || job == NULL) {
 		retry_call_free(c);
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
-			reply_no_such_job(req);
+			api_reply_no_such_job(req);
 		return;
 	}
 	enum job_status st = JOB_PENDING;
@@ -957,7 +955,7 @@ static void jobs_retry_authed(struct http_req *req, const struct auth_principal 
 {
 	struct api_ctx *ctx = arg;
 	char id[ID_UUID_LEN + 1];
-	if (!job_id_param(req, id))
+	if (!api_job_id_param(req, id))
 		return;
 	size_t len;
 	(void)http_req_body(req, &len);
@@ -1031,7 +1029,7 @@ static void task_abort_cb(struct http_req *req, void *arg)
 	task_call_free(c);
 }
 
-static void reply_no_such_task(struct http_req *req)
+void api_reply_no_such_task(struct http_req *req)
 {
 	http_reply_problem(req, 404, "not-found", NULL, "no such task in this job", NULL);
 }
@@ -1044,9 +1042,9 @@ static void task_attempts_cb(json_t *detail, const struct pg_error *err, void *a
 	if (err || detail == NULL) {
 		task_call_free(c);
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
-			reply_no_such_task(req);
+			api_reply_no_such_task(req);
 		return;
 	}
 	json_t *t = c->task;
@@ -1066,9 +1064,9 @@ static void task_got_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 	if (err || job == NULL) {
 		task_call_free(c);
 		if (err)
-			reply_db_error(req, err);
+			api_reply_db_error(req, err);
 		else
-			reply_no_such_job(req);
+			api_reply_no_such_job(req);
 		return;
 	}
 	size_t i;
@@ -1083,7 +1081,7 @@ static void task_got_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 	json_decref(job);
 	if (c->task == NULL) {
 		task_call_free(c);
-		reply_no_such_task(req);
+		api_reply_no_such_task(req);
 		return;
 	}
 	json_object_set_new(c->task, "job_id", json_string(c->job_id));
@@ -1095,10 +1093,10 @@ static void jobs_task_authed(struct http_req *req, const struct auth_principal *
 {
 	struct api_ctx *ctx = arg;
 	char id[ID_UUID_LEN + 1];
-	if (!job_id_param(req, id))
+	if (!api_job_id_param(req, id))
 		return;
 	char tid[ID_UUID_LEN + 1];
-	if (!task_id_param(req, tid))
+	if (!api_task_id_param(req, tid))
 		return;
 	struct task_call *c = xcalloc(1, sizeof *c);
 	c->ctx = ctx;
@@ -1108,127 +1106,6 @@ static void jobs_task_authed(struct http_req *req, const struct auth_principal *
 	memcpy(c->task_id, tid, sizeof c->task_id);
 	http_req_on_abort(req, task_abort_cb, c);
 	c->op = job_get(ctx->engine, c->project, c->job_id, task_got_cb, c);
-}
-
-/* --- GET /v1/jobs/{id}/tasks/{task_id}/logs ------------------------------- */
-
-#define TASK_LOG_MAX_BYTES (16u * 1024 * 1024) /* above the scheduler's 8 MiB cap */
-
-struct log_call {
-	struct api_ctx *ctx;
-	struct http_req *req;
-	struct job_op *op;
-	struct store_op *sop;
-	char project[AUTH_PROJECT_MAX + 1];
-	char job_id[ID_UUID_LEN + 1], task_id[ID_UUID_LEN + 1];
-	bool running;
-};
-
-static void log_abort_cb(struct http_req *req, void *arg)
-{
-	struct log_call *c = arg;
-	job_op_cancel(c->op);
-	store_op_cancel(c->sop);
-	free(c);
-}
-
-static void log_got_cb(const struct store_error *err, const struct store_object_info *info,
-                       const char *data, size_t len, void *arg)
-{
-	struct log_call *c = arg;
-	struct http_req *req = c->req;
-	bool running = c->running;
-	c->sop = NULL;
-	free(c);
-	(void)info;
-	if (err && err->kind == STORE_ERR_NOT_FOUND) {
-		http_reply_problem(
-		        req, 404, "not-found", NULL,
-		        running ? "the stage runs on another instance and its log is not "
-		                  "stored yet; follow it live with GET "
-		                  "/v1/jobs/{id}/events?logs=1"
-		                : "no log is stored for this stage (it has not run yet)",
-		        NULL);
-		return;
-	}
-	if (err) {
-		log_warn("http.store_error", "a stage log could not be read",
-		         LF_STR("error", err->message), LF_STR("request_id", http_req_id(req)));
-		http_set_header(req, "Retry-After", "1");
-		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
-		                   "the object store is unavailable; retry shortly", NULL);
-		return;
-	}
-	http_reply(req, 200, "text/plain; charset=utf-8", data, len);
-}
-
-static void log_job_cb(json_t *job, int64_t rev, const struct pg_error *err, void *arg)
-{
-	struct log_call *c = arg;
-	struct http_req *req = c->req;
-	c->op = NULL;
-	(void)rev;
-	if (err || job == NULL) {
-		free(c);
-		if (err)
-			reply_db_error(req, err);
-		else
-			reply_no_such_job(req);
-		return;
-	}
-	const json_t *stage = NULL;
-	size_t i;
-	json_t *stg;
-	json_array_foreach(json_object_get(job, "stages"), i, stg)
-	{
-		if (strcmp(json_string_value(json_object_get(stg, "task_id")), c->task_id) == 0)
-			stage = stg;
-	}
-	if (stage == NULL) {
-		json_decref(job);
-		free(c);
-		reply_no_such_task(req);
-		return;
-	}
-	c->running = strcmp(json_string_value(json_object_get(stage, "status")), "running") == 0;
-	size_t len = 0;
-	const char *live = c->running ? scheduler_task_log(c->ctx->sched, c->task_id, &len) : NULL;
-	if (live) { /* it runs here: the log so far */
-		json_decref(job);
-		free(c);
-		http_reply(req, 200, "text/plain; charset=utf-8", live, len);
-		return;
-	}
-	char *key = xasprintf("%s/%s/%02d_%s/stage.log", c->project, c->job_id,
-	                      (int)json_integer_value(json_object_get(stage, "stage_number")),
-	                      json_string_value(json_object_get(stage, "stage")));
-	json_decref(job);
-	c->sop = store_get_buf(c->ctx->store, key, TASK_LOG_MAX_BYTES, log_got_cb, c);
-	free(key);
-}
-
-static void jobs_task_log_authed(struct http_req *req, const struct auth_principal *p, void *arg)
-{
-	struct api_ctx *ctx = arg;
-	char id[ID_UUID_LEN + 1];
-	if (!job_id_param(req, id))
-		return;
-	char tid[ID_UUID_LEN + 1];
-	if (!task_id_param(req, tid))
-		return;
-	if (ctx->store == NULL) {
-		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
-		                   "this instance has no object store", NULL);
-		return;
-	}
-	struct log_call *c = xcalloc(1, sizeof *c);
-	c->ctx = ctx;
-	c->req = req;
-	snprintf(c->project, sizeof c->project, "%s", p->project_id);
-	memcpy(c->job_id, id, sizeof c->job_id);
-	memcpy(c->task_id, tid, sizeof c->task_id);
-	http_req_on_abort(req, log_abort_cb, c);
-	c->op = job_get(ctx->engine, c->project, c->job_id, log_job_cb, c);
 }
 
 /* --- GET /v1/pipelines --------------------------------------------------- */
@@ -1261,6 +1138,12 @@ static struct api_guard *guard(struct api_ctx *ctx, unsigned scope, auth_done_fn
 	return g;
 }
 
+bool api_route_guarded(struct router *r, unsigned methods, const char *template_,
+                       struct api_ctx *ctx, unsigned scope, auth_done_fn authed)
+{
+	return http_route(r, methods, template_, guarded, guard(ctx, scope, authed));
+}
+
 bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 {
 	const unsigned rd = APIKEY_SCOPE_JOBS_READ, wr = APIKEY_SCOPE_JOBS_WRITE;
@@ -1275,8 +1158,6 @@ bool api_jobs_register(struct router *r, struct api_ctx *ctx)
 	                  guard(ctx, wr, jobs_retry_authed)) &&
 	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}", guarded,
 	                  guard(ctx, rd, jobs_task_authed)) &&
-	       http_route(r, HTTP_M_GET, "/v1/jobs/{id}/tasks/{task_id}/logs", guarded,
-	                  guard(ctx, rd, jobs_task_log_authed)) &&
 	       http_route(r, HTTP_M_GET, "/v1/pipelines", guarded,
 	                  guard(ctx, rd, pipelines_list_authed));
 }

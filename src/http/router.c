@@ -11,7 +11,7 @@
 
 #include "core/xmalloc.h"
 
-#define ROUTER_MAX_SEGMENTS 16
+#define ROUTER_MAX_SEGMENTS 64
 
 struct route {
 	char *template_;
@@ -19,6 +19,7 @@ struct route {
 	void *handler;
 	void *arg;
 	size_t nseg;
+	bool rest; /* the last segment is {name+}: one or more segments */
 	struct {
 		char *text; /* literal, or parameter name */
 		bool param;
@@ -66,9 +67,13 @@ static bool parse_template(struct route *rt, const char *t)
 			return false;
 		if (!param && memchr(p, '{', len))
 			return false;
+		bool rest = param && p[len - 2] == '+';
+		if (rest && (e != NULL || len < 4))
+			return false; /* {name+} only last, with a name */
 		rt->seg[rt->nseg].param = param;
-		rt->seg[rt->nseg].text = param ? xstrndup(p + 1, len - 2) : xstrndup(p, len);
+		rt->seg[rt->nseg].text = param ? xstrndup(p + 1, len - 2 - rest) : xstrndup(p, len);
 		rt->nseg++;
+		rt->rest = rest;
 		if (e == NULL)
 			return true;
 		p = e + 1;
@@ -77,7 +82,7 @@ static bool parse_template(struct route *rt, const char *t)
 
 static bool same_shape(const struct route *a, const struct route *b)
 {
-	if (a->nseg != b->nseg)
+	if (a->nseg != b->nseg || a->rest != b->rest)
 		return false;
 	for (size_t i = 0; i < a->nseg; i++) {
 		if (a->seg[i].param != b->seg[i].param)
@@ -190,10 +195,10 @@ static bool split_path(const char *path, const char **seg, size_t *seglen, size_
 /* Score: how many literal segments matched (higher is more specific), -1 no match. */
 static int route_score(const struct route *rt, const char **seg, const size_t *seglen, size_t n)
 {
-	if (rt->nseg != n)
+	if (rt->rest ? n < rt->nseg : rt->nseg != n)
 		return -1;
 	int score = 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < rt->nseg; i++) {
 		if (rt->seg[i].param)
 			continue;
 		if (strlen(rt->seg[i].text) != seglen[i] ||
@@ -201,7 +206,7 @@ static int route_score(const struct route *rt, const char **seg, const size_t *s
 			return -1;
 		score++;
 	}
-	return score;
+	return score * 2 + !rt->rest; /* equal literals: the fixed shape wins */
 }
 
 void router_match(const struct router *r, enum http_method method, const char *path,
@@ -249,7 +254,29 @@ void router_match(const struct router *r, enum http_method method, const char *p
 	for (size_t i = 0; i < best->nseg; i++) {
 		if (!best->seg[i].param)
 			continue;
-		char *v = decode_segment(seg[i], seglen[i]);
+		char *v = NULL;
+		if (best->rest && i == best->nseg - 1) {
+			/* {name+}: the remaining segments, each decoded, joined by '/' */
+			size_t cap = 1;
+			for (size_t k = i; k < n; k++)
+				cap += seglen[k] + 1;
+			v = xmalloc(cap);
+			v[0] = '\0';
+			for (size_t k = i; k < n; k++) {
+				char *d = decode_segment(seg[k], seglen[k]);
+				if (d == NULL) {
+					free(v);
+					v = NULL;
+					break;
+				}
+				if (k > i)
+					strcat(v, "/");
+				strcat(v, d);
+				free(d);
+			}
+		} else {
+			v = decode_segment(seg[i], seglen[i]);
+		}
 		if (v == NULL) {
 			route_match_clear(m);
 			m->status = ROUTER_BAD_PATH;

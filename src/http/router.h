@@ -41,11 +41,14 @@ struct route_match {
 
 struct router *router_new(void);
 void router_free(struct router *r);
-/* Registers methods (a mask) on a template. Returns false when the template
+/* Registers methods (a mask) on a template. A last segment {name+} takes
+ * one or more segments: its value is them, each percent-decoded, joined by
+ * '/' (an encoded '/' inside a segment is still refused). Returns false when the template
  * is malformed or the same method is already routed on an equal template. */
 bool router_add(struct router *r, unsigned methods, const char *template_, void *handler, void *arg)
         __attribute__((warn_unused_result));
-/* Matches path (no query string). Literal segments win over parameters.
+/* Matches path (no query string). Literal segments win over parameters;
+ * at equal literal counts a template without {name+} wins.
  * HEAD matches GET routes. The caller releases m with route_match_clear(). */
 void router_match(const struct router *r, enum http_method method, const char *path,
                   struct route_match *m);

@@ -757,23 +757,30 @@ void http_reply(struct http_req *req, int status, const char *content_type, cons
 
 int http_req_take_stream(struct http_req *req, const char *content_type)
 {
+	return http_req_take_stream_head(req, 200, content_type, "Cache-Control: no-cache\r\n");
+}
+
+int http_req_take_stream_head(struct http_req *req, int status, const char *content_type,
+                              const char *extra)
+{
 	if (req->replied || req->ev == NULL || req->conn == NULL || req->conn->c == NULL ||
 	    req->conn->c->bev == NULL)
 		return -1;
 	struct http_conn *hc = req->conn;
 	struct http_server *srv = req->srv;
 	evhtp_connection_t *c = hc->c;
-	char head[512];
+	char head[1024];
 	int n = snprintf(head, sizeof head,
-	                 "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n"
+	                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s"
 	                 "X-Accel-Buffering: no\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n",
-	                 content_type, req->id);
+	                 status, status == 206 ? "Partial Content" : "OK", content_type,
+	                 extra ? extra : "", req->id);
 	if (n < 0 || (size_t)n >= sizeof head)
 		return -1;
-	/* Our bookkeeping first: the request is answered (200, a stream), the
+	/* Our bookkeeping first: the request is answered (a stream), the
 	 * connection is no longer the server's. */
 	req->replied = true;
-	req->status = 200;
+	req->status = status;
 	req->on_abort = NULL;
 	req->bytes_out = (size_t)n;
 	/* take_ownership drops our hooks: finish the request and forget the

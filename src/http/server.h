@@ -80,6 +80,10 @@ void http_reply(struct http_req *req, int status, const char *content_type, cons
  * hands the connection's socket over — non-blocking, the server forgets it.
  * Returns the fd, which the caller closes; -1 when the client is gone. */
 int http_req_take_stream(struct http_req *req, const char *content_type);
+/* The same with status 200 or 206 and extra header lines (each ending in
+ * "\r\n", may be NULL): a streamed download. */
+int http_req_take_stream_head(struct http_req *req, int status, const char *content_type,
+                              const char *extra);
 /* Takes the reference to body. */
 void http_reply_json(struct http_req *req, int status, json_t *body);
 /* RFC 9457: slug names the problem type (see problem.h). extra is borrowed. */

@@ -37,6 +37,7 @@
 #include "core/clock.h"
 #include "core/config.h"
 #include "core/ids.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/xmalloc.h"
@@ -125,6 +126,7 @@ const char *store_error_kind_name(enum store_error_kind kind)
 	case STORE_ERR_INVALID_ARG: return "invalid_argument";
 	case STORE_ERR_IO: return "io";
 	case STORE_ERR_TOO_LARGE: return "too_large";
+	case STORE_ERR_DENIED: return "denied";
 	case STORE_ERR_CANCELLED: return "cancelled";
 	}
 	return "unknown";
@@ -145,9 +147,16 @@ struct store *store_new(struct event_base *base, const struct config *cfg, char 
 		return s;
 	}
 	if (strcmp(backend, "s3") == 0) {
-		*err = xstrdup("store.backend: the s3 backend arrives with the artifacts issue; "
-		               "use store.backend: file for now");
-		return NULL;
+		struct store_s3_options o = {
+		        .endpoint = cfg->store.s3.endpoint,
+		        .bucket = cfg->store.s3.bucket,
+		        .region = cfg->store.s3.region,
+		        .prefix = cfg->store.s3.prefix,
+		        .access_key_id = cfg->store.s3.access_key_id,
+		        .secret_access_key = cfg->store.s3.secret_access_key,
+		        .path_style = cfg->store.s3.path_style,
+		};
+		return store_new_s3(base, &o, err);
 	}
 	*err = xasprintf("store.backend: unknown backend '%s' (expected file or s3)", backend);
 	return NULL;
@@ -184,7 +193,16 @@ struct file_store {
 	bool dead; /* store_free() inside a callback: finish when it returns */
 };
 
-enum fs_kind { FS_PUT_FILE, FS_PUT_BUF, FS_GET_FILE, FS_GET_BUF, FS_HEAD, FS_LIST, FS_DELETE };
+enum fs_kind {
+	FS_PUT_FILE,
+	FS_PUT_BUF,
+	FS_GET_FILE,
+	FS_GET_BUF,
+	FS_GET_RANGE,
+	FS_HEAD,
+	FS_LIST,
+	FS_DELETE
+};
 
 /* Each kind walks a subset, in this order: START, then COPY (put, get, list)
  * until its source is drained, then SYNC (put), then COMMIT (put, get_file).
@@ -232,6 +250,8 @@ struct fs_op {
 	char *tmp_name, *dst_name;
 	struct buf dst_mem;
 	size_t max_bytes;
+	uint64_t range_off; /* get_range: the first byte */
+	uint64_t range_want; /* get_range: the bytes it returns */
 	char *chunk;
 	uint64_t copied;
 	struct stat st; /* the object, for head and get_buf */
@@ -483,7 +503,9 @@ static void fs_op_finish(struct fs_op *op, bool ok)
 	case FS_DELETE: op->cb.done(err, op->arg); break;
 	case FS_HEAD: op->cb.head(err, err ? NULL : &info, op->arg); break;
 	case FS_GET_BUF:
-		info.size = op->dst_mem.len;
+	case FS_GET_RANGE:
+		if (op->kind == FS_GET_BUF)
+			info.size = op->dst_mem.len;
 		if (err)
 			op->cb.get_buf(err, NULL, NULL, 0, op->arg);
 		else
@@ -680,6 +702,16 @@ static bool fs_do_start(struct fs_op *op)
 		}
 		buf_reserve(&op->dst_mem, (size_t)op->st.st_size);
 		return true;
+	case FS_GET_RANGE:
+		if (!fs_open_object(op))
+			return false;
+		if (op->range_off < (uint64_t)op->st.st_size) {
+			uint64_t left = (uint64_t)op->st.st_size - op->range_off;
+			op->range_want = left < op->max_bytes ? left : op->max_bytes;
+		}
+		buf_reserve(&op->dst_mem, (size_t)op->range_want);
+		op->dst_mem.data[0] = '\0';
+		return true;
 	default: return false;
 	}
 }
@@ -722,6 +754,30 @@ static bool fs_do_copy(struct fs_op *op, bool *eof)
 			return false;
 		}
 		*eof = r == 0;
+		return true;
+	}
+	if (op->kind == FS_GET_RANGE) {
+		/* pread: the object may change size under us; what it holds at
+		 * each read counts, and a short read ends the range. */
+		uint64_t left = op->range_want - op->dst_mem.len;
+		size_t n = left < STORE_CHUNK_BYTES ? (size_t)left : STORE_CHUNK_BYTES;
+		if (n == 0) {
+			*eof = true;
+			return true;
+		}
+		ssize_t r;
+		do
+			r = pread(op->src_fd, op->dst_mem.data + op->dst_mem.len, n,
+			          (off_t)(op->range_off + op->dst_mem.len));
+		while (r < 0 && errno == EINTR);
+		if (r < 0) {
+			fs_set_error(op, STORE_ERR_IO, "get_range '%s': read failed: %s", op->key,
+			             strerror(errno));
+			return false;
+		}
+		op->dst_mem.len += (size_t)r;
+		op->dst_mem.data[op->dst_mem.len] = '\0';
+		*eof = r == 0 || op->dst_mem.len == op->range_want;
 		return true;
 	}
 	ssize_t r = fs_read(op->src_fd, op->chunk, STORE_CHUNK_BYTES);
@@ -1014,6 +1070,10 @@ static void fs_op_timer_cb(evutil_socket_t fd, short what, void *arg)
 				fs_op_finish(op, true);
 				return;
 			}
+			if (op->kind == FS_GET_RANGE) {
+				fs_op_finish(op, true);
+				return;
+			}
 			op->step = op->kind == FS_GET_FILE ? FS_COMMIT : FS_SYNC;
 		}
 		break;
@@ -1147,6 +1207,16 @@ static struct store_op *fs_get_buf(struct store *s, const char *key, size_t max_
 {
 	struct fs_op *op = fs_op_start(s, FS_GET_BUF, "get", key, arg);
 	op->cb.get_buf = cb;
+	op->max_bytes = max_bytes;
+	return &op->base;
+}
+
+static struct store_op *fs_get_range(struct store *s, const char *key, uint64_t offset,
+                                     size_t max_bytes, store_get_buf_cb cb, void *arg)
+{
+	struct fs_op *op = fs_op_start(s, FS_GET_RANGE, "get_range", key, arg);
+	op->cb.get_buf = cb;
+	op->range_off = offset;
 	op->max_bytes = max_bytes;
 	return &op->base;
 }
@@ -1303,6 +1373,7 @@ static const struct store_ops file_store_ops = {
         .put_buf = fs_put_buf,
         .get_file = fs_get_file,
         .get_buf = fs_get_buf,
+        .get_range = fs_get_range,
         .head = fs_head,
         .list = fs_list,
         .del = fs_del,
@@ -1311,26 +1382,6 @@ static const struct store_ops file_store_ops = {
         .presign_verify = fs_presign_verify,
         .free = fs_free,
 };
-
-/* mkdir -p with mode for every missing directory of an absolute path. */
-static bool fs_mkdir_p(const char *path)
-{
-	char *p = xstrdup(path);
-	bool ok = true;
-	for (char *s = p + 1;; s++) {
-		if (*s != '/' && *s != '\0')
-			continue;
-		char c = *s;
-		*s = '\0';
-		if (mkdir(p, FS_DIR_MODE) < 0 && errno != EEXIST)
-			ok = false;
-		*s = c;
-		if (!ok || c == '\0')
-			break;
-	}
-	free(p);
-	return ok;
-}
 
 struct store *store_new_file(struct event_base *base, const char *root_dir, const char *url_secret,
                              char **err)
@@ -1353,7 +1404,8 @@ struct store *store_new_file(struct event_base *base, const char *root_dir, cons
 		free(cwd);
 	}
 	int fd = -1;
-	if (!fs_mkdir_p(abs) || (fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+	if (!mkdir_p(abs, FS_DIR_MODE) ||
+	    (fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		*err = xasprintf("file store: cannot create or open '%s': %s", abs,
 		                 strerror(errno));
 		free(abs);

@@ -1,8 +1,8 @@
 /* store: the object store behind every artifact, log and manifest
  * (ARCHITECTURE.md §6). One backend-neutral, asynchronous interface, a
  * vtable (struct store_ops) per backend: file (file_store.c, the embedded
- * default: a directory) now, s3 with the artifacts issue. docs/store.md
- * describes the guarantees.
+ * default: a directory) and s3 (s3_store.c, any S3 API over httpc).
+ * docs/store.md describes the guarantees.
  *
  * Rules every backend keeps:
  * - Keys are validated by store_key_valid() before any I/O; an invalid key
@@ -46,6 +46,8 @@ enum store_error_kind {
 	STORE_ERR_INVALID_ARG, /* another argument: ttl out of range, no url_secret, ... */
 	STORE_ERR_IO, /* the backend failed (disk, network, a key clashing with a "directory") */
 	STORE_ERR_TOO_LARGE, /* get_buf past max_bytes, list past STORE_LIST_MAX */
+	STORE_ERR_DENIED, /* the backend refused the request for good (s3: a 4xx such as 403
+	                   * SignatureDoesNotMatch or AccessDenied): trying again will not help */
 	STORE_ERR_CANCELLED, /* the backend gave the operation up itself (s3: shutdown);
 	                      * never after store_op_cancel() or store_free() */
 };
@@ -99,9 +101,9 @@ const char *store_error_kind_name(enum store_error_kind kind);
 /* Construction. --------------------------------------------------------------- */
 
 /* The backend cfg->store.backend names: "file" (root cfg->store.path resolved
- * with config_resolve_path(), cfg->store.url_secret). "s3" is an error until
- * the artifacts issue brings that backend. NULL and *err (caller frees) on
- * failure. */
+ * with config_resolve_path(), cfg->store.url_secret) or "s3" (store.s3.*,
+ * with the AWS_* environment variables for what the config leaves empty, see
+ * store_new_s3()). NULL and *err (caller frees) on failure. */
 struct store *store_new(struct event_base *base, const struct config *cfg, char **err)
         __attribute__((warn_unused_result));
 /* The file store over root_dir (made absolute against the cwd and created,
@@ -110,6 +112,38 @@ struct store *store_new(struct event_base *base, const struct config *cfg, char 
  * created or opened. */
 struct store *store_new_file(struct event_base *base, const char *root_dir, const char *url_secret,
                              char **err) __attribute__((warn_unused_result));
+
+/* The s3 backend's settings; strings are copied. An empty (or NULL) endpoint,
+ * region or credential falls back to the environment: AWS_ENDPOINT_URL_S3,
+ * then AWS_ENDPOINT_URL (else https://s3.<region>.amazonaws.com); AWS_REGION,
+ * then AWS_DEFAULT_REGION (else us-east-1); AWS_ACCESS_KEY_ID,
+ * AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (the token only when the key
+ * pair came from the environment too, or session_token is given). */
+struct store_s3_options {
+	const char *endpoint; /* http[s]://host[:port], no path */
+	const char *bucket;
+	const char *region;
+	const char *prefix; /* prepended to every key as is ("" = none) */
+	const char *access_key_id;
+	const char *secret_access_key;
+	const char *session_token; /* sent as X-Amz-Security-Token */
+	bool path_style; /* host/bucket/key instead of bucket.host/key */
+	/* Retries of connection errors, timeouts, 5xx, 429, SlowDown,
+	 * RequestTimeout, InternalError: full-jitter exponential backoff, the
+	 * n-th wait uniform in [0, min(cap, base * 2^n)]. */
+	unsigned max_tries; /* 0: 5 (the first try included) */
+	unsigned backoff_base_ms; /* 0: 100 */
+	unsigned backoff_cap_ms; /* 0: 5000 */
+	int64_t connect_timeout_ms; /* 0: 10 s */
+	int64_t io_timeout_ms; /* 0: 60 s without progress */
+	unsigned max_conns; /* 0: 8 connections to the endpoint */
+	const char *ca_file; /* NULL: the system's CA store */
+};
+
+/* NULL and *err (caller frees) on a missing bucket or credentials, or a bad
+ * endpoint. */
+struct store *store_new_s3(struct event_base *base, const struct store_s3_options *opts, char **err)
+        __attribute__((warn_unused_result));
 
 /* Backend interface. -------------------------------------------------------------
  * A backend embeds struct store (and struct store_op in its operations) as
@@ -127,6 +161,8 @@ struct store_ops {
 	                             store_done_cb cb, void *arg);
 	struct store_op *(*get_buf)(struct store *s, const char *key, size_t max_bytes,
 	                            store_get_buf_cb cb, void *arg);
+	struct store_op *(*get_range)(struct store *s, const char *key, uint64_t offset,
+	                              size_t max_bytes, store_get_buf_cb cb, void *arg);
 	struct store_op *(*head)(struct store *s, const char *key, store_head_cb cb, void *arg);
 	struct store_op *(*list)(struct store *s, const char *prefix, store_list_cb cb, void *arg);
 	struct store_op *(*del)(struct store *s, const char *key, store_done_cb cb, void *arg);
@@ -181,6 +217,16 @@ static inline struct store_op *store_get_buf(struct store *s, const char *key, s
                                              store_get_buf_cb cb, void *arg)
 {
 	return s->ops->get_buf(s, key, max_bytes, cb, arg);
+}
+
+/* Reads bytes [offset, offset + max_bytes) of key into memory: fewer at the
+ * end of the object, none when offset >= its size (not an error). info->size
+ * is the size of the whole object. For log tails and HTTP Range requests;
+ * counted as op "get_range". */
+static inline struct store_op *store_get_range(struct store *s, const char *key, uint64_t offset,
+                                               size_t max_bytes, store_get_buf_cb cb, void *arg)
+{
+	return s->ops->get_range(s, key, offset, max_bytes, cb, arg);
 }
 
 static inline struct store_op *store_head(struct store *s, const char *key, store_head_cb cb,

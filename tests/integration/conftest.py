@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -449,3 +450,147 @@ def daemon(tmp_path, pg):
 def sl(daemon):
     """A running daemon with the base config."""
     return daemon()
+
+
+# --------------------------------------------------------------------------
+# a local S3 that checks SigV4 signatures (tests/integration/s3rver.mjs:
+# @20minutes/s3rver 5.0.0 + patches/, installed by contrib/npm-tools)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+S3RVER_SCRIPT = os.path.join(REPO_ROOT, "tests", "integration", "s3rver.mjs")
+
+
+def sigv4sign_path():
+    """tests/harness/sigv4sign (make check-integration sets SIGV4SIGN)."""
+    path = os.environ.get("SIGV4SIGN")
+    if not path:
+        pytest.skip("SIGV4SIGN is not set (make check-integration sets it to the built harness)")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"SIGV4SIGN={path} is not an executable file")
+    return path
+
+
+def node_env():
+    """(node, env): the Node contrib/npm-tools chose — build/tools/bin first
+    in PATH when it installed one. Fails (no skip) when the npm tools or the
+    s3rver patches are missing."""
+    env = dict(os.environ)
+    # s3rver 5.0.0 makes its ListObjectsV2 continuation tokens with DES, which
+    # Node's OpenSSL 3 has only in the legacy provider (else every truncated
+    # page is a 500)
+    opts = env.get("NODE_OPTIONS", "")
+    if "--openssl-legacy-provider" not in opts:
+        env["NODE_OPTIONS"] = (opts + " --openssl-legacy-provider").strip()
+    tools_bin = os.path.join(REPO_ROOT, "build", "tools", "bin")
+    if os.path.isdir(tools_bin):
+        env["PATH"] = tools_bin + os.pathsep + env.get("PATH", "")
+    node = shutil.which("node", path=env["PATH"])
+    auth_js = os.path.join(REPO_ROOT, "node_modules", "@20minutes", "s3rver", "lib", "middleware",
+                           "authentication.js")
+    if not node or not os.path.exists(auth_js):
+        pytest.fail(f"node or {REPO_ROOT}/node_modules/@20minutes/s3rver is missing: "
+                    "run contrib/npm-tools", pytrace=False)
+    with open(auth_js) as f:
+        if "map(encodeURIComponentRFC3986).join('=')" not in f.read():
+            pytest.fail("node_modules/@20minutes/s3rver is not patched (patches/): "
+                        "run contrib/npm-tools", pytrace=False)
+    return node, env
+
+
+class S3Server:
+    """s3rver.mjs on 127.0.0.1:<port>, objects under directory. stop() and
+    start() restart it on the same port and directory (outage tests)."""
+
+    region = "us-east-1"
+
+    def __init__(self, directory, log_path, bucket="stageline-test",
+                 access_key="AKIDSTAGELINETEST", secret="stageline-test-secret", port=None):
+        self.directory = str(directory)
+        self.log_path = str(log_path)
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret = secret
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.endpoint = f"http://{self.host}:{self.port}"
+        self.proc = None
+
+    def object_path(self, key):
+        """Where s3rver keeps the bytes of bucket/key."""
+        return os.path.join(self.directory, self.bucket, key + "._S3rver_object")
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout=15.0):
+        assert not self.running(), "s3rver is already running"
+        node, env = node_env()
+        argv = [node, S3RVER_SCRIPT, "--port", str(self.port), "--directory", self.directory,
+                "--bucket", self.bucket, "--access-key", self.access_key, "--secret", self.secret,
+                "--exit-on-stdin-eof"]
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=logf, env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.stop()
+                raise AssertionError(f"s3rver did not print 'ready' within {timeout}s; "
+                                     f"log:\n{self._log_tail()}")
+            ch = os.read(self.proc.stdout.fileno(), 1)
+            if not ch:
+                self.proc.wait()
+                raise AssertionError(f"s3rver exited with {self.proc.returncode} before ready; "
+                                     f"log:\n{self._log_tail()}")
+            line += ch
+        if line.split() != [b"ready", str(self.port).encode()]:
+            self.stop()
+            raise AssertionError(f"s3rver said {line!r}, want 'ready {self.port}'")
+        return self
+
+    def stop(self, timeout=10.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.proc = None
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-3000:].decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def s3server(tmp_path):
+    """A fresh signature-checking S3 for one test: bucket "stageline-test",
+    key AKIDSTAGELINETEST / secret stageline-test-secret, region us-east-1;
+    .endpoint, .bucket, .access_key, .secret, .directory, .stop(), .start()."""
+    srv = S3Server(tmp_path / "s3", tmp_path / "s3rver.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def s3server_session(tmp_path_factory):
+    """The same, shared by the whole session (don't stop it in a test)."""
+    d = tmp_path_factory.mktemp("s3server")
+    srv = S3Server(d / "s3", d / "s3rver.log")
+    srv.start()
+    yield srv
+    srv.stop()

@@ -28,7 +28,7 @@ OPENAPI = os.path.join(ROOT, "proto", "openapi.yaml")
 SNAPDIR = os.path.join(HERE, "snapshots")
 
 # The components that have a committed snapshot.
-SNAPSHOTS = ("Job", "JobSummary", "Stage", "Problem")
+SNAPSHOTS = ("Job", "JobSummary", "Stage", "Problem", "TaskArtifacts")
 
 # Annotations, not shape.
 DROP = {"description", "examples", "example", "summary", "externalDocs"}

@@ -203,12 +203,14 @@ def test_the_contract_covers_every_route(api):
     the contract, and the contract has nothing the daemon does not serve."""
     routed = set()
     srcdir = os.path.join(ROOT, "src", "http")
-    pat = re.compile(r'http_route\(\s*\w+,\s*HTTP_M_(\w+),\s*"([^"]+)"')
+    pat = re.compile(r'(?:http_route|api_route_guarded)\(\s*\w+,\s*HTTP_M_(\w+),\s*"([^"]+)"')
     for fn in sorted(os.listdir(srcdir)):
         if fn.endswith(".c"):
             with open(os.path.join(srcdir, fn)) as f:
                 for m in pat.finditer(f.read()):
-                    routed.add((m.group(1).lower(), m.group(2)))
+                    # {name+} (the rest of the path) is {name} in OpenAPI
+                    routed.add((m.group(1).lower(), re.sub(r"\{(\w+)\+\}", r"{\1}",
+                                                         m.group(2))))
     assert routed, "found no http_route() calls in src/http"
     documented = {(m, p) for p, ops in api["paths"].items() for m in ops
                   if m in ("get", "put", "post", "delete", "patch", "head", "options")}

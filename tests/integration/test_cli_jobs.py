@@ -11,6 +11,7 @@ to check what the CLI did or to wait for a state. The TTY mode of `watch`
 runs under a pseudo-terminal (os.openpty)."""
 
 import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -130,6 +131,7 @@ def start(factory, pg, dbname, pipelines=PIPES, auth=False):
     tree["modules"] = {m: module_def(m) for m in sorted(used)}
     tree["pipelines"] = pipelines
     tree["scheduler"] = dict(FAST)
+    tree["store"] = {"url_secret": "cli-test-url-secret-0123456789abcdef"}
     raw = "# written by tests/integration/test_cli_jobs.py (JSON is YAML)\n" + json.dumps(tree)
     cfg_path, _ = factory.write_config(raw=raw, name=name, port=port)
     argv = [factory.binary, "-c", cfg_path, "--log-format", "json"]
@@ -656,13 +658,19 @@ def test_artifacts_lists_the_stored_files(env):
     r = cli.ok("artifacts", jid)
     lines = r.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0].strip()) == ["STAGE", "NAME", "TYPE", "FORMAT", "ROLE",
-                                                      "SIZE"], lines
+                                                      "SIZE", "SHA256"], lines
     rows = [re.split(r"\s{2,}", ln.strip()) for ln in lines[1:] if ln.strip()]
-    assert rows == [["make", "note", "text", "txt", "output", "16 B"]], rows
     r = cli.ok("artifacts", jid, "--stage", "make", "--json")
     doc = json.loads(r.stdout)
     assert [(x["stage"], x["file"]["name"], x["file"]["size_bytes"]) for x in doc] == \
         [("make", "note", 16)], doc
+    f = doc[0]["file"]
+    assert rows == [["make", "note", "text", "txt", "output", "16 B", f["sha256"][:12]]], rows
+    # the signed link downloads the file (the daemon's file store)
+    assert f["url"].startswith("/v1/objects/") and f["expires_at"].endswith("Z"), f
+    st, _, body = d.http("GET", f["url"])
+    assert st == 200 and len(body) == 16
+    assert hashlib.sha256(body).hexdigest() == f["sha256"]
     assert json.loads(cli.ok("artifacts", jid, "--stage", "use", "--json").stdout) == []
     r = cli.run("artifacts", jid, "--stage", "nope")
     assert r.returncode == 1 and "has no stage 'nope'" in r.stderr, r

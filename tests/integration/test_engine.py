@@ -20,6 +20,7 @@ the STAGELINE_TASK_ID of its environment), and the daemons' JSON logs.
 
 import concurrent.futures
 import datetime
+import hashlib
 import http.client
 import json
 import os
@@ -1798,5 +1799,6 @@ def test_declared_files_reach_dependents_and_the_task_lists_them(daemon, edb, tm
     with open(stored) as f:
         assert f.read() == "make wrote this\n"
     out = edb.one("SELECT output FROM tasks WHERE id = %s", (use["task_id"],))["output"]
-    assert out["inputs"]["note"] == {"unreadable": "make wrote this\n"}, out["inputs"]
+    assert out["inputs"]["note"] == {"bytes": 16, "sha256": hashlib.sha256(
+        b"make wrote this\n").hexdigest()}, out["inputs"]
     assert "make.output" in out["inputs"] and "input.json" in out["inputs"], out["inputs"]

@@ -151,7 +151,7 @@ static void test_keys_and_env_names(void **state)
 	size_t n = 0;
 	while (config_keys[n])
 		n++;
-	assert_int_equal(n, 41);
+	assert_int_equal(n, 42);
 	for (size_t i = 0; i < n; i++) {
 		for (size_t j = i + 1; j < n; j++) {
 			assert_string_not_equal(config_keys[i], config_keys[j]);

@@ -952,12 +952,24 @@ static void test_store_new(void **state)
 	store_free(s);
 	free(root);
 
+	/* s3: without credentials an error naming the backend, with them the
+	 * s3 backend (store_new_s3(), tested in test_s3_store.c). */
+	unsetenv("AWS_ACCESS_KEY_ID");
+	unsetenv("AWS_SECRET_ACCESS_KEY");
 	assert_true(config_set(cfg, "store.backend", "s3", "test", &errs));
+	assert_true(config_set(cfg, "store.s3.bucket", "b", "test", &errs));
+	assert_true(config_set(cfg, "store.s3.endpoint", "http://127.0.0.1:9", "test", &errs));
 	assert_null(store_new(fx->base, cfg, &err));
 	assert_non_null(err);
-	assert_non_null(strstr(err, "artifacts issue"));
+	assert_non_null(strstr(err, "s3 store: no credentials"));
 	free(err);
 	err = NULL;
+	assert_true(config_set(cfg, "store.s3.access_key_id", "AKID", "test", &errs));
+	assert_true(config_set(cfg, "store.s3.secret_access_key", "sk", "test", &errs));
+	s = store_new(fx->base, cfg, &err);
+	assert_non_null(s);
+	assert_string_equal(s->ops->name, "s3");
+	store_free(s);
 
 	/* A root that cannot be created is an error, not an abort. */
 	char *file = xasprintf("%s/a-file", fx->dir);

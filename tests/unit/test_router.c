@@ -350,19 +350,8 @@ static void test_router_add_validation(void **state)
 {
 	struct router *r = router_new();
 	static const char *const bad[] = {
-	        "no-slash",
-	        "",
-	        "v1/jobs",
-	        "/a/{",
-	        "/a/{}",
-	        "/a/x{y}",
-	        "/a/{y}x",
-	        "/a/{y",
-	        "/a//b",
-	        "//",
-	        "/a/",
-	        "/a/b/",
-	        "/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17", /* more than 16 segments */
+	        "no-slash", "",      "v1/jobs", "/a/{", "/a/{}", "/a/x{y}",
+	        "/a/{y}x",  "/a/{y", "/a//b",   "//",   "/a/",   "/a/b/",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		bool ok = router_add(r, HTTP_M_GET, bad[i], &h_root, NULL);
@@ -370,6 +359,11 @@ static void test_router_add_validation(void **state)
 			print_message("accepted template \"%s\"\n", bad[i]);
 		assert_false(ok);
 	}
+	/* more than 64 segments */
+	char deep[512] = "";
+	for (int i = 1; i <= 65; i++)
+		snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "/%d", i);
+	assert_false(router_add(r, HTTP_M_GET, deep, &h_root, NULL));
 	/* Nothing from a rejected template was registered. */
 	assert_status(r, HTTP_M_GET, "/a/x", ROUTER_NOT_FOUND);
 	assert_status(r, HTTP_M_GET, "/no-slash", ROUTER_NOT_FOUND);
@@ -416,6 +410,46 @@ static void test_match_clear_frees(void **state)
 		route_match_clear(&rm);
 		route_match_clear(&rm); /* idempotent */
 	}
+}
+
+static void test_rest_param(void **state)
+{
+	(void)state;
+	struct router *r = router_new();
+	int h1 = 1, h2 = 2;
+	assert_true(router_add(r, HTTP_M_GET, "/v1/objects/{key+}", &h1, NULL));
+	assert_true(router_add(r, HTTP_M_GET, "/v1/objects/{id}", &h2, NULL));
+	/* {name+} only as the last segment, with a name */
+	assert_false(router_add(r, HTTP_M_GET, "/v1/{x+}/y", &h1, NULL));
+	assert_false(router_add(r, HTTP_M_GET, "/v2/{+}", &h1, NULL));
+	assert_false(router_add(r, HTTP_M_POST | HTTP_M_GET, "/v1/objects/{other+}", &h1, NULL));
+	struct route_match m;
+	router_match(r, HTTP_M_GET, "/v1/objects/p/j/01_a/sub%20dir/f%7E.wav", &m);
+	assert_int_equal(m.status, ROUTER_FOUND);
+	assert_ptr_equal(m.handler, &h1);
+	assert_string_equal(m.template_, "/v1/objects/{key+}");
+	assert_string_equal(route_match_param(&m, "key"), "p/j/01_a/sub dir/f~.wav");
+	route_match_clear(&m);
+	/* one segment: the fixed-shape template wins */
+	router_match(r, HTTP_M_GET, "/v1/objects/one", &m);
+	assert_int_equal(m.status, ROUTER_FOUND);
+	assert_ptr_equal(m.handler, &h2);
+	route_match_clear(&m);
+	/* at least one segment */
+	router_match(r, HTTP_M_GET, "/v1/objects", &m);
+	assert_int_equal(m.status, ROUTER_NOT_FOUND);
+	route_match_clear(&m);
+	/* an encoded slash or a dot segment anywhere is still refused */
+	router_match(r, HTTP_M_GET, "/v1/objects/a/b%2Fc", &m);
+	assert_int_equal(m.status, ROUTER_BAD_PATH);
+	route_match_clear(&m);
+	router_match(r, HTTP_M_GET, "/v1/objects/a/../b", &m);
+	assert_int_equal(m.status, ROUTER_BAD_PATH);
+	route_match_clear(&m);
+	router_match(r, HTTP_M_DELETE, "/v1/objects/a/b", &m);
+	assert_int_equal(m.status, ROUTER_METHOD_NOT_ALLOWED);
+	route_match_clear(&m);
+	router_free(r);
 }
 
 static void test_method_helpers(void **state)
@@ -466,6 +500,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_head_via_get, setup, teardown),
 	        cmocka_unit_test(test_router_add_validation),
 	        cmocka_unit_test_setup_teardown(test_match_clear_frees, setup, teardown),
+	        cmocka_unit_test(test_rest_param),
 	        cmocka_unit_test(test_method_helpers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

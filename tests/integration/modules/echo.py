@@ -13,12 +13,24 @@ retryable module error (code ECHO_FAIL) instead.
 
 params.artifact (a name): also writes <name>.txt ("<stage> wrote this") and
 declares it as an output artifact (type "text", format "txt").
+
+params.blob_bytes (n): also writes blob.bin, n pseudo-random bytes, declared
+as an output artifact with meta {seed} (for sizes and hashes).
+
+params.scratch (a name): writes <name>.tmp and declares it an intermediate
+file, retained when params.keep_scratch is true, with a reason.
+
+params.log_lines (n), params.log_every (seconds, default 0): writes n stderr
+lines "line <i> of <stage>", that many seconds apart, before answering.
+
+params.warn (text): a warning frame with that message.
 """
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "contrib", "sdk", "python"))
+import hashlib  # noqa: E402
 import secrets  # noqa: E402
 
 from stageline_module import Module, ModuleError  # noqa: E402
@@ -38,6 +50,30 @@ def handle(ctx):
     if ctx.attempt <= ctx.params.get("fail_attempts", 0):
         raise ModuleError(f"attempt {ctx.attempt}: failing on purpose", code="ECHO_FAIL",
                           category="module", retryable=True)
+    for i in range(ctx.params.get("log_lines", 0)):
+        print(f"line {i} of {ctx.stage}", file=sys.stderr, flush=True)
+        if ctx.params.get("log_every"):
+            ctx.wait(ctx.params["log_every"])
+            ctx.check_cancelled()
+    if ctx.params.get("warn"):
+        ctx.warning(ctx.params["warn"])
+    n = ctx.params.get("blob_bytes")
+    if n is not None:
+        import random
+        rnd = random.Random(n)
+        with open(os.path.join(ctx.workdir, "blob.bin"), "wb") as f:
+            left = n
+            while left > 0:
+                k = min(left, 1 << 16)
+                f.write(rnd.randbytes(k))
+                left -= k
+        ctx.artifact("blob", "blob.bin", "binary", format="bin", seed=n)
+    scratch = ctx.params.get("scratch")
+    if scratch:
+        with open(os.path.join(ctx.workdir, scratch + ".tmp"), "w") as f:
+            f.write("scratch\n")
+        ctx.artifact(scratch, scratch + ".tmp", "text", role="intermediate",
+                     retained=bool(ctx.params.get("keep_scratch")), reason="kept for debugging")
     name = ctx.params.get("artifact")
     if name:
         with open(os.path.join(ctx.workdir, name + ".txt"), "w") as f:
@@ -47,8 +83,10 @@ def handle(ctx):
     for i in ctx.inputs:
         try:
             inputs[i.name] = i.read_json()
-        except ValueError:
-            inputs[i.name] = {"unreadable": i.read_text()[:200]}
+        except ValueError:  # UnicodeDecodeError too: a binary file
+            with open(i.path, "rb") as f:
+                data = f.read()
+            inputs[i.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"stage": ctx.stage, "attempt": ctx.attempt, "pid": os.getpid(),
             "nonce": secrets.token_hex(8), "inputs": inputs}
 
