@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/sampler.h"
+#include "core/scrub.h"
 #include "core/xmalloc.h"
 #include "db/listen.h"
 #include "db/migrate.h"
@@ -23,6 +24,7 @@
 #include "engine/engine.h"
 #include "engine/instance.h"
 #include "engine/pipeline.h"
+#include "engine/quota.h"
 #include "engine/scheduler.h"
 #include "http/auth.h"
 #include "http/api.h"
@@ -65,6 +67,7 @@ enum run_mode { RUN_DAEMON, RUN_CHECK_CONFIG, RUN_MIGRATE_ONLY };
 
 struct daemon {
 	struct app app;
+	const struct scrub *scrub; /* privacy.scrub, NULL when off; main() owns it */
 	struct router *router;
 	struct http_server *http;
 	struct router *metrics_router; /* server.metrics_listen, when set */
@@ -84,6 +87,7 @@ struct daemon {
 	bool http_done, sched_done; /* the two halves of a drain */
 	struct event *hard_stop; /* bounds the drain */
 	struct auth *auth;
+	struct quota *quota;
 	struct api_ctx api;
 	enum run_mode mode;
 	struct event *migrate_deadline;
@@ -286,13 +290,17 @@ static bool daemon_routes(struct daemon *d)
 	d->api.app = &d->app;
 	d->api.db_health = d->db_health;
 	d->api.engine = d->engine;
+	d->api.pool = d->pool;
 	d->api.store = d->store;
 	d->api.auth = d->auth;
+	d->api.quota = d->quota;
 	d->api.pipelines = d->pipelines;
 	d->sse = sse_hub_new(&d->api);
-	bool ok = api_health_register(d->router, &d->api) &&
-	          api_jobs_register(d->router, &d->api) &&
-	          api_artifacts_register(d->router, &d->api) && api_sse_register(d->router, d->sse);
+	bool ok =
+	        api_health_register(d->router, &d->api) && api_jobs_register(d->router, &d->api) &&
+	        api_artifacts_register(d->router, &d->api) &&
+	        api_uploads_register(d->router, &d->api) && api_keys_register(d->router, &d->api) &&
+	        api_sse_register(d->router, d->sse) && api_console_register(d->router, &d->api);
 	if (*d->app.cfg->server.metrics_listen) {
 		/* A separate listener serves only the metrics (and health). */
 		d->metrics_router = router_new();
@@ -391,6 +399,7 @@ static void migrate_done_cb(bool ok, const char *error, void *arg)
 		        .log_flush_ms = cfg->scheduler.log_flush_ms,
 		        .scratch_dir = scratch,
 		        .max_frame_bytes = cfg->limits.max_frame_bytes,
+		        .scrub = d->scrub,
 		};
 		d->sched = scheduler_start(d->engine, d->store, &so);
 		free(scratch);
@@ -472,9 +481,32 @@ static int daemon_run(struct daemon *d)
 		free(serr);
 		return 1;
 	}
-	struct auth_opts aopts = {.enabled = cfg->auth.enabled};
+	char *jwt_pem = config_resolve_path(cfg, cfg->auth.jwt.public_key_file);
+	struct auth_opts aopts = {
+	        .enabled = cfg->auth.enabled,
+	        .max_failures = cfg->auth.max_failures,
+	        .failure_window_ms = cfg->auth.failure_window_ms,
+	        .jwt_enabled = cfg->auth.jwt.enabled,
+	        .jwt = {.issuer = cfg->auth.jwt.issuer,
+	                .audience = cfg->auth.jwt.audience,
+	                .leeway_ms = cfg->auth.jwt.leeway_ms,
+	                .project_claim = cfg->auth.jwt.project_claim,
+	                .scopes_claim = cfg->auth.jwt.scopes_claim},
+	        .jwt_hs256_secret = cfg->auth.jwt.hs256_secret,
+	        .jwt_hs256_kid = cfg->auth.jwt.hs256_kid,
+	        .jwt_public_key_file = jwt_pem,
+	        .jwt_public_key_kid = cfg->auth.jwt.public_key_kid,
+	};
 	d->auth = auth_new(d->pool, &aopts);
-	if (d->pool == NULL || d->auth == NULL || !engine_prepare(d->engine)) {
+	free(jwt_pem);
+	struct quota_limits ql = {
+	        .max_concurrent_jobs = cfg->quota.max_concurrent_jobs,
+	        .max_queued_jobs = cfg->quota.max_queued_jobs,
+	        .max_input_bytes = cfg->quota.max_input_bytes,
+	        .submissions_per_second = cfg->quota.submissions_per_second,
+	};
+	d->quota = quota_new(d->app.base, d->pool, &ql);
+	if (d->pool == NULL || d->auth == NULL || d->quota == NULL || !engine_prepare(d->engine)) {
 		log_error("server.start", "cannot set up the database statements");
 		return 1;
 	}
@@ -546,6 +578,7 @@ static void daemon_free(struct daemon *d)
 	store_free(d->store);
 	engine_free(d->engine);
 	auth_free(d->auth);
+	quota_free(d->quota);
 	pg_migrate_free(d->migrate);
 	pg_pool_free(d->pool);
 	pg_conn_free(d->db_health);
@@ -603,7 +636,12 @@ int main(int argc, char **argv)
 
 	metrics_set_overflow_cb(metrics_default(), log_metrics_overflow_cb, NULL);
 	metrics_set_enabled(metrics_default(), cfg->server.metrics);
-	struct daemon d = {0};
+	/* privacy.scrub: one scrubber for the process log and the scheduler */
+	struct scrub *scrub = cfg->privacy.scrub ? scrub_new(cfg->privacy.scrub_fields,
+	                                                     cfg->privacy.scrub_patterns)
+	                                         : NULL;
+	log_set_scrub(scrub);
+	struct daemon d = {.scrub = scrub};
 	struct event_base *base = event_base_new();
 	/* Three priorities: everything runs at the middle one (the default);
 	 * the log's batched write runs last in each loop pass. */
@@ -626,6 +664,8 @@ int main(int argc, char **argv)
 	event_base_free(d.app.base);
 	config_free(cfg);
 	metrics_default_free();
+	log_set_scrub(NULL);
+	scrub_free(scrub);
 	log_close();
 	return code;
 }

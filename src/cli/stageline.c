@@ -55,10 +55,11 @@ static const char usage_main[] =
         "Bootstrap commands (they talk to PostgreSQL directly):\n"
         "  projects create ID [--name NAME]    create a project (tenant)\n"
         "  projects list                       list projects\n"
-        "  keys create --project P --scopes S [--name N] [--expires 30d]\n"
+        "  keys create --project P --scopes S [--name N] [--expires-in 30d]\n"
         "                                      create an API key and print it once\n"
         "  keys list --project P               list a project's keys (never the secret)\n"
         "  keys revoke PREFIX                  revoke a key\n"
+        "  keys rotate PREFIX [--grace SECS]   replace a key with a new one\n"
         "\n"
         "Options:\n"
         "      --url URL            the daemon's base URL (job commands; default\n"
@@ -88,19 +89,22 @@ static const char usage_projects_list[] = "usage: stageline projects list [--jso
                                           "Lists every project with its number of usable keys.\n";
 
 static const char usage_keys[] =
-        "usage: stageline keys create --project P --scopes S [--name N] [--expires DUR]\n"
+        "usage: stageline keys create --project P --scopes S [--name N] [--expires-in DUR]\n"
         "       stageline keys list --project P\n"
-        "       stageline keys revoke PREFIX\n";
+        "       stageline keys revoke PREFIX\n"
+        "       stageline keys rotate PREFIX [--grace SECONDS]\n";
 
 static const char usage_keys_create[] =
-        "usage: stageline keys create --project P --scopes S [--name N] [--expires DUR] [--json]\n"
+        "usage: stageline keys create --project P --scopes S [--name N] [--expires-in DUR]\n"
+        "                             [--json]\n"
         "\n"
         "Creates an API key for project P and prints it on stdout. It is shown only\n"
         "this once: the database keeps its SHA-256, not the key.\n"
         "\n"
         "  --scopes S     comma-separated: jobs:read, jobs:write, admin\n"
         "  --name N       a label for the key (who or what uses it)\n"
-        "  --expires DUR  lifetime: a number and s, m, h, d or w (30d, 12h); default never\n";
+        "  --expires-in DUR  lifetime: a number and s, m, h, d or w (30d, 12h); default\n"
+        "                 never (--expires is the same option)\n";
 
 static const char usage_keys_list[] =
         "usage: stageline keys list --project P [--json]\n"
@@ -114,6 +118,16 @@ static const char usage_keys_revoke[] =
         "Revokes the key whose prefix is PREFIX (the 8 characters after sl_, or the\n"
         "sl_XXXXXXXX_ shape lists and logs show). Instances that cached the key\n"
         "stop accepting it within their cache TTL (10 s).\n";
+
+static const char usage_keys_rotate[] =
+        "usage: stageline keys rotate PREFIX [--grace SECONDS] [--json]\n"
+        "\n"
+        "Creates a new key with the same project, name, scopes and expiry as the key\n"
+        "PREFIX and prints it on stdout, shown only this once. The old key is revoked\n"
+        "at once, or with --grace keeps working for SECONDS more (0 to 86400; a\n"
+        "number, or a number and s, m or h) unless it expires sooner, so clients can\n"
+        "switch over. A revoked or expired key cannot be rotated (exit 1). Instances\n"
+        "that cached the old key notice within their cache TTL (10 s).\n";
 
 /* --- database ----------------------------------------------------------- */
 
@@ -270,8 +284,7 @@ static bool parse_lifetime(const char *s, int64_t *secs)
 		unit = 7 * 86400;
 	else
 		return false;
-	const int64_t max = 100LL * 366 * 86400;
-	if (v > max / unit)
+	if (v > APIKEY_LIFETIME_MAX_S / unit)
 		return false;
 	*secs = v * unit;
 	return true;
@@ -308,17 +321,18 @@ static bool normalize_prefix(const char *s, char out[APIKEY_PREFIX_LEN + 1])
 
 /* --- per-command option parsing ----------------------------------------- */
 
-enum { OPT_NAME = 256, OPT_PROJECT, OPT_SCOPES, OPT_EXPIRES, OPT_JSON };
+enum { OPT_NAME = 256, OPT_PROJECT, OPT_SCOPES, OPT_EXPIRES, OPT_GRACE, OPT_JSON };
 
 struct cmd_opts {
-	const char *name, *project, *scopes, *expires;
+	const char *name, *project, *scopes, *expires, *grace;
 	bool help;
 	char **pos; /* positional arguments */
 	int npos;
 };
 
 /* Parses argv (argv[0] is the command's last word) with the options in
- * allowed ("n" name, "p" project, "s" scopes, "e" expires). Returns 0, or
+ * allowed ("n" name, "p" project, "s" scopes, "e" expires, "g" grace).
+ * Returns 0, or
  * EXIT_USAGE after printing usage. */
 static int parse_cmd(struct cli *c, int argc, char **argv, const char *allowed, const char *usage,
                      struct cmd_opts *o)
@@ -328,6 +342,8 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *allowed, 
 	        {"project", required_argument, NULL, OPT_PROJECT},
 	        {"scopes", required_argument, NULL, OPT_SCOPES},
 	        {"expires", required_argument, NULL, OPT_EXPIRES},
+	        {"expires-in", required_argument, NULL, OPT_EXPIRES},
+	        {"grace", required_argument, NULL, OPT_GRACE},
 	        {"json", no_argument, NULL, OPT_JSON},
 	        {"help", no_argument, NULL, 'h'},
 	        {NULL, 0, NULL, 0},
@@ -356,6 +372,10 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *allowed, 
 		case OPT_EXPIRES:
 			letter = 'e';
 			o->expires = optarg;
+			break;
+		case OPT_GRACE:
+			letter = 'g';
+			o->grace = optarg;
 			break;
 		case ':': return output_usage_error(usage, "%s needs a value", argv[optind - 1]);
 		default: return output_usage_error(usage, "unknown option '%s'", argv[optind - 1]);
@@ -500,7 +520,7 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 	if (o.expires && !parse_lifetime(o.expires, &lifetime))
 		return output_usage_error(
 		        usage_keys_create,
-		        "bad --expires '%s': use a number and s, m, h, d or w (30d)", o.expires);
+		        "bad --expires-in '%s': use a number and s, m, h, d or w (30d)", o.expires);
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 
@@ -695,6 +715,153 @@ static int cmd_keys_revoke(struct cli *c, int argc, char **argv)
 	return 0;
 }
 
+/* --grace: whole seconds ("90"), or a lifetime ("30s", "15m", "1h"); 0 to
+ * APIKEY_ROTATE_GRACE_MAX_S. */
+static bool parse_grace(const char *s, int64_t *secs)
+{
+	size_t n = strlen(s);
+	bool digits = n > 0 && n < 10;
+	for (size_t i = 0; digits && i < n; i++)
+		digits = s[i] >= '0' && s[i] <= '9';
+	int64_t v;
+	if (digits)
+		v = strtoll(s, NULL, 10);
+	else if (!parse_lifetime(s, &v))
+		return false;
+	if (v < 0 || v > APIKEY_ROTATE_GRACE_MAX_S)
+		return false;
+	*secs = v;
+	return true;
+}
+
+/* The same statement as the daemon's POST /v1/keys/{prefix}/rotate
+ * (src/http/api_keys.c), without the project and scope fences an operator
+ * at the database does not need. No row: no such key. */
+static const char sql_keys_rotate[] =
+        "WITH old AS (SELECT * FROM api_keys WHERE prefix = $1 FOR UPDATE),"
+        " ok AS (SELECT o.* FROM old o WHERE (o.revoked_at IS NULL OR o.revoked_at > now())"
+        "  AND (o.expires_at IS NULL OR o.expires_at > now())),"
+        " ins AS (INSERT INTO api_keys (id, project_id, prefix, hash, scopes, name, expires_at)"
+        "  SELECT $2, o.project_id, $3, decode($4, 'hex'), o.scopes, o.name, o.expires_at"
+        "  FROM ok o RETURNING " TS("created_at") " AS c, " TS(
+                "expires_at") " AS e),"
+                              " upd AS (UPDATE api_keys AS k SET"
+                              "  revoked_at = CASE WHEN $5::int8 = 0 THEN now() ELSE k.revoked_at "
+                              "END,"
+                              "  expires_at = CASE WHEN $5::int8 = 0 THEN k.expires_at"
+                              "   ELSE least(k.expires_at, now() + $5::int8 * interval '1 second') "
+                              "END"
+                              "  FROM ok o WHERE k.id = o.id"
+                              "  RETURNING " TS("k.revoked_at") " AS r, " TS(
+                                      "k.expires_at") " AS e)"
+                                                      " SELECT CASE WHEN o.revoked_at IS NOT NULL "
+                                                      "AND o.revoked_at <= now() THEN 'revoked'"
+                                                      "  WHEN o.expires_at IS NOT NULL AND "
+                                                      "o.expires_at <= now() THEN 'expired'"
+                                                      "  ELSE 'ok' END, o.project_id, o.name, "
+                                                      "array_to_string(o.scopes, ','),"
+                                                      "  (SELECT c FROM ins), (SELECT e FROM ins), "
+                                                      "(SELECT r FROM upd), (SELECT e FROM upd)"
+                                                      " FROM old o";
+
+static int cmd_keys_rotate(struct cli *c, int argc, char **argv)
+{
+	struct cmd_opts o;
+	int rc = parse_cmd(c, argc, argv, "g", usage_keys_rotate, &o);
+	if (rc)
+		return rc < 0 ? 0 : rc;
+	if (o.npos != 1)
+		return output_usage_error(usage_keys_rotate, o.npos ? "too many arguments"
+		                                                    : "the key PREFIX is missing");
+	char prefix[APIKEY_PREFIX_LEN + 1];
+	if (!normalize_prefix(o.pos[0], prefix))
+		return output_usage_error(
+		        usage_keys_rotate,
+		        "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
+		        "optionally as sl_XXXXXXXX_)",
+		        strlen(o.pos[0]) == APIKEY_LEN ? "(a key)" : o.pos[0]);
+	int64_t grace = 0;
+	if (o.grace && !parse_grace(o.grace, &grace))
+		return output_usage_error(usage_keys_rotate,
+		                          "bad --grace '%s': seconds from 0 to 86400 (or 30s, 15m, "
+		                          "1h)",
+		                          o.grace);
+	if ((rc = db_connect(c)) != 0)
+		return rc;
+	char grace_s[24];
+	snprintf(grace_s, sizeof grace_s, "%lld", (long long)grace);
+	struct apikey key;
+	PGresult *r = NULL;
+	for (int attempt = 0; attempt < 3; attempt++) {
+		apikey_generate(&key);
+		uint8_t hash[APIKEY_HASH_LEN];
+		if (!apikey_hash_secret(key.secret, hash)) {
+			output_err("cannot hash the key (OpenSSL failed)");
+			OPENSSL_cleanse(&key, sizeof key);
+			PQclear(r);
+			return EXIT_FAIL;
+		}
+		char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
+		hex_encode(hash, sizeof hash, hash_hex);
+		id_uuid7(id);
+		const char *vals[5] = {prefix, id, key.prefix, hash_hex, grace_s};
+		PQclear(r);
+		r = db_exec(c, sql_keys_rotate, 5, vals);
+		if (db_ok(r) || strcmp(sqlstate(r), "23505") != 0)
+			break;
+	}
+	if (!db_ok(r)) {
+		OPENSSL_cleanse(&key, sizeof key);
+		return db_fail(c, r, "cannot rotate the key");
+	}
+	if (PQntuples(r) == 0) {
+		OPENSSL_cleanse(&key, sizeof key);
+		output_err("no key with prefix sl_%s_", prefix);
+		PQclear(r);
+		return EXIT_FAIL;
+	}
+	const char *outcome = PQgetvalue(r, 0, 0);
+	if (strcmp(outcome, "ok") != 0) {
+		OPENSSL_cleanse(&key, sizeof key);
+		output_err("key sl_%s_ is %s: only a usable key can be rotated", prefix, outcome);
+		PQclear(r);
+		return EXIT_FAIL;
+	}
+	const char *project = PQgetvalue(r, 0, 1), *name = PQgetvalue(r, 0, 2),
+	           *scopes = PQgetvalue(r, 0, 3), *created = PQgetvalue(r, 0, 4);
+	const char *expires = PQgetisnull(r, 0, 5) ? NULL : PQgetvalue(r, 0, 5);
+	const char *old_revoked = PQgetisnull(r, 0, 6) ? NULL : PQgetvalue(r, 0, 6);
+	const char *old_expires = PQgetisnull(r, 0, 7) ? NULL : PQgetvalue(r, 0, 7);
+	if (c->json) {
+		json_t *old = json_pack("{s:s, s:o, s:o}", "prefix", prefix, "revoked_at",
+		                        old_revoked ? json_string(old_revoked) : json_null(),
+		                        "expires_at",
+		                        old_expires ? json_string(old_expires) : json_null());
+		output_json(json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:o, s:o}", "key", key.text,
+		                      "prefix", key.prefix, "project", project, "name", name,
+		                      "scopes", scopes_json(scopes), "created_at", created,
+		                      "expires_at", expires ? json_string(expires) : json_null(),
+		                      "replaces", old));
+	} else {
+		printf("%s\n", key.text);
+	}
+	fflush(stdout);
+	if (old_revoked)
+		fprintf(stderr,
+		        "stageline: rotated key sl_%s_ to sl_%s_ (project %s); the old key is "
+		        "revoked.\n",
+		        prefix, key.prefix, project);
+	else
+		fprintf(stderr,
+		        "stageline: rotated key sl_%s_ to sl_%s_ (project %s); the old key works "
+		        "until %s.\n",
+		        prefix, key.prefix, project, old_expires ? old_expires : "?");
+	fprintf(stderr, "stageline: this is the only time the new key is shown: store it now.\n");
+	OPENSSL_cleanse(&key, sizeof key);
+	PQclear(r);
+	return 0;
+}
+
 /* --- dispatch ----------------------------------------------------------- */
 
 struct command {
@@ -705,7 +872,7 @@ struct command {
 static const struct command commands[] = {
         {"projects", "create", cmd_projects_create}, {"projects", "list", cmd_projects_list},
         {"keys", "create", cmd_keys_create},         {"keys", "list", cmd_keys_list},
-        {"keys", "revoke", cmd_keys_revoke},
+        {"keys", "revoke", cmd_keys_revoke},         {"keys", "rotate", cmd_keys_rotate},
 };
 
 static const char *group_usage(const char *group)

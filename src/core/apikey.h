@@ -29,6 +29,12 @@
 /* "jobs:read,jobs:write,admin" plus NUL. */
 #define APIKEY_SCOPES_MAX_TEXT 32
 
+/* Key lifecycle limits, the same for the CLI and the /v1/keys API: a
+ * lifetime is at most about 100 years; a rotation's grace period (how long
+ * the replaced key keeps working) is 0 to 1 day. */
+#define APIKEY_LIFETIME_MAX_S (100LL * 366 * 86400)
+#define APIKEY_ROTATE_GRACE_MAX_S 86400
+
 struct apikey {
 	char prefix[APIKEY_PREFIX_LEN + 1];
 	char secret[APIKEY_SECRET_LEN + 1];

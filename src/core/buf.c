@@ -68,6 +68,34 @@ void buf_printf(struct buf *b, const char *fmt, ...)
 	va_end(ap);
 }
 
+void buf_add_utf8_clean(struct buf *b, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0;
+	while (i < n) {
+		size_t run = i;
+		/* a run of plain printable ASCII goes in one copy */
+		while (run < n && p[run] >= 0x20 && p[run] < 0x7f)
+			run++;
+		if (run > i) {
+			buf_add(b, p + i, run - i);
+			i = run;
+			continue;
+		}
+		size_t len = buf_utf8_seq_len(p + i, n - i);
+		if (p[i] == '\t') {
+			buf_addc(b, '\t');
+			i++;
+		} else if (len == 0 || p[i] < 0x20 || p[i] == 0x7f) {
+			buf_add(b, "\xef\xbf\xbd", 3);
+			i++;
+		} else {
+			buf_add(b, p + i, len);
+			i += len;
+		}
+	}
+}
+
 size_t buf_utf8_seq_len(const unsigned char *s, size_t n)
 {
 	unsigned char c = s[0];

@@ -29,6 +29,10 @@ void buf_add_json_str(struct buf *b, const char *s, size_t n);
 /* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when the
  * bytes there are not one (overlong, surrogate, past U+10FFFF, truncated). */
 size_t buf_utf8_seq_len(const unsigned char *s, size_t n);
+/* Appends s (n bytes) as clean UTF-8 text: every invalid sequence, NUL and
+ * other C0 control (but tab) and DEL becomes U+FFFD. For text from outside
+ * (a module's stderr) before it is stored, logged or sent. */
+void buf_add_utf8_clean(struct buf *b, const char *s, size_t n);
 void buf_reset(struct buf *b);
 /* Hands the data to the caller (who frees it) and resets b. */
 char *buf_steal(struct buf *b);

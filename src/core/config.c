@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "core/buf.h"
+#include "core/scrub.h"
 #include "core/xmalloc.h"
 
 enum setting_type {
@@ -63,6 +64,8 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	  "Separate address for the metrics endpoint; empty = off.")                               \
 	X("server.metrics", BOOL, server.metrics, NULL, "true",                                    \
 	  "Collect metrics; false makes every metric update a no-op.")                             \
+	X("server.console_dir", STRING, server.console_dir, NULL, "",                              \
+	  "Directory of the built web console served at /console/; empty = off.")                  \
 	X("database.url", STRING, database.url, NULL,                                              \
 	  "postgresql:///stageline?host=/var/run/postgresql", "libpq connection string.")          \
 	X("database.pool", INT, database.pool, NULL, "8", "Database connections (1-256).")         \
@@ -88,6 +91,29 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	X("log.level", ENUM, log.level, log_levels, "info", "Lowest level written.")               \
 	X("log.file", STRING, log.file, NULL, "", "Process log file; empty = stderr.")             \
 	X("auth.enabled", BOOL, auth.enabled, NULL, "true", "Require API keys.")                   \
+	X("auth.max_failures", INT, auth.max_failures, NULL, "10",                                 \
+	  "Failed authentications per client address per window before 429; 0 = off.")             \
+	X("auth.failure_window", DURATION, auth.failure_window_ms, NULL, "60s",                    \
+	  "Window of auth.max_failures, and how long a blocked address stays blocked.")            \
+	X("auth.jwt.enabled", BOOL, auth.jwt.enabled, NULL, "false",                               \
+	  "Accept JWT bearer tokens beside API keys.")                                             \
+	X("auth.jwt.issuer", STRING, auth.jwt.issuer, NULL, "", "Required iss claim.")             \
+	X("auth.jwt.audience", STRING, auth.jwt.audience, NULL, "",                                \
+	  "Required aud claim (or an element of it).")                                             \
+	X("auth.jwt.leeway", DURATION, auth.jwt.leeway_ms, NULL, "60s",                            \
+	  "Clock skew allowed on exp and nbf (at most 5m).")                                       \
+	X("auth.jwt.hs256_secret", STRING, auth.jwt.hs256_secret, NULL, "",                        \
+	  "HS256 key, at least 32 bytes; empty = none.")                                           \
+	X("auth.jwt.hs256_kid", STRING, auth.jwt.hs256_kid, NULL, "",                              \
+	  "kid of the HS256 key; empty = none.")                                                   \
+	X("auth.jwt.public_key_file", STRING, auth.jwt.public_key_file, NULL, "",                  \
+	  "PEM public key, RSA (RS256) or EC P-256 (ES256); empty = none.")                        \
+	X("auth.jwt.public_key_kid", STRING, auth.jwt.public_key_kid, NULL, "",                    \
+	  "kid of the public key; empty = none.")                                                  \
+	X("auth.jwt.project_claim", STRING, auth.jwt.project_claim, NULL, "project",               \
+	  "Claim naming the project.")                                                             \
+	X("auth.jwt.scopes_claim", STRING, auth.jwt.scopes_claim, NULL, "scope",                   \
+	  "Claim holding the scopes: a space-separated string or an array.")                       \
 	X("scheduler.enabled", BOOL, scheduler.enabled, NULL, "true",                              \
 	  "Run tasks here; false makes an API-only instance.")                                     \
 	X("scheduler.max_concurrency", INT, scheduler.max_concurrency, NULL, "64",                 \
@@ -112,6 +138,12 @@ static const char *const store_backends[] = {"file", "s3", NULL};
 	  "Job input size per project; 0 = limits.max_input_bytes.")                               \
 	X("quota.submissions_per_second", DOUBLE, quota.submissions_per_second, NULL, "0",         \
 	  "Job submissions per second per project; 0 = off.")                                      \
+	X("privacy.scrub", BOOL, privacy.scrub, NULL, "false",                                     \
+	  "Mask personal data (fields, e-mail, phone) in logs, events and stage logs.")            \
+	X("privacy.scrub_fields", STRING, privacy.scrub_fields, NULL, SCRUB_DEFAULT_FIELDS,        \
+	  "Field names whose values are masked, comma-separated.")                                 \
+	X("privacy.scrub_patterns", STRING, privacy.scrub_patterns, NULL, "email,phone",           \
+	  "Patterns masked in module text, comma-separated: email, phone.")                        \
 	X("limits.max_input_bytes", SIZE, limits.max_input_bytes, NULL, "16MiB",                   \
 	  "Largest request body (413).")                                                           \
 	X("limits.max_header_bytes", SIZE, limits.max_header_bytes, NULL, "32KiB",                 \
@@ -927,6 +959,55 @@ bool config_validate(struct config *cfg, struct config_errors *errs)
 		                  cfg->scheduler.heartbeat_ms, cfg->scheduler.lease_ms);
 	if (cfg->scheduler.scratch_dir[0] == '\0')
 		config_errors_add(errs, "scheduler.scratch_dir: must not be empty");
+
+	if (cfg->auth.failure_window_ms < 1000 || cfg->auth.failure_window_ms > 86400 * 1000)
+		config_errors_add(errs,
+		                  "auth.failure_window: must be from 1s to 24h, got %" PRId64 "ms",
+		                  cfg->auth.failure_window_ms);
+	if (cfg->auth.jwt.leeway_ms > 5 * 60 * 1000)
+		config_errors_add(errs, "auth.jwt.leeway: must be at most 5m, got %" PRId64 "ms",
+		                  cfg->auth.jwt.leeway_ms);
+	if (cfg->auth.jwt.hs256_secret[0] != '\0' && strlen(cfg->auth.jwt.hs256_secret) < 32)
+		config_errors_add(errs, "auth.jwt.hs256_secret: must be at least 32 bytes, got %zu",
+		                  strlen(cfg->auth.jwt.hs256_secret));
+	if (cfg->auth.jwt.enabled) {
+		/* Without iss and aud a token minted for any other service of the
+		 * same issuer, or by any issuer sharing the key, would pass. */
+		if (!cfg->auth.enabled)
+			config_errors_add(errs, "auth.jwt.enabled: needs auth.enabled: true");
+		if (cfg->auth.jwt.issuer[0] == '\0')
+			config_errors_add(errs, "auth.jwt.issuer: required with auth.jwt.enabled");
+		if (cfg->auth.jwt.audience[0] == '\0')
+			config_errors_add(errs,
+			                  "auth.jwt.audience: required with auth.jwt.enabled");
+		if (cfg->auth.jwt.hs256_secret[0] == '\0' &&
+		    cfg->auth.jwt.public_key_file[0] == '\0')
+			config_errors_add(errs, "auth.jwt.hs256_secret, auth.jwt.public_key_file: "
+			                        "set at least one with auth.jwt.enabled");
+		if (cfg->auth.jwt.project_claim[0] == '\0')
+			config_errors_add(errs, "auth.jwt.project_claim: must not be empty");
+		if (cfg->auth.jwt.scopes_claim[0] == '\0')
+			config_errors_add(errs, "auth.jwt.scopes_claim: must not be empty");
+		if (cfg->auth.jwt.hs256_kid[0] != '\0' &&
+		    strcmp(cfg->auth.jwt.hs256_kid, cfg->auth.jwt.public_key_kid) == 0)
+			config_errors_add(errs, "auth.jwt.hs256_kid: must differ from "
+			                        "auth.jwt.public_key_kid");
+	}
+
+	char *bad = NULL;
+	unsigned pat;
+	if (!scrub_patterns_parse(cfg->privacy.scrub_patterns, &pat, &bad))
+		config_errors_add(errs,
+		                  "privacy.scrub_patterns: unknown pattern '%s' (expected a "
+		                  "comma-separated list of email, phone)",
+		                  bad);
+	free(bad);
+	if (!scrub_fields_check(cfg->privacy.scrub_fields, &bad))
+		config_errors_add(errs,
+		                  "privacy.scrub_fields: '%s' is not a field name (1 to %d "
+		                  "characters besides '-', '_', '.' and spaces)",
+		                  bad, SCRUB_FIELD_MAX);
+	free(bad);
 
 	if (cfg->quota.max_input_bytes > cfg->limits.max_input_bytes)
 		config_errors_add(errs,

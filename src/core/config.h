@@ -32,6 +32,7 @@ struct config {
 		int64_t shutdown_grace_ms;
 		char *metrics_listen; /* "" = off */
 		bool metrics; /* false: metric updates are no-ops */
+		char *console_dir; /* the built web console; "" = /console/ is off */
 	} server;
 	struct {
 		char *url;
@@ -59,6 +60,20 @@ struct config {
 	} log;
 	struct {
 		bool enabled;
+		int64_t max_failures; /* 401s per client address per window; 0 = off */
+		int64_t failure_window_ms;
+		struct {
+			bool enabled;
+			char *issuer;
+			char *audience;
+			int64_t leeway_ms;
+			char *hs256_secret; /* "" = none */
+			char *hs256_kid;
+			char *public_key_file; /* PEM, RSA or EC P-256; "" = none */
+			char *public_key_kid;
+			char *project_claim;
+			char *scopes_claim;
+		} jwt;
 	} auth;
 	struct {
 		bool enabled;
@@ -76,6 +91,11 @@ struct config {
 		int64_t max_input_bytes;
 		double submissions_per_second;
 	} quota;
+	struct {
+		bool scrub; /* mask personal data in logs, events, stage logs */
+		char *scrub_fields; /* comma list of field names */
+		char *scrub_patterns; /* comma list from email, phone */
+	} privacy;
 	struct {
 		int64_t max_input_bytes;
 		int64_t max_header_bytes;

@@ -20,6 +20,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/redact.h"
+#include "core/scrub.h"
 #include "core/xmalloc.h"
 
 static struct {
@@ -34,6 +35,8 @@ static struct {
 	struct buf scratch; /* a value after redaction, reused line after line */
 	struct buf pending; /* info/debug lines not yet written (log_batch_on) */
 	struct event *flush_ev;
+	const struct scrub *scrub; /* privacy.scrub, NULL when off */
+	struct buf pii; /* an LF_PII value after scrubbing */
 	int64_t ts_sec; /* the second ts_prefix was formatted for */
 	char ts_prefix[32]; /* "2026-11-25T22:38:23." */
 } logger = {
@@ -120,6 +123,12 @@ void log_close(void)
 	buf_free(&logger.line);
 	buf_free(&logger.foreign);
 	buf_free(&logger.scratch);
+	buf_free(&logger.pii);
+}
+
+void log_set_scrub(const struct scrub *sc)
+{
+	logger.scrub = sc;
 }
 
 void log_set_level(enum log_level level)
@@ -333,6 +342,8 @@ static void put_json(struct buf *b, const json_t *j, int depth)
 			buf_addc(b, ':');
 			if (redact_key_is_secret(k, strlen(k)) && !json_is_null(v))
 				buf_adds(b, "\"" REDACT_MASK "\"");
+			else if (scrub_field_listed(logger.scrub, k, strlen(k)) && !json_is_null(v))
+				buf_adds(b, "\"" SCRUB_MASK_FIELD "\"");
 			else
 				put_json(b, v, depth + 1);
 		}
@@ -399,6 +410,18 @@ static void put_field(struct buf *b, const struct log_field *f, bool json)
 	switch (f->type) {
 	case LF_T_STR: put_str(b, secret, f->v.s, f->v.s ? strlen(f->v.s) : 0, json); break;
 	case LF_T_STRN: put_str(b, secret, f->v.s, f->n, json); break;
+	case LF_T_PII: {
+		size_t n = f->n == SIZE_MAX && f->v.s ? strlen(f->v.s) : f->n;
+		if (logger.scrub && f->v.s && !secret) {
+			buf_reset(&logger.pii);
+			scrub_text(logger.scrub, &logger.pii, f->v.s, n);
+			put_str(b, false, logger.pii.data ? logger.pii.data : "", logger.pii.len,
+			        json);
+		} else {
+			put_str(b, secret, f->v.s, n, json);
+		}
+		break;
+	}
 	case LF_T_INT:
 		if (secret)
 			put_str(b, true, "", 0, json);

@@ -22,7 +22,8 @@ enum log_field_type {
 	LF_T_UINT,
 	LF_T_DBL,
 	LF_T_BOOL,
-	LF_T_JSON
+	LF_T_JSON,
+	LF_T_PII /* a string that may hold personal data: scrubbed (log_set_scrub) */
 };
 
 struct log_field {
@@ -49,7 +50,19 @@ struct log_field {
 #define LF_BOOL(k, x) ((struct log_field){.key = (k), .type = LF_T_BOOL, .v.b = (x)})
 /* A jansson value, written as nested JSON; keys inside it are redacted too. */
 #define LF_JSON(k, x) ((struct log_field){.key = (k), .type = LF_T_JSON, .v.j = (x)})
+/* Text from outside the daemon (a module's stderr or error message) that may
+ * hold personal data: e-mail addresses and phone numbers in it are masked
+ * when a scrubber is set (privacy.scrub). */
+#define LF_PII(k, x) ((struct log_field){.key = (k), .type = LF_T_PII, .v.s = (x), .n = SIZE_MAX})
+#define LF_PIIN(k, x, len) \
+	((struct log_field){.key = (k), .type = LF_T_PII, .v.s = (x), .n = (len)})
 #define LF_END ((struct log_field){.key = NULL, .type = LF_T_END})
+
+/* privacy.scrub: LF_PII values are scrubbed, and inside LF_JSON values the
+ * configured personal-data fields are masked. sc is borrowed until the next
+ * call; NULL turns it off. */
+struct scrub;
+void log_set_scrub(const struct scrub *sc);
 
 /* Open the sink: path NULL or "" means stderr. Returns false (errno set) when
  * the file cannot be opened; the previous sink stays. */

@@ -192,6 +192,12 @@ void metrics_format_json(const struct metrics_registry *reg, struct buf *out, co
 	X(M_HTTP_LIMIT_REJECTIONS_TOTAL, METRIC_COUNTER, "http.limit_rejections_total", \
 	  ("limit"), none, 0, \
 	  "Requests refused by the HTTP server's input limits (408, 413, 431, 400), by limit.") \
+	X(M_AUTH_FAILURES_TOTAL, METRIC_COUNTER, "auth.failures_total", \
+	  ("reason"), none, 0, \
+	  "Requests refused with 401, by reason (API key or JWT check that failed).") \
+	X(M_AUTH_RATE_LIMITED_TOTAL, METRIC_COUNTER, "auth.rate_limited_total", \
+	  (), none, 0, \
+	  "Requests refused with 429 because their address failed authentication too often.") \
 	X(M_JOBS_CREATED_TOTAL, METRIC_COUNTER, "jobs.created_total", \
 	  (), none, 0, \
 	  "Jobs created.") \

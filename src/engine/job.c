@@ -21,6 +21,7 @@
 #include "core/app.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/config.h"
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -360,6 +361,13 @@ json_t *job_to_json(const struct job_row *j, const json_t *tasks, int64_t now_us
 	json_object_set_new(o, "logs_key", jnull_or_str(j->logs_key));
 	json_object_set_new(o, "params", j->params ? json_deep_copy(j->params) : json_object());
 	json_object_set_new(o, "event_seq", json_integer(j->event_seq));
+	/* job_get() fills in why a queued job waits; elsewhere only since */
+	json_object_set_new(o, "queue",
+	                    strcmp(j->status, "queued") == 0
+	                            ? json_pack("{s:o, s:n, s:n, s:n}", "since",
+	                                        ts_json(j->queued_us), "position", "blocked_by",
+	                                        "module")
+	                            : json_null());
 
 	size_t n = json_array_size(tasks);
 	double progress_sum = 0;
@@ -508,6 +516,24 @@ static void job_op_free(struct job_op *op)
 	"(extract(epoch from j.started_at) * 1e6)::bigint, "                                      \
 	"(extract(epoch from j.completed_at) * 1e6)::bigint, j.logs_key, j.event_seq, j.rev"
 
+/* Why a queued job waits ($3: the configured max_concurrent_jobs): its
+ * position among the ready tasks of its first ready task's module (claims
+ * take them in id order), and what holds it: the project's running-jobs
+ * quota, a retry's backoff, or the module's free slots. */
+#define JOB_QUEUE_SQL                                                                              \
+	"CASE WHEN j.status = 'queued' THEN (SELECT json_build_object('since', "                   \
+	"to_char(j.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "           \
+	"'position', "                                                                             \
+	"CASE WHEN f.id IS NULL THEN NULL ELSE (SELECT count(*) + 1 FROM tasks r WHERE r.status "  \
+	"= "                                                                                       \
+	"'ready' AND r.module = f.module AND r.id < f.id) END, 'blocked_by', CASE WHEN lim.n > 0 " \
+	"AND (SELECT count(*) FROM jobs x WHERE x.project_id = j.project_id AND x.status = "       \
+	"'running') >= lim.n THEN 'quota:max_concurrent_jobs' WHEN f.not_before > now() THEN "     \
+	"'backoff' WHEN f.id IS NOT NULL THEN 'capacity:module' END, 'module', f.module) FROM "    \
+	"(SELECT coalesce((SELECT p.max_concurrent_jobs FROM projects p WHERE p.id = "             \
+	"j.project_id), $3::int) AS n) lim LEFT JOIN LATERAL (SELECT id, module, not_before FROM " \
+	"tasks WHERE job_id = j.id AND status = 'ready' ORDER BY id LIMIT 1) f ON true)::text END"
+
 #define SQL_JOB_GET                                                                               \
 	"SELECT " JOB_COLS ", (SELECT coalesce(json_agg(t ORDER BY t.stage_number), '[]') FROM (" \
 	"SELECT id::text AS id, stage, stage_number, module, engine_id, depends_on, required, "   \
@@ -518,8 +544,8 @@ static void job_op_free(struct job_op *op)
 	"(SELECT json_build_object('fetch_ms', a.fetch_ms, 'run_ms', a.run_ms, 'upload_ms', "     \
 	"a.upload_ms) FROM task_attempts a WHERE a.task_id = tasks.id ORDER BY a.attempt DESC "   \
 	"LIMIT 1) AS timing "                                                                     \
-	"FROM tasks WHERE job_id = j.id) t)::text "                                               \
-	"FROM jobs j WHERE j.id = $1::uuid AND j.project_id = $2"
+	"FROM tasks WHERE job_id = j.id) t)::text, " JOB_QUEUE_SQL                                \
+	" FROM jobs j WHERE j.id = $1::uuid AND j.project_id = $2"
 
 /* Keyset listing; one statement per filter shape so each keeps an index
  * plan. The cursor and created_after always have values (sentinels when
@@ -595,7 +621,7 @@ static const struct {
         {"job_events_after", SQL_JOB_EVENTS_AFTER, 4},
         {"project_events_after", SQL_PROJECT_EVENTS_AFTER, 4},
         {"event_txid", SQL_EVENT_TXID, 2},
-        {"job_get", SQL_JOB_GET, 2},
+        {"job_get", SQL_JOB_GET, 3},
         {"job_list", SQL_JOB_LIST_HEAD SQL_JOB_LIST_TAIL, 4},
         {"job_list_s", SQL_JOB_LIST_HEAD "AND j.status = $5" SQL_JOB_LIST_TAIL, 5},
         {"job_list_p", SQL_JOB_LIST_HEAD "AND j.pipeline = $5" SQL_JOB_LIST_TAIL, 5},
@@ -645,7 +671,8 @@ static json_t *row_to_json(const PGresult *r, int row, const json_t *tasks, int6
 	};
 	json_t *o = job_to_json(&j, tasks, clock_now_us());
 	if (tasks == NULL)
-		json_object_del(o, "stages"), json_object_del(o, "total_wait_ms");
+		json_object_del(o, "stages"), json_object_del(o, "total_wait_ms"),
+		        json_object_del(o, "queue");
 	json_decref(params);
 	json_decref(error);
 	if (rev)
@@ -663,6 +690,9 @@ static bool job_get_result_cb(PGresult *res, const struct pg_error *err, void *a
 		json_t *tasks = col_json(res, 0, 16);
 		job = row_to_json(res, 0, tasks ? tasks : json_array(), &rev);
 		json_decref(tasks);
+		json_t *queue = col_json(res, 0, 17);
+		if (queue)
+			json_object_set_new(job, "queue", queue);
 		rev_cache_put(op->e->revs, op->job_id, op->project, rev, false);
 	}
 	op->cb.get(job, rev, err, op->arg);
@@ -680,8 +710,10 @@ struct job_op *job_get(struct engine *e, const char *project_id, const char *job
 	op->arg = arg;
 	snprintf(op->project, sizeof op->project, "%s", project_id);
 	snprintf(op->job_id, sizeof op->job_id, "%s", job_id);
-	const char *values[2] = {job_id, project_id};
-	op->q = pg_pool_query_prepared(e->pool, "job_get", 2, values, job_get_result_cb, op);
+	char mc[24];
+	snprintf(mc, sizeof mc, "%lld", (long long)e->app->cfg->quota.max_concurrent_jobs);
+	const char *values[3] = {job_id, project_id, mc};
+	op->q = pg_pool_query_prepared(e->pool, "job_get", 3, values, job_get_result_cb, op);
 	return op;
 }
 
@@ -957,15 +989,15 @@ struct submit_batch {
 	"WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, project_id text, "   \
 	"pipeline text, params jsonb, input jsonb, idempotency_key text, request_hash text, "      \
 	"request_id text, created_at timestamptz, logs_key text, event_seq bigint, "               \
-	"resume_from jsonb, tasks_total int)), "                                                   \
+	"resume_from jsonb, tasks_total int, input_upload text)), "                                \
 	"j AS (INSERT INTO jobs (id, project_id, pipeline, status, params, input, "                \
 	"idempotency_key, "                                                                        \
 	"request_hash, request_id, created_at, queued_at, logs_key, event_seq, rev, resume_from, " \
-	"tasks_total) "                                                                            \
+	"tasks_total, input_upload) "                                                              \
 	"SELECT id, project_id, pipeline, 'queued', params, input, idempotency_key, "              \
 	"decode(request_hash, 'hex'), request_id, created_at, created_at, logs_key, event_seq, "   \
 	"1, "                                                                                      \
-	"resume_from, tasks_total "                                                                \
+	"resume_from, tasks_total, input_upload "                                                  \
 	"FROM x ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id), "              \
 	"t AS (INSERT INTO tasks (id, job_id, project_id, stage, stage_number, module, "           \
 	"depends_on, "                                                                             \
@@ -1114,13 +1146,14 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 	op->ntasks = p->nstages;
 	hex32(s->request_hash, op->hash_hex);
 	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
-	op->rows_job =
-	        json_pack("{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?, s:I}",
-	                  "id", id, "project_id", s->project_id, "pipeline", p->name, "params",
-	                  s->params, "input", s->input, "idempotency_key", s->idempotency_key,
-	                  "request_hash", op->hash_hex, "request_id", s->request_id, "created_at",
-	                  ts, "logs_key", logs_key, "event_seq", (json_int_t)seq, "resume_from",
-	                  s->resume_from, "tasks_total", (json_int_t)p->nstages);
+	op->rows_job = json_pack(
+	        "{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?, s:I, "
+	        "s:s?}",
+	        "id", id, "project_id", s->project_id, "pipeline", p->name, "params", s->params,
+	        "input", s->input, "idempotency_key", s->idempotency_key, "request_hash",
+	        op->hash_hex, "request_id", s->request_id, "created_at", ts, "logs_key", logs_key,
+	        "event_seq", (json_int_t)seq, "resume_from", s->resume_from, "tasks_total",
+	        (json_int_t)p->nstages, "input_upload", s->input_upload);
 	struct job_row jr = {
 	        .id = id,
 	        .project_id = s->project_id,

@@ -66,6 +66,9 @@ struct job_submit {
 	 * created skipped with skip_reason "reused". NULL for none. */
 	const json_t *resume_from;
 	const bool *reused;
+	/* The key of an uploaded file (POST /v1/uploads) the root stages get as
+	 * input "upload"; NULL for none. */
+	const char *input_upload;
 };
 
 enum job_submit_result {

@@ -30,6 +30,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/scrub.h"
 #include "core/xmalloc.h"
 #include "db/pool.h"
 #include "engine/artifacts.h"
@@ -141,7 +142,10 @@ struct stask {
 	int stage_number, attempt, retries, max_retries;
 	int64_t backoff_ms, timeout_ms;
 	json_t *params, *input, *resume_from;
+	struct scrub_values *pii; /* privacy.scrub: the values of params' personal fields */
+	bool pii_found; /* pii was looked for */
 	json_t *dep_artifacts; /* [{stage, name, type, format, key, ...}] to fetch */
+	char *upload_key; /* the job's uploaded input (root stages fetch it), or NULL */
 	json_t *declared; /* the module's artifact frames: [{name, path, type, ...}] */
 	json_t *stored; /* what was uploaded, for tasks.artifacts */
 	const struct pipeline *p;
@@ -235,6 +239,7 @@ struct scheduler {
 	struct pg_pool_query *hb_q, *rescue_q, *stuck_q, *stats_q, *progress_q;
 	struct hb_ctx *hb_c; /* the heartbeat in flight */
 	struct event_sub *bus_sub; /* this instance's own job changes */
+	unsigned char *hash_chunk; /* HASH_CHUNK bytes, shared by the hash jobs */
 	/* job-level files (input.json, pipeline.log) */
 	LIST_HEAD(, jput) jputs;
 	struct event *fin_ev;
@@ -245,8 +250,6 @@ struct scheduler {
 };
 
 static void sched_kick(struct scheduler *s);
-static void job_input_put(struct scheduler *s, const char *project, const char *job_id,
-                          const char *input_text, struct fin_batch *b, size_t row);
 static void fin_kick(struct scheduler *s, int64_t ms);
 static void stask_commit(struct stask *t);
 static void stask_free(struct stask *t);
@@ -292,11 +295,22 @@ static json_t *col_j(const PGresult *r, int row, int c)
  * instances never wait on each other), then the tasks, re-checked. One
  * statement writes the leases, the attempts, the job start and the events. */
 #define SQL_CLAIM                                                                                  \
-	"WITH c AS (SELECT id, job_id FROM tasks WHERE status = 'ready' AND module = $2 AND "      \
-	"(not_before IS NULL OR not_before <= now()) ORDER BY id LIMIT $4), "                      \
-	"jl AS (SELECT j.id, j.status, j.input, j.resume_from, j.created_at, j.queued_at, "        \
-	"j.request_id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM c)) AND j.status IN "  \
-	"('queued', 'running') ORDER BY j.id FOR UPDATE SKIP LOCKED), "                            \
+	"WITH bp AS (SELECT p.id, coalesce(p.max_concurrent_jobs, $5::int) AS lim, (SELECT "       \
+	"count(*) FROM jobs r WHERE r.project_id = p.id AND r.status = 'running') AS n FROM "      \
+	"projects p WHERE coalesce(p.max_concurrent_jobs, $5::int) > 0), "                         \
+	"c AS (SELECT t.id, t.job_id FROM tasks t WHERE t.status = 'ready' AND t.module = $2 AND " \
+	"(t.not_before IS NULL OR t.not_before <= now()) AND NOT EXISTS (SELECT 1 FROM bp JOIN "   \
+	"jobs q ON q.project_id = bp.id WHERE q.id = t.job_id AND q.status = 'queued' AND bp.n "   \
+	">= bp.lim) ORDER BY t.id LIMIT $4), "                                                     \
+	"jk AS (SELECT j.id, j.project_id, j.status, j.input, j.resume_from, j.created_at, "       \
+	"j.queued_at, j.request_id, j.input_upload FROM jobs j WHERE j.id = ANY(ARRAY(SELECT "     \
+	"job_id FROM c)) AND "                                                                     \
+	"j.status IN ('queued', 'running') ORDER BY j.id FOR UPDATE SKIP LOCKED), "                \
+	"jl AS (SELECT jr.id, jr.status, jr.input, jr.resume_from, jr.created_at, jr.queued_at, "  \
+	"jr.request_id, jr.input_upload FROM (SELECT jk.*, row_number() OVER (PARTITION BY "       \
+	"jk.project_id, "                                                                          \
+	"jk.status ORDER BY jk.id) AS rk FROM jk) jr LEFT JOIN bp ON bp.id = jr.project_id WHERE " \
+	"jr.status = 'running' OR bp.id IS NULL OR jr.rk <= bp.lim - bp.n), "                      \
 	"tu AS (UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, started_at = "     \
 	"now(), lease_owner = $1, lease_token = gen_random_uuid(), lease_expires_at = now() + "    \
 	"$3::bigint * interval '1 millisecond', progress = 0 WHERE t.id = ANY(ARRAY(SELECT c.id "  \
@@ -343,7 +357,7 @@ static json_t *col_j(const PGresult *r, int row, int c)
 	"tu.id IS NOT NULL AND d.job_id = tu.job_id AND d.stage = ANY(tu.depends_on) AND "         \
 	"coalesce(a->>'role', 'output') = 'output')::text, "                                       \
 	"pg_notify('" ENGINE_JOBS_CHANNEL "', ju.id::text || ' ' || ju.rev), "                     \
-	"(extract(epoch from ev.ts) * 1e6)::bigint "                                               \
+	"(extract(epoch from ev.ts) * 1e6)::bigint, jl.input_upload "                              \
 	"FROM ev JOIN ju ON ju.id = ev.job_id JOIN jl ON jl.id = ev.job_id LEFT JOIN tu ON "       \
 	"tu.id = ev.task_id ORDER BY ev.job_id, ev.seq"
 
@@ -411,7 +425,7 @@ static json_t *col_j(const PGresult *r, int row, int c)
 bool scheduler_prepare(struct engine *e)
 {
 	struct pg_pool *p = e->pool;
-	return pg_pool_prepare(p, "sched_claim", SQL_CLAIM, 4, NULL) &&
+	return pg_pool_prepare(p, "sched_claim", SQL_CLAIM, 5, NULL) &&
 	       pg_pool_prepare(p, "sched_heartbeat", SQL_HEARTBEAT, 3, NULL) &&
 	       pg_pool_prepare(p, "sched_rescue_find", SQL_RESCUE_FIND, 2, NULL) &&
 	       pg_pool_prepare(p, "sched_stuck", SQL_STUCK, 0, NULL) &&
@@ -473,6 +487,17 @@ static char *stage_key(const char *project, const char *job_id, int stage_number
 static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
+/* privacy.scrub: the values under personal-data fields of the task's
+ * params, looked for once; NULL when there are none or scrubbing is off. */
+static const struct scrub_values *stask_pii(struct stask *t)
+{
+	if (t->s->o.scrub && !t->pii_found) {
+		t->pii = scrub_values_new(t->s->o.scrub, t->params);
+		t->pii_found = true;
+	}
+	return t->pii;
+}
+
 /* A stage.log line in the reference's shape. */
 static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
 {
@@ -485,17 +510,28 @@ static void stage_log(struct stask *t, const char *level, const char *fmt, ...)
 	if (n > 0 && (size_t)n < sizeof line)
 		vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
 	va_end(ap);
-	stage_log_ring_add(&t->log, line, strlen(line));
+	/* the text after the prefix may carry a module's words */
+	size_t len = strlen(line), pre = n > 0 && (size_t)n <= len ? (size_t)n : 0;
+	struct buf sb = BUF_INIT;
+	const char *text = line;
+	if (t->s->o.scrub && pre < len) {
+		buf_add(&sb, line, pre);
+		if (scrub_text_values(t->s->o.scrub, stask_pii(t), &sb, line + pre, len - pre)) {
+			text = sb.data;
+			len = sb.len;
+		}
+	}
+	stage_log_ring_add(&t->log, text, len);
 	if (strcmp(level, "WARNING") == 0) {
 		char iso[40];
 		clock_fmt_rfc3339_us(iso, sizeof iso, clock_now_us());
 		if (t->warnings == NULL)
 			t->warnings = json_array();
 		if (json_array_size(t->warnings) < 1000)
-			json_array_append_new(t->warnings,
-			                      json_pack("{s:s, s:s}", "timestamp", iso, "message",
-			                                line + (n > 0 ? n : 0)));
+			json_array_append_new(t->warnings, json_pack("{s:s, s:s}", "timestamp", iso,
+			                                             "message", text + pre));
 	}
+	buf_free(&sb);
 }
 
 static json_t *typed_error(const char *code, const char *category, bool retryable,
@@ -569,9 +605,11 @@ static void stask_free(struct stask *t)
 	free(t->stage);
 	free(t->lease);
 	free(t->request_id);
+	free(t->upload_key);
 	free(t->workdir);
 	free(t->engine_id);
 	json_decref(t->params);
+	scrub_values_free(t->pii);
 	json_decref(t->input);
 	json_decref(t->resume_from);
 	json_decref(t->dep_artifacts);
@@ -747,7 +785,6 @@ struct hash_job {
 	size_t n, i;
 	int fd;
 	EVP_MD_CTX *md;
-	unsigned char *chunk;
 	void (*done)(struct stask *t);
 };
 
@@ -765,7 +802,6 @@ static void hash_job_free(struct hash_job *h)
 	}
 	free(h->paths);
 	free(h->out);
-	free(h->chunk);
 	free(h);
 }
 
@@ -783,11 +819,13 @@ static void hash_step_cb(evutil_socket_t fd, short what, void *arg)
 			}
 			EVP_DigestInit_ex(h->md, EVP_sha256(), NULL);
 		}
-		ssize_t r = read(h->fd, h->chunk, HASH_CHUNK);
+		/* one buffer for every task: a chunk is read and hashed at once */
+		unsigned char *chunk = h->t->s->hash_chunk;
+		ssize_t r = read(h->fd, chunk, HASH_CHUNK);
 		if (r < 0 && errno == EINTR)
 			break;
 		if (r > 0) {
-			EVP_DigestUpdate(h->md, h->chunk, (size_t)r);
+			EVP_DigestUpdate(h->md, chunk, (size_t)r);
 			if (r == (ssize_t)HASH_CHUNK)
 				break; /* more next pass */
 		}
@@ -816,7 +854,6 @@ static struct hash_job *hash_job_new(struct stask *t, void (*done)(struct stask 
 	h->t = t;
 	h->fd = -1;
 	h->md = EVP_MD_CTX_new();
-	h->chunk = xmalloc(HASH_CHUNK);
 	h->done = done;
 	h->ev = event_new(t->s->app->base, -1, 0, hash_step_cb, h);
 	return h;
@@ -883,6 +920,13 @@ static void stask_module_done(struct module_task *mt, const struct module_task_r
 	t->have_outcome = true;
 	t->outcome = res->outcome;
 	double secs = (double)(t->t_run_end - t->t_fetch_end) / 1e6;
+	/* The error is stored, announced and logged as written here: with
+	 * privacy.scrub the module's words are scrubbed first. */
+	char *scrubbed = scrub_dup_values(t->s->o.scrub, stask_pii(t), res->message);
+	const char *message = scrubbed ? scrubbed : res->message;
+	json_t *detail = t->s->o.scrub && res->detail ? json_deep_copy(res->detail)
+	                                              : json_incref((json_t *)res->detail);
+	scrub_json_values(t->s->o.scrub, stask_pii(t), detail);
 	switch (res->outcome) {
 	case MODULE_COMPLETE:
 		t->output = json_deep_copy(res->output);
@@ -892,18 +936,18 @@ static void stask_module_done(struct module_task *mt, const struct module_task_r
 		const char *cat = frame_category_name(res->category);
 		bool retryable = res->retryable && res->category != FRAME_CAT_INPUT;
 		t->error = typed_error(res->error_code ? res->error_code : "module_error", cat,
-		                       retryable, res->message, res->detail);
-		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		                       retryable, message, detail);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, message);
 		break;
 	}
 	case MODULE_PANIC:
 		t->error = typed_error(res->protocol_error ? "protocol_error" : "module_panic",
-		                       "module", true, res->message, NULL);
-		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		                       "module", true, message, NULL);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, message);
 		break;
 	case MODULE_TIMEOUT:
-		t->error = typed_error("deadline_exceeded", "timeout", true, res->message, NULL);
-		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, res->message);
+		t->error = typed_error("deadline_exceeded", "timeout", true, message, NULL);
+		stage_log(t, "ERROR", "Stage %s: FAILED: %s", t->stage, message);
 		break;
 	case MODULE_CANCELLED:
 		t->error = typed_error("cancelled", "cancelled", false,
@@ -915,6 +959,8 @@ static void stask_module_done(struct module_task *mt, const struct module_task_r
 	if (res->log_bytes_dropped)
 		stage_log(t, "WARNING", "[stage.log truncated: %llu bytes dropped]",
 		          (unsigned long long)res->log_bytes_dropped);
+	free(scrubbed);
+	json_decref(detail);
 	upload_start(t);
 }
 
@@ -957,16 +1003,20 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 				                    json_integer(f->u.progress.current));
 			if (f->u.progress.has_total)
 				json_object_set_new(d, "total", json_integer(f->u.progress.total));
+			scrub_json_values(t->s->o.scrub, stask_pii(t), d);
 			stask_publish(t, "progress", d);
 		}
 		if (f->u.progress.message)
 			stage_log(t, "INFO", "%s", f->u.progress.message);
 		break;
-	case FRAME_LOG:
-		stask_publish(t, "log",
-		              json_pack("{s:s, s:s, s:O?}", "level", f->u.log.level, "message",
-		                        f->u.log.message ? f->u.log.message : "", "fields",
-		                        f->u.log.fields));
+	case FRAME_LOG: {
+		/* the frame owns its fields: scrub a copy */
+		json_t *fields = t->s->o.scrub && f->u.log.fields ? json_deep_copy(f->u.log.fields)
+		                                                  : json_incref(f->u.log.fields);
+		json_t *d = json_pack("{s:s, s:s, s:o?}", "level", f->u.log.level, "message",
+		                      f->u.log.message ? f->u.log.message : "", "fields", fields);
+		scrub_json_values(t->s->o.scrub, stask_pii(t), d);
+		stask_publish(t, "log", d);
 		stage_log(t,
 		          strcmp(f->u.log.level, "warn") == 0    ? "WARNING"
 		          : strcmp(f->u.log.level, "error") == 0 ? "ERROR"
@@ -974,6 +1024,7 @@ static void stask_on_frame(struct module_task *mt, const struct frame *f, void *
 		                                                 : "INFO",
 		          "%s", f->u.log.message ? f->u.log.message : "");
 		break;
+	}
 	case FRAME_WARNING:
 		stage_log(t, "WARNING", "%s", f->u.warning.message ? f->u.warning.message : "");
 		break;
@@ -1017,8 +1068,21 @@ static void stask_on_stderr(struct module_task *mt, const char *line, size_t len
 {
 	struct stask *t = arg;
 	(void)mt;
-	stask_publish(t, "log", json_pack("{s:s, s:s%}", "level", "stderr", "message", line, len));
-	stage_log_ring_add(&t->log, line, len);
+	struct buf sb = BUF_INIT;
+	if (t->s->o.scrub && scrub_text_values(t->s->o.scrub, stask_pii(t), &sb, line, len)) {
+		line = sb.data;
+		len = sb.len;
+	}
+	/* a module's bytes: NUL, controls and bad UTF-8 become U+FFFD before
+	 * they are stored, logged or streamed */
+	struct buf clean = BUF_INIT;
+	buf_add_utf8_clean(&clean, line, len);
+	stask_publish(t, "log",
+	              json_pack("{s:s, s:s%}", "level", "stderr", "message",
+	                        clean.data ? clean.data : "", clean.len));
+	stage_log_ring_add(&t->log, clean.data ? clean.data : "", clean.len);
+	buf_free(&clean);
+	buf_free(&sb);
 }
 
 static void inputs_sizes(struct stask *t)
@@ -1085,8 +1149,18 @@ static void fetch_done(struct xfer *x, const struct store_error *err, const char
 	struct stask *t = x->t;
 	(void)data;
 	(void)len;
-	if (err)
+	if (err && err->kind == STORE_ERR_NOT_FOUND && t->upload_key &&
+	    strcmp(x->key, t->upload_key) == 0 && !t->have_outcome) {
+		/* the job names an upload that is not there: the input is wrong */
+		t->have_outcome = true;
+		t->outcome = MODULE_ERROR;
+		t->error = typed_error("upload_missing", "input", false,
+		                       "the job's upload is not in the store", NULL);
+		stage_log(t, "ERROR", "Stage %s: FAILED: the job's upload is not in the store",
+		          t->stage);
+	} else if (err) {
 		stask_fail_infra(t, "fetch_failed", err->message);
+	}
 	if (t->nx == 1 && t->state == ST_FETCH) /* this one is the last */
 		event_active(t->step_ev, EV_TIMEOUT, 0);
 }
@@ -1244,7 +1318,9 @@ static void fetch_inputs(struct stask *t)
 	char *inputs_dir = xasprintf("%s/inputs", t->workdir);
 	/* inputs/ only when there is something to put there: every directory
 	 * and file made here costs an inode allocation per task */
-	bool has_inputs = (t->sd && t->sd->nneeds > 0) || json_array_size(t->dep_artifacts) > 0;
+	bool root = t->sd && t->sd->nneeds == 0;
+	bool has_inputs = (t->sd && t->sd->nneeds > 0) || json_array_size(t->dep_artifacts) > 0 ||
+	                  (root && t->upload_key);
 	if (has_inputs && mkdir(inputs_dir, 0750) < 0 && errno != EEXIST) {
 		stask_fail_infra(t, "scratch_failed", strerror(errno));
 		free(inputs_dir);
@@ -1277,6 +1353,24 @@ static void fetch_inputs(struct stask *t)
 		free(name);
 		free(path);
 		free(key);
+	}
+	/* The job's uploaded file, for the stages that start the DAG. */
+	if (root && t->upload_key && !t->have_outcome) {
+		const char *base = strrchr(t->upload_key, '/');
+		base = base ? base + 1 : t->upload_key;
+		char *dir = xasprintf("%s/upload", inputs_dir);
+		char *path = xasprintf("%s/%s", dir, base);
+		if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+			stask_fail_infra(t, "scratch_failed", strerror(errno));
+		} else {
+			input_add(t, "upload", "upload", path, t->upload_key);
+			free(t->inputs[t->ninputs - 1].format);
+			t->inputs[t->ninputs - 1].format = NULL;
+			xfer_new(t, X_GET_FILE, false, t->upload_key, path, NULL, 0, NULL,
+			         fetch_done, NULL);
+		}
+		free(path);
+		free(dir);
 	}
 	/* Files the dependencies declared as outputs, by their store keys. */
 	size_t k;
@@ -2156,8 +2250,6 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 	int claimed = 0;
 	for (int r = 0; r < PQntuples(res); r++) {
 		claim_announce(s, res, r);
-		if (strcmp(col(res, r, 0), "job.lifecycle.start") == 0)
-			job_input_put(s, col(res, r, 6), col(res, r, 1), col(res, r, 21), NULL, 0);
 		if (PQgetisnull(res, r, 10))
 			continue;
 		claimed++;
@@ -2183,6 +2275,7 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		t->resume_from = col_j(res, r, 22);
 		t->request_id = col(res, r, 23) ? xstrdup(col(res, r, 23)) : NULL;
 		t->dep_artifacts = col_j(res, r, 24);
+		t->upload_key = col(res, r, 27) ? xstrdup(col(res, r, 27)) : NULL;
 		t->exit_code = -1;
 		stage_log_ring_init(&t->log, STAGE_LOG_CAP, STAGE_LOG_HEAD);
 		t->step_ev = event_new(s->app->base, -1, 0, step_cb, t);
@@ -2249,9 +2342,11 @@ static void claim_pass(struct scheduler *s)
 		char lease[32], lim[16];
 		snprintf(lease, sizeof lease, "%lld", (long long)s->o.lease_ms);
 		snprintf(lim, sizeof lim, "%d", n);
-		const char *v[4] = {s->app->instance_id, sr->def->name, lease, lim};
+		char mc[24];
+		snprintf(mc, sizeof mc, "%lld", (long long)s->app->cfg->quota.max_concurrent_jobs);
+		const char *v[5] = {s->app->instance_id, sr->def->name, lease, lim, mc};
 		sr->claim_c = c;
-		sr->claim_q = pg_pool_query_prepared(s->e->pool, "sched_claim", 4, v, claim_cb, c);
+		sr->claim_q = pg_pool_query_prepared(s->e->pool, "sched_claim", 5, v, claim_cb, c);
 	}
 }
 
@@ -2466,8 +2561,11 @@ static void sched_bus_cb(const struct sl_event *ev, void *arg)
 	struct scheduler *s = arg;
 	if (ev->status_to &&
 	    (strcmp(ev->status_to, "completed") == 0 || strcmp(ev->status_to, "failed") == 0 ||
-	     strcmp(ev->status_to, "cancelled") == 0))
+	     strcmp(ev->status_to, "cancelled") == 0)) {
 		fin_kick(s, 200); /* a job may have settled: its pipeline.log */
+		if (ev->task_id == NULL)
+			sched_kick(s); /* and a project under max_concurrent_jobs may start one */
+	}
 	if (ev->task_id != NULL || strncmp(ev->kind, "job.lifecycle.", 14) != 0)
 		return;
 	bool cancelled = strcmp(ev->status_to, "cancelled") == 0;
@@ -2684,8 +2782,8 @@ static void progress_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* --- Job-level files: input.json, logs/pipeline.log ---------------------------
- * A job's input.json is stored when its first task is claimed, and again with
- * its pipeline.log once the job has settled: the finalizer claims settled jobs
+ * A job's input.json (its input is in jobs.input meanwhile) and pipeline.log
+ * are stored once the job has settled: the finalizer claims settled jobs
  * whose log is missing or older than their last event (any instance, so a
  * crash only delays it), renders pipeline.log from job_events and stores both. */
 struct jput {
@@ -2752,7 +2850,7 @@ static void jput_start(struct scheduler *s, struct fin_batch *b, size_t row, con
 	j->op = store_put_buf(s->store, key, data, len, ctype, jput_cb, j);
 }
 
-/* The job's input.json, as the claim that started it saw it. */
+/* The job's input.json, from jobs.input. */
 static void job_input_put(struct scheduler *s, const char *project, const char *job_id,
                           const char *input_text, struct fin_batch *b, size_t row)
 {
@@ -2922,10 +3020,29 @@ static void fin_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void runner_stderr_cb(struct module_runner *r, pid_t pid, const char *line, size_t len,
                              void *arg)
 {
-	(void)arg;
+	struct scheduler *s = arg;
+	/* privacy.scrub: the line is not tied to one task, so the personal
+	 * values of every task this module has are masked (patterns: LF_PII) */
+	struct buf b[2] = {BUF_INIT, BUF_INIT};
+	int k = 0;
+	struct stask *t;
+	if (s->o.scrub) {
+		TAILQ_FOREACH(t, &s->tasks, link)
+		{
+			const struct scrub_values *vs = t->sr->r == r ? stask_pii(t) : NULL;
+			buf_reset(&b[k]);
+			if (vs && scrub_text_values(NULL, vs, &b[k], line, len)) {
+				line = b[k].data;
+				len = b[k].len;
+				k ^= 1;
+			}
+		}
+	}
 	log_info("module.stderr", "persistent module wrote to stderr",
 	         LF_STR("module", module_runner_name(r)), LF_INT("pid", pid),
-	         LF_STRN("line", line, len));
+	         LF_PIIN("line", line, len));
+	buf_free(&b[0]);
+	buf_free(&b[1]);
 }
 
 struct scheduler *scheduler_start(struct engine *e, struct store *store,
@@ -2993,6 +3110,7 @@ struct scheduler *scheduler_start(struct engine *e, struct store *store,
 	tv_ms(&tv, o->rescue_every_ms > 0 ? o->rescue_every_ms : 15000);
 	event_add(s->rescue_ev, &tv);
 	s->fin_ev = evtimer_new(b, fin_timer_cb, s);
+	s->hash_chunk = xmalloc(HASH_CHUNK);
 	LIST_INIT(&s->jputs);
 	s->progress_ev = event_new(b, -1, EV_PERSIST, progress_timer_cb, s);
 	tv_ms(&tv, PROGRESS_EVERY_MS);
@@ -3131,5 +3249,6 @@ void scheduler_free(struct scheduler *s)
 		free(s->adv[i]);
 	free(s->adv);
 	free((char *)s->o.scratch_dir);
+	free(s->hash_chunk);
 	free(s);
 }

@@ -19,6 +19,7 @@
 struct engine;
 struct store;
 struct scheduler;
+struct scrub;
 
 /* The channel every change that makes a task ready NOTIFYs. */
 #define SCHEDULER_READY_CHANNEL "stageline_ready"
@@ -31,6 +32,10 @@ struct scheduler_opts {
 	int64_t log_flush_ms; /* a running stage's log is stored this often */
 	const char *scratch_dir; /* absolute */
 	size_t max_frame_bytes;
+	/* privacy.scrub: module text (stderr, log, progress and warning frames,
+	 * error messages) is scrubbed before it reaches the stage log, live
+	 * events, task errors and the process log. Borrowed; NULL = off. */
+	const struct scrub *scrub;
 };
 
 /* Starts claiming at once. engine and store are borrowed. NULL (logged) when

@@ -605,7 +605,7 @@ static enum module_outcome task_finish(struct module_task *t)
 	log_debug("module.task.done", "task ended", LF_STR("module", r->name),
 	          LF_STR("task_id", t->task_id), LF_INT("pid", res.pid),
 	          LF_STR("outcome", module_outcome_name(res.outcome)),
-	          LF_STR("message", res.message));
+	          LF_PII("message", res.message));
 
 	if (!t->detached && !r->free_pending) {
 		if (t->log_dropped && t->cbs.on_stderr_line) {
@@ -1463,7 +1463,7 @@ static void proc_emit_stderr(struct module_proc *p, const char *line, size_t len
 	}
 	p->stderr_bytes += len;
 	log_info("module.stderr", "module stderr", LF_STR("module", r->name), LF_INT("pid", p->pid),
-	         LF_STRN("line", line, len));
+	         LF_PIIN("line", line, len));
 }
 
 static void proc_split_stderr(struct module_proc *p, bool flush)

@@ -12,9 +12,11 @@ struct app;
 struct auth;
 struct engine;
 struct pg_conn;
+struct pg_pool;
 struct pipeline_set;
 struct router;
 
+struct quota;
 struct scheduler;
 struct store;
 
@@ -25,15 +27,17 @@ struct api_guard {
 	unsigned scope;
 	auth_done_fn authed;
 };
-#define API_GUARDS_MAX 16
+#define API_GUARDS_MAX 32
 
 struct api_ctx {
 	struct app *app;
 	struct pg_conn *db_health; /* a dedicated connection for /readyz */
 	struct engine *engine;
+	struct pg_pool *pool; /* the request path's pool (api_keys.c's own SQL) */
 	struct scheduler *sched; /* NULL until the schema is current */
 	struct store *store;
 	struct auth *auth;
+	struct quota *quota; /* per-project limits of submissions */
 	const struct pipeline_set *pipelines;
 	bool migrated; /* the schema is current: DB-backed routes may serve */
 	struct api_guard guards[API_GUARDS_MAX];
@@ -49,6 +53,20 @@ bool api_jobs_register(struct router *r, struct api_ctx *ctx) __attribute__((war
 /* GET /v1/jobs/{id}/tasks/{task_id}/artifacts, .../logs, GET
  * /v1/jobs/{id}/logs, and the file store's GET /v1/objects/{key+}. */
 bool api_artifacts_register(struct router *r, struct api_ctx *ctx)
+        __attribute__((warn_unused_result));
+
+/* GET /console, /console/ and /console/{path+}: the web console's static
+ * files from server.console_dir (404 everywhere when it is empty). */
+bool api_console_register(struct router *r, struct api_ctx *ctx)
+        __attribute__((warn_unused_result));
+
+/* POST/GET /v1/keys, GET/DELETE /v1/keys/{prefix}, POST
+ * /v1/keys/{prefix}/rotate: a project's API keys (admin scope). Prepares its
+ * statements on ctx->pool, which must be set. */
+bool api_keys_register(struct router *r, struct api_ctx *ctx) __attribute__((warn_unused_result));
+
+/* POST /v1/uploads and the file store's PUT /v1/objects/{key+}. */
+bool api_uploads_register(struct router *r, struct api_ctx *ctx)
         __attribute__((warn_unused_result));
 
 /* Shared by the api_*.c handlers. ------------------------------------------ */

@@ -18,6 +18,7 @@
 #include "db/pg.h"
 #include "engine/dag.h"
 #include "engine/job.h"
+#include "engine/quota.h"
 #include "engine/pipeline.h"
 #include "engine/scheduler.h"
 #include "http/api.h"
@@ -286,7 +287,7 @@ struct resume_call {
 	struct job_op *op;
 	char project[AUTH_PROJECT_MAX + 1];
 	json_t *doc, *effective;
-	char *idem;
+	char *idem, *upload_key;
 	const struct pipeline *pipe;
 	size_t stage_idx;
 	unsigned char hash[32];
@@ -298,6 +299,7 @@ static void resume_call_free(struct resume_call *rc)
 	json_decref(rc->doc);
 	json_decref(rc->effective);
 	free(rc->idem);
+	free(rc->upload_key);
 	free(rc->reused);
 	free(rc);
 }
@@ -383,6 +385,7 @@ static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *e
 	        .params = rc->effective,
 	        .input = json_object_get(rc->doc, "input"),
 	        .idempotency_key = rc->idem,
+	        .input_upload = rc->upload_key,
 	        .request_id = http_req_id(req),
 	        .resume_from = json_object_get(rc->doc, "resume_from"),
 	        .reused = rc->reused,
@@ -391,9 +394,176 @@ static void resume_got_cb(json_t *earlier, int64_t rev, const struct pg_error *e
 	rc->op = job_submit(rc->ctx->engine, &s, resume_submit_done_cb, rc);
 }
 
+/* JSON a client sends is nested at most this deep (params, input). */
+#define JSON_DEPTH_MAX 64
+
+/* True when v nests deeper than max (arrays and objects count). */
+static bool json_too_deep(const json_t *v, int max)
+{
+	if (max < 0)
+		return true;
+	size_t i;
+	const char *k;
+	json_t *x;
+	if (json_is_array(v)) {
+		json_array_foreach((json_t *)v, i, x) if (json_too_deep(x, max - 1)) return true;
+	} else if (json_is_object(v)) {
+		json_object_foreach((json_t *)v, k, x) if (json_too_deep(x, max - 1)) return true;
+	}
+	return false;
+}
+
+/* Every quota refusal names the limit, its value and the current usage. */
+static void reply_quota(struct http_req *req, const struct quota_result *r)
+{
+	json_t *extra = json_pack("{s:s, s:I, s:I}", "limit", r->limit, "value",
+	                          (json_int_t)r->value, "usage", (json_int_t)r->usage);
+	char *detail = NULL;
+	int status = 429;
+	const char *slug = "quota-exceeded", *title = "Quota exceeded";
+	switch (r->verdict) {
+	case QUOTA_RATE: {
+		json_object_set_new(extra, "value", json_real(r->rate));
+		char ra[24];
+		snprintf(ra, sizeof ra, "%lld", (long long)r->retry_after_s);
+		http_set_header(req, "Retry-After", ra);
+		detail = xasprintf("the project may submit %g jobs per second; retry in %llds",
+		                   r->rate, (long long)r->retry_after_s);
+		break;
+	}
+	case QUOTA_INPUT_TOO_LARGE:
+		status = 413;
+		slug = "input-too-large";
+		title = "Input too large";
+		detail = xasprintf("the request takes %lld bytes; the project's max_input_bytes is "
+		                   "%lld",
+		                   (long long)r->usage, (long long)r->value);
+		break;
+	default:
+		detail = xasprintf("the project has %lld jobs waiting; its max_queued_jobs is %lld",
+		                   (long long)r->usage, (long long)r->value);
+		break;
+	}
+	http_reply_problem(req, status, slug, title, detail, extra);
+	free(detail);
+	json_decref(extra);
+}
+
+static void jobs_create_checked(struct http_req *req, const struct auth_principal *p,
+                                struct api_ctx *ctx, const char *upload_key);
+
+struct quota_call {
+	struct api_ctx *ctx;
+	struct http_req *req;
+	struct quota_op *op;
+	struct store_op *sop;
+	char *upload_key;
+	struct auth_principal p;
+};
+
+static void quota_call_free(struct quota_call *c)
+{
+	quota_op_cancel(c->op);
+	store_op_cancel(c->sop);
+	free(c->upload_key);
+	free(c);
+}
+
+static void quota_abort_cb(struct http_req *req, void *arg)
+{
+	(void)req;
+	quota_call_free(arg);
+}
+
+static void upload_head_cb(const struct store_error *err, const struct store_object_info *info,
+                           void *arg)
+{
+	struct quota_call *c = arg;
+	struct http_req *req = c->req;
+	c->sop = NULL;
+	(void)info;
+	http_req_on_abort(req, NULL, NULL);
+	if (err && err->kind == STORE_ERR_NOT_FOUND)
+		reply_field_422(req, "upload",
+		                "no such upload in this project (not uploaded yet, or another "
+		                "project's)");
+	else if (err)
+		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
+		                   "the object store is unavailable; retry shortly", NULL);
+	else
+		jobs_create_checked(req, &c->p, c->ctx, c->upload_key);
+	quota_call_free(c);
+}
+
+/* "upload": the id of a finished upload of this project: its object must be
+ * there. Anything else about the body is checked later. */
+static bool upload_check_start(struct quota_call *c)
+{
+	size_t len = 0;
+	const char *body = http_req_body(c->req, &len);
+	json_t *doc = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+	const char *id = json_string_value(json_object_get(doc, "upload"));
+	if (id == NULL || !c->ctx->store || !id_uuid_valid(id)) {
+		json_decref(doc);
+		return false; /* nothing to look up (a bad value is a 422 later) */
+	}
+	char low[ID_UUID_LEN + 1];
+	for (int i = 0; i <= ID_UUID_LEN; i++)
+		low[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
+	json_decref(doc);
+	c->upload_key = xasprintf("%s/uploads/%s", c->p.project_id, low);
+	http_req_on_abort(c->req, quota_abort_cb, c);
+	c->sop = store_head(c->ctx->store, c->upload_key, upload_head_cb, c);
+	return true;
+}
+
+static void quota_done_cb(const struct quota_result *r, const struct pg_error *err, void *arg)
+{
+	struct quota_call *c = arg;
+	struct http_req *req = c->req;
+	http_req_on_abort(req, NULL, NULL);
+	c->op = NULL;
+	if (err)
+		api_reply_db_error(req, err);
+	else if (r->verdict == QUOTA_NO_PROJECT)
+		http_reply_problem(req, 403, "forbidden", NULL,
+		                   "the key's project no longer exists", NULL);
+	else if (r->verdict != QUOTA_OK)
+		reply_quota(req, r);
+	else if (upload_check_start(c))
+		return;
+	else
+		jobs_create_checked(req, &c->p, c->ctx, NULL);
+	quota_call_free(c);
+}
+
+/* The project's rate first (no I/O), then its input size and queue. */
 static void jobs_create_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
+	if (ctx->quota) {
+		struct quota_result r;
+		quota_take(ctx->quota, p->project_id, clock_mono_us(), &r);
+		if (r.verdict != QUOTA_OK) {
+			reply_quota(req, &r);
+			return;
+		}
+		size_t len = 0;
+		(void)http_req_body(req, &len);
+		struct quota_call *c = xcalloc(1, sizeof *c);
+		c->ctx = ctx;
+		c->req = req;
+		c->p = *p;
+		http_req_on_abort(req, quota_abort_cb, c);
+		c->op = quota_check(ctx->quota, p->project_id, len, quota_done_cb, c);
+		return;
+	}
+	jobs_create_checked(req, p, ctx, NULL);
+}
+
+static void jobs_create_checked(struct http_req *req, const struct auth_principal *p,
+                                struct api_ctx *ctx, const char *upload_key)
+{
 	json_t *doc = read_json_body(req);
 	if (doc == NULL)
 		return;
@@ -408,7 +578,8 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	json_object_foreach(doc, key, val)
 	{
 		if (strcmp(key, "pipeline") != 0 && strcmp(key, "params") != 0 &&
-		    strcmp(key, "input") != 0 && strcmp(key, "resume_from") != 0)
+		    strcmp(key, "input") != 0 && strcmp(key, "resume_from") != 0 &&
+		    strcmp(key, "upload") != 0)
 			json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key,
 			                                        "message", "unknown field"));
 	}
@@ -443,6 +614,21 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 		}
 		free(ps);
 	}
+	static const char *const deep_fields[] = {"params", "input"};
+	for (size_t i = 0; i < 2; i++) {
+		const json_t *f = json_object_get(doc, deep_fields[i]);
+		if (f && json_too_deep(f, JSON_DEPTH_MAX))
+			json_array_append_new(errors,
+			                      json_pack("{s:s, s:s}", "field", deep_fields[i],
+			                                "message", "nested deeper than 64 levels"));
+	}
+	const json_t *up = json_object_get(doc, "upload");
+	if (up && (!json_is_string(up) || !id_uuid_valid(json_string_value(up))))
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "upload", "message",
+		                                        "must be an upload id (a UUID)"));
+	else if (up && upload_key == NULL)
+		json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "upload", "message",
+		                                        "uploads need an object store"));
 	const json_t *resume = json_object_get(doc, "resume_from");
 	size_t resume_stage = 0;
 	if (resume)
@@ -477,6 +663,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 	        .input = json_object_get(doc, "input"),
 	        .idempotency_key = idem,
 	        .request_id = http_req_id(req),
+	        .input_upload = upload_key,
 	};
 	job_request_hash(doc, s.request_hash);
 	if (resume) {
@@ -488,6 +675,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 		rc->doc = doc;
 		rc->effective = effective;
 		rc->idem = idem ? xstrdup(idem) : NULL;
+		rc->upload_key = upload_key ? xstrdup(upload_key) : NULL;
 		rc->pipe = pipe;
 		rc->stage_idx = resume_stage;
 		memcpy(rc->hash, s.request_hash, sizeof rc->hash);

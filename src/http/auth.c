@@ -6,11 +6,18 @@
  * own, so a hot key costs one query per TTL however many requests it
  * carries. Every refusal is answered here, and every 401 is the same bytes,
  * so a caller learns nothing about which part of its key was wrong; the log
- * line says which, with the public prefix only. */
+ * line says which, with the public prefix only. A bearer token that is a
+ * JWT is verified by jwt.c instead, and its project is checked against the
+ * projects table (cached the same way). Every 401 also counts against the
+ * client's address in a bounded table; an address past its budget gets 429
+ * before anything of its request is read. */
 #include "http/auth.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +27,14 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/xmalloc.h"
 #include "db/pool.h"
 #include "http/server.h"
 
 #define STMT_LOOKUP "auth_key_by_prefix"
 #define STMT_TOUCH "auth_key_touch"
+#define STMT_PROJECT "auth_project_exists"
 
 /* Timestamps come back as integer microseconds since the epoch, so neither
  * the session's DateStyle nor its TimeZone matters; 'infinity' maps to NULL
@@ -48,7 +57,11 @@ static const char sql_touch[] = "UPDATE api_keys SET last_used_at = now()"
                                 " WHERE prefix = $1 AND (last_used_at IS NULL"
                                 " OR last_used_at < now() - $2::int8 * interval '1 millisecond')";
 
+static const char sql_project[] = "SELECT 1 FROM projects WHERE id = $1";
+
 #define UNAUTHORIZED_DETAIL "a valid API key is required"
+#define PROJECT_CACHE_MAX 256
+#define PEER_KEY_LEN 17 /* a family tag and 16 address bytes */
 
 /* What a key row says, as the cache keeps it. */
 struct key_row {
@@ -100,12 +113,56 @@ struct auth_touch {
 	struct auth_touch *prev, *next;
 };
 
+/* One client address's failed attempts: a fixed window that starts at its
+ * first counted failure; reaching max_failures in it blocks the address for
+ * a window from that failure. */
+struct fail_entry {
+	uint8_t key[PEER_KEY_LEN];
+	uint32_t count;
+	int64_t window_start_us; /* monotonic */
+	int64_t blocked_until_us; /* monotonic; 0: not blocked */
+	struct fail_entry *hnext;
+	struct fail_entry *newer, *older;
+};
+
+/* A token's project, known to exist when fetched. */
+struct project_entry {
+	char id[AUTH_PROJECT_MAX + 1];
+	int64_t fetched_mono_us;
+};
+
+/* A request with a verified token waiting for its project's row. Not
+ * coalesced: tokens are signed, so these are rare and legitimate. */
+struct project_wait {
+	struct auth *a;
+	struct http_req *req;
+	struct pg_pool_query *q;
+	struct auth_principal p;
+	unsigned need;
+	auth_done_fn done;
+	void *arg;
+	struct project_wait *prev, *next;
+};
+
 struct auth {
 	struct pg_pool *pool;
 	bool enabled;
 	int64_t ttl_us; /* < 0: no cache */
 	size_t cache_max;
 	int64_t touch_interval_us;
+
+	int64_t max_failures; /* 0: no rate limiting */
+	int64_t failure_window_us;
+	size_t fail_max;
+	struct fail_entry **fail_buckets;
+	size_t fail_nbuckets;
+	size_t fail_n;
+	struct fail_entry *fail_newest, *fail_oldest;
+
+	struct jwt_verifier *jwt; /* NULL: JWT off */
+	struct project_entry projects[PROJECT_CACHE_MAX];
+	size_t nprojects;
+	struct project_wait *project_waits;
 
 	struct cache_entry **buckets;
 	size_t nbuckets; /* a power of two */
@@ -222,19 +279,181 @@ done:
 	lru_push_newest(a, e);
 }
 
+/* --- failed attempts per address --------------------------------------- */
+
+/* The table key of the request's client: IPv4 (also when IPv4-mapped), the
+ * /64 of an IPv6 address (one host usually holds a whole /64, and cycling
+ * through it must not buy fresh budgets), or one key for every Unix-socket
+ * client. False when the address is unknown (the connection is gone). */
+static bool peer_key(const char *peer, uint8_t key[PEER_KEY_LEN])
+{
+	memset(key, 0, PEER_KEY_LEN);
+	struct in6_addr a6;
+	if (strcmp(peer, "unix") == 0) {
+		key[0] = 'u';
+	} else if (inet_pton(AF_INET, peer, key + 1) == 1) {
+		key[0] = 4;
+	} else if (inet_pton(AF_INET6, peer, &a6) == 1) {
+		if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+			key[0] = 4;
+			memcpy(key + 1, a6.s6_addr + 12, 4);
+		} else {
+			key[0] = 6;
+			memcpy(key + 1, a6.s6_addr, 8);
+		}
+	} else {
+		return false;
+	}
+	return true;
+}
+
+static size_t peer_hash(const uint8_t key[PEER_KEY_LEN])
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	for (size_t i = 0; i < PEER_KEY_LEN; i++) {
+		h ^= key[i];
+		h *= 0x100000001b3ull;
+	}
+	return (size_t)h;
+}
+
+static struct fail_entry **fail_slot(struct auth *a, const uint8_t key[PEER_KEY_LEN])
+{
+	struct fail_entry **pp = &a->fail_buckets[peer_hash(key) & (a->fail_nbuckets - 1)];
+	while (*pp && memcmp((*pp)->key, key, PEER_KEY_LEN) != 0)
+		pp = &(*pp)->hnext;
+	return pp;
+}
+
+static void fail_lru_unlink(struct auth *a, struct fail_entry *e)
+{
+	if (e->newer)
+		e->newer->older = e->older;
+	else
+		a->fail_newest = e->older;
+	if (e->older)
+		e->older->newer = e->newer;
+	else
+		a->fail_oldest = e->newer;
+	e->newer = e->older = NULL;
+}
+
+static void fail_lru_push_newest(struct auth *a, struct fail_entry *e)
+{
+	e->older = a->fail_newest;
+	e->newer = NULL;
+	if (a->fail_newest)
+		a->fail_newest->newer = e;
+	a->fail_newest = e;
+	if (a->fail_oldest == NULL)
+		a->fail_oldest = e;
+}
+
+static void fail_remove(struct auth *a, struct fail_entry *e)
+{
+	struct fail_entry **pp = fail_slot(a, e->key);
+	*pp = e->hnext;
+	fail_lru_unlink(a, e);
+	a->fail_n--;
+	free(e);
+}
+
+/* How long the address stays blocked (microseconds), 0 when it is not. A
+ * blocked address that keeps trying stays the most recently used, so
+ * addresses an attacker cycles through evict each other, not it. */
+static int64_t fail_blocked_us(struct auth *a, const uint8_t key[PEER_KEY_LEN])
+{
+	if (a->fail_buckets == NULL)
+		return 0;
+	struct fail_entry *e = *fail_slot(a, key);
+	if (e == NULL || e->blocked_until_us == 0)
+		return 0;
+	int64_t now = clock_mono_us();
+	if (now >= e->blocked_until_us) {
+		fail_remove(a, e); /* served its time: a fresh budget */
+		return 0;
+	}
+	fail_lru_unlink(a, e);
+	fail_lru_push_newest(a, e);
+	return e->blocked_until_us - now;
+}
+
+static void fail_record(struct auth *a, const uint8_t key[PEER_KEY_LEN], const char *peer)
+{
+	struct fail_entry **pp = fail_slot(a, key);
+	struct fail_entry *e = *pp;
+	int64_t now = clock_mono_us();
+	if (e == NULL) {
+		if (a->fail_n >= a->fail_max && a->fail_oldest)
+			fail_remove(a, a->fail_oldest);
+		e = xcalloc(1, sizeof *e);
+		memcpy(e->key, key, PEER_KEY_LEN);
+		e->window_start_us = now;
+		pp = fail_slot(a, key); /* the chain may have changed */
+		*pp = e;
+		a->fail_n++;
+	} else {
+		fail_lru_unlink(a, e);
+		if ((e->blocked_until_us && now >= e->blocked_until_us) ||
+		    (!e->blocked_until_us && now - e->window_start_us >= a->failure_window_us)) {
+			e->count = 0;
+			e->window_start_us = now;
+			e->blocked_until_us = 0;
+		}
+	}
+	fail_lru_push_newest(a, e);
+	if (e->count < UINT32_MAX)
+		e->count++;
+	if (e->count >= (uint64_t)a->max_failures && e->blocked_until_us == 0) {
+		e->blocked_until_us = now + a->failure_window_us;
+		log_warn("auth.blocked", "too many failed authentications from one address",
+		         LF_STR("peer", peer), LF_UINT("failures", e->count),
+		         LF_INT("window_ms", a->failure_window_us / 1000));
+	}
+}
+
 /* --- answers ------------------------------------------------------------ */
 
-static void reply_unauthorized(struct http_req *req, const char *reason, const char *prefix)
+static void reply_unauthorized(struct auth *a, struct http_req *req, const char *reason,
+                               const char *prefix)
 {
-	if (strcmp(reason, "missing") == 0)
+	bool missing = strcmp(reason, "missing") == 0;
+	if (missing)
 		log_debug("auth.denied", "request not authenticated", LF_STR("reason", reason),
 		          LF_STR("request_id", http_req_id(req)));
 	else
 		log_info("auth.denied", "request not authenticated", LF_STR("reason", reason),
 		         LF_STR("key_prefix", prefix ? prefix : ""),
 		         LF_STR("request_id", http_req_id(req)));
+	metric_inc(metrics_default_get(M_AUTH_FAILURES_TOTAL), 1, reason);
+	/* No header is no guess: only presented credentials use up the budget. */
+	uint8_t key[PEER_KEY_LEN];
+	const char *peer = http_req_peer(req);
+	if (!missing && a->fail_buckets && peer_key(peer, key))
+		fail_record(a, key, peer);
 	http_set_header(req, "WWW-Authenticate", "Bearer realm=\"stageline\"");
 	http_reply_problem(req, 401, "unauthorized", "Unauthorized", UNAUTHORIZED_DETAIL, NULL);
+}
+
+static void reply_rate_limited(struct auth *a, struct http_req *req, int64_t remaining_us)
+{
+	long long secs = (long long)((remaining_us + 999999) / 1000000);
+	if (secs < 1)
+		secs = 1;
+	char ra[24];
+	snprintf(ra, sizeof ra, "%lld", secs);
+	a->stats.rate_limited++;
+	metric_inc(metrics_default_get(M_AUTH_RATE_LIMITED_TOTAL), 1);
+	log_debug("auth.rate_limited", "request refused: too many failed authentications",
+	          LF_STR("peer", http_req_peer(req)), LF_STR("request_id", http_req_id(req)));
+	char *detail = xasprintf("too many failed authentication attempts from this address;"
+	                         " retry after %lld s",
+	                         secs);
+	/* No limit/value members: the Problem schema keeps those for quotas, and
+	 * Retry-After says all a client needs. */
+	http_set_header(req, "Retry-After", ra);
+	http_reply_problem(req, 429, "rate-limited", "Too Many Requests", detail, NULL);
+	free(detail);
 }
 
 static void reply_forbidden(struct http_req *req, const char *prefix, unsigned missing)
@@ -248,11 +467,13 @@ static void reply_forbidden(struct http_req *req, const char *prefix, unsigned m
 		json_array_append_new(list, json_string(name));
 		buf_printf(&names, "%s%s", names.len ? ", " : "", name);
 	}
+	bool jwt = strcmp(prefix, "jwt") == 0;
 	char *detail =
-	        xasprintf("this API key lacks the scope%s %s", json_array_size(list) > 1 ? "s" : "",
-	                  names.data ? names.data : "");
+	        xasprintf("this %s lacks the scope%s %s", jwt ? "token" : "API key",
+	                  json_array_size(list) > 1 ? "s" : "", names.data ? names.data : "");
 	json_t *extra = json_pack("{s:o}", "missing_scopes", list);
-	log_info("auth.forbidden", "API key lacks a scope", LF_STR("key_prefix", prefix),
+	log_info("auth.forbidden", jwt ? "token lacks a scope" : "API key lacks a scope",
+	         LF_STR("key_prefix", prefix),
 	         LF_STR("missing_scopes", names.data ? names.data : ""),
 	         LF_STR("request_id", http_req_id(req)));
 	http_reply_problem(req, 403, "forbidden", "Forbidden", detail, extra);
@@ -261,11 +482,12 @@ static void reply_forbidden(struct http_req *req, const char *prefix, unsigned m
 	buf_free(&names);
 }
 
-static void reply_unavailable(struct http_req *req)
+static void reply_unavailable(struct http_req *req, const char *what)
 {
+	char *detail = xasprintf("the %s could not be checked: the database is unavailable", what);
 	http_set_header(req, "Retry-After", "1");
-	http_reply_problem(req, 503, "db-unavailable", "Database unavailable",
-	                   "the API key could not be checked: the database is unavailable", NULL);
+	http_reply_problem(req, 503, "db-unavailable", "Database unavailable", detail, NULL);
+	free(detail);
 }
 
 /* --- last_used_at ------------------------------------------------------- */
@@ -333,16 +555,16 @@ static void decide(struct auth *a, struct http_req *req, struct key_row *row,
                    const uint8_t hash[APIKEY_HASH_LEN], unsigned need, auth_done_fn done, void *arg)
 {
 	if (!apikey_hash_equal(row->hash, hash)) {
-		reply_unauthorized(req, "wrong_secret", row->prefix);
+		reply_unauthorized(a, req, "wrong_secret", row->prefix);
 		return;
 	}
 	int64_t now = clock_now_us();
 	if (row->revoked_us <= now) {
-		reply_unauthorized(req, "revoked", row->prefix);
+		reply_unauthorized(a, req, "revoked", row->prefix);
 		return;
 	}
 	if (row->expires_us <= now) {
-		reply_unauthorized(req, "expired", row->prefix);
+		reply_unauthorized(a, req, "expired", row->prefix);
 		return;
 	}
 	/* a correct key was presented: it was used, whatever its scopes */
@@ -489,8 +711,8 @@ static bool lookup_result_cb(PGresult *res, const struct pg_error *err, void *ar
 		free(w);
 		http_req_on_abort(mine.req, NULL, NULL);
 		switch (outcome) {
-		case FAILED: reply_unavailable(mine.req); break;
-		case NOT_FOUND: reply_unauthorized(mine.req, "unknown_key", l->prefix); break;
+		case FAILED: reply_unavailable(mine.req, "API key"); break;
+		case NOT_FOUND: reply_unauthorized(a, mine.req, "unknown_key", l->prefix); break;
 		case FOUND:
 			decide(a, mine.req, &row, mine.hash, mine.need, mine.done, mine.arg);
 			break;
@@ -532,7 +754,7 @@ static void lookup_join(struct auth *a, struct http_req *req, const char *prefix
 			log_warn("auth.lookup_failed", "the API key lookup could not be sent",
 			         LF_STR("key_prefix", prefix),
 			         LF_STR("error", "no database connection"));
-			reply_unavailable(req);
+			reply_unavailable(req, "API key");
 			return;
 		}
 		l->next = a->lookups;
@@ -556,6 +778,136 @@ static void lookup_join(struct auth *a, struct http_req *req, const char *prefix
 		l->head = w;
 	l->tail = w;
 	http_req_on_abort(req, wait_abort_cb, w);
+}
+
+/* --- tokens ------------------------------------------------------------- */
+
+static bool project_cached(struct auth *a, const char *id)
+{
+	if (a->ttl_us < 0)
+		return false;
+	int64_t now = clock_mono_us();
+	for (size_t i = 0; i < a->nprojects; i++) {
+		if (strcmp(a->projects[i].id, id) == 0)
+			return now - a->projects[i].fetched_mono_us < a->ttl_us;
+	}
+	return false;
+}
+
+/* Replaces the entry of id, else the oldest when full. */
+static void project_put(struct auth *a, const char *id)
+{
+	if (a->ttl_us < 0)
+		return;
+	size_t slot = a->nprojects;
+	for (size_t i = 0; i < a->nprojects; i++) {
+		if (strcmp(a->projects[i].id, id) == 0) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot == PROJECT_CACHE_MAX) {
+		slot = 0;
+		for (size_t i = 1; i < a->nprojects; i++)
+			if (a->projects[i].fetched_mono_us < a->projects[slot].fetched_mono_us)
+				slot = i;
+	} else if (slot == a->nprojects) {
+		a->nprojects++;
+	}
+	snprintf(a->projects[slot].id, sizeof a->projects[slot].id, "%s", id);
+	a->projects[slot].fetched_mono_us = clock_mono_us();
+}
+
+static void jwt_decide(struct http_req *req, const struct auth_principal *p, unsigned need,
+                       auth_done_fn done, void *arg)
+{
+	unsigned missing = need & ~p->scopes;
+	if (missing) {
+		reply_forbidden(req, p->key_prefix, missing);
+		return;
+	}
+	done(req, p, arg);
+}
+
+static void project_wait_unlink(struct auth *a, struct project_wait *w)
+{
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		a->project_waits = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	w->prev = w->next = NULL;
+}
+
+static bool project_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct project_wait *w = arg;
+	struct auth *a = w->a;
+	project_wait_unlink(a, w);
+	struct project_wait mine = *w;
+	free(w);
+	http_req_on_abort(mine.req, NULL, NULL);
+	if (err) {
+		log_warn("auth.lookup_failed", "the token's project could not be looked up",
+		         LF_STR("project", mine.p.project_id), LF_STR("error", err->message));
+		reply_unavailable(mine.req, "token's project");
+	} else if (PQntuples(res) == 0) {
+		reply_unauthorized(a, mine.req, "jwt_unknown_project", "jwt");
+	} else {
+		project_put(a, mine.p.project_id);
+		jwt_decide(mine.req, &mine.p, mine.need, mine.done, mine.arg);
+	}
+	return false;
+}
+
+static void project_abort_cb(struct http_req *req, void *arg)
+{
+	struct project_wait *w = arg;
+	pg_pool_cancel(w->q);
+	project_wait_unlink(w->a, w);
+	free(w);
+}
+
+static void jwt_require(struct auth *a, struct http_req *req, const char *tok, size_t len,
+                        unsigned need, auth_done_fn done, void *arg)
+{
+	struct jwt_claims c;
+	enum jwt_result r = jwt_verify(a->jwt, tok, len, clock_now_us() / 1000, &c);
+	if (r != JWT_OK) {
+		reply_unauthorized(a, req, jwt_result_name(r), "jwt");
+		return;
+	}
+	a->stats.jwt_accepted++;
+	struct auth_principal p = {.key_prefix = "jwt", .scopes = c.scopes};
+	memcpy(p.project_id, c.project, sizeof p.project_id);
+	if (project_cached(a, p.project_id)) {
+		jwt_decide(req, &p, need, done, arg);
+		return;
+	}
+	struct project_wait *w = xcalloc(1, sizeof *w);
+	w->a = a;
+	w->req = req;
+	w->p = p;
+	w->need = need;
+	w->done = done;
+	w->arg = arg;
+	const char *values[1] = {w->p.project_id};
+	w->q = pg_pool_query_prepared(a->pool, STMT_PROJECT, 1, values, project_result_cb, w);
+	if (w->q == NULL) {
+		free(w);
+		log_warn("auth.lookup_failed", "the token's project lookup could not be sent",
+		         LF_STR("project", p.project_id),
+		         LF_STR("error", "no database connection"));
+		reply_unavailable(req, "token's project");
+		return;
+	}
+	a->stats.project_lookups++;
+	w->next = a->project_waits;
+	if (w->next)
+		w->next->prev = w;
+	a->project_waits = w;
+	http_req_on_abort(req, project_abort_cb, w);
 }
 
 /* --- the public surface ------------------------------------------------- */
@@ -587,21 +939,36 @@ void auth_require(struct auth *a, struct http_req *req, unsigned scope_mask, aut
 		done(req, &p, arg);
 		return;
 	}
+	/* A blocked address learns nothing more, and costs no query. */
+	uint8_t peer[PEER_KEY_LEN];
+	if (a->fail_buckets && peer_key(http_req_peer(req), peer)) {
+		int64_t blocked = fail_blocked_us(a, peer);
+		if (blocked > 0) {
+			reply_rate_limited(a, req, blocked);
+			return;
+		}
+	}
 	const char *h = http_req_header(req, "Authorization");
 	if (h == NULL) {
-		reply_unauthorized(req, "missing", NULL);
+		reply_unauthorized(a, req, "missing", NULL);
 		return;
 	}
 	const char *tok;
 	size_t len;
 	if (!bearer_token(h, &tok, &len)) {
-		reply_unauthorized(req, "scheme", NULL);
+		reply_unauthorized(a, req, "scheme", NULL);
+		return;
+	}
+	/* API keys never hold a '.'; a JWT always does. */
+	if (a->jwt && memchr(tok, '.', len) != NULL &&
+	    !(len >= APIKEY_TAG_LEN && memcmp(tok, APIKEY_TAG, APIKEY_TAG_LEN) == 0)) {
+		jwt_require(a, req, tok, len, scope_mask, done, arg);
 		return;
 	}
 	struct apikey key;
 	enum apikey_result r = apikey_parse(tok, len, &key);
 	if (r != APIKEY_OK) {
-		reply_unauthorized(req, apikey_result_name(r), NULL);
+		reply_unauthorized(a, req, apikey_result_name(r), NULL);
 		return;
 	}
 	char prefix[APIKEY_PREFIX_LEN + 1];
@@ -638,6 +1005,75 @@ void auth_forget(struct auth *a, const char *prefix)
 		l->no_cache = true;
 }
 
+/* The PEM file, read once at start (at most 64 KiB); caller frees. */
+static char *read_pem(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "re");
+	if (f == NULL) {
+		log_error("auth.start", "cannot open auth.jwt.public_key_file",
+		          LF_STR("path", path), LF_STR("error", strerror(errno)));
+		return NULL;
+	}
+	size_t cap = 64 * 1024;
+	char *buf = xmalloc(cap + 1);
+	size_t n = fread(buf, 1, cap + 1, f);
+	bool bad = ferror(f) || n > cap;
+	fclose(f);
+	if (bad) {
+		log_error("auth.start",
+		          "cannot read auth.jwt.public_key_file (or it is over 64 KiB)",
+		          LF_STR("path", path));
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+static struct jwt_verifier *jwt_setup(const struct auth_opts *o)
+{
+	char *err = NULL;
+	struct jwt_verifier *v = jwt_verifier_new(&o->jwt, &err);
+	if (v == NULL) {
+		log_error("auth.start", "bad JWT settings", LF_STR("error", err));
+		free(err);
+		return NULL;
+	}
+	const char *secret = o->jwt_hs256_secret;
+	if (secret && secret[0] &&
+	    !jwt_verifier_add_hmac(v, secret, strlen(secret), o->jwt_hs256_kid, &err)) {
+		log_error("auth.start", "bad auth.jwt.hs256_secret", LF_STR("error", err));
+		goto fail;
+	}
+	const char *path = o->jwt_public_key_file;
+	if (path && path[0]) {
+		size_t len = 0;
+		char *pem = read_pem(path, &len);
+		if (pem == NULL)
+			goto fail;
+		enum jwt_alg alg = JWT_RS256;
+		bool ok = jwt_verifier_add_pem(v, pem, len, o->jwt_public_key_kid, &alg, &err);
+		free(pem);
+		if (!ok) {
+			log_error("auth.start", "bad auth.jwt.public_key_file",
+			          LF_STR("path", path), LF_STR("error", err));
+			goto fail;
+		}
+		log_info("auth.jwt_key", "JWT public key loaded", LF_STR("path", path),
+		         LF_STR("alg", jwt_alg_name(alg)));
+	}
+	if (jwt_verifier_nkeys(v) == 0) {
+		log_error("auth.start", "JWT is enabled but no key is configured");
+		goto fail;
+	}
+	return v;
+fail:
+	free(err);
+	jwt_verifier_free(v);
+	return NULL;
+}
+
 struct auth *auth_new(struct pg_pool *pool, const struct auth_opts *opts)
 {
 	struct auth_opts o = opts ? *opts : (struct auth_opts){.enabled = true};
@@ -660,8 +1096,23 @@ struct auth *auth_new(struct pg_pool *pool, const struct auth_opts *opts)
 			a->nbuckets <<= 1;
 		a->buckets = xcalloc(a->nbuckets, sizeof *a->buckets);
 	}
+	if (o.max_failures > 0) {
+		a->max_failures = o.max_failures;
+		a->failure_window_us =
+		        (o.failure_window_ms > 0 ? o.failure_window_ms : 60000) * (int64_t)1000;
+		a->fail_max = o.failure_table_max ? o.failure_table_max : 4096;
+		a->fail_nbuckets = 16;
+		while (a->fail_nbuckets < a->fail_max && a->fail_nbuckets < (1u << 20))
+			a->fail_nbuckets <<= 1;
+		a->fail_buckets = xcalloc(a->fail_nbuckets, sizeof *a->fail_buckets);
+	}
+	if (o.jwt_enabled && (a->jwt = jwt_setup(&o)) == NULL) {
+		auth_free(a);
+		return NULL;
+	}
 	if (!pg_pool_prepare(pool, STMT_LOOKUP, sql_lookup, 1, NULL) ||
-	    !pg_pool_prepare(pool, STMT_TOUCH, sql_touch, 2, NULL)) {
+	    !pg_pool_prepare(pool, STMT_TOUCH, sql_touch, 2, NULL) ||
+	    (a->jwt && !pg_pool_prepare(pool, STMT_PROJECT, sql_project, 1, NULL))) {
 		log_error("auth.start", "cannot register the API key statements on the pool");
 		auth_free(a);
 		return NULL;
@@ -691,9 +1142,20 @@ void auth_free(struct auth *a)
 		pg_pool_cancel(t->q);
 		free(t);
 	}
+	while (a->project_waits) {
+		struct project_wait *w = a->project_waits;
+		project_wait_unlink(a, w);
+		pg_pool_cancel(w->q);
+		http_req_on_abort(w->req, NULL, NULL);
+		free(w);
+	}
 	while (a->oldest)
 		cache_remove(a, a->oldest->row.prefix);
 	free(a->buckets);
+	while (a->fail_oldest)
+		fail_remove(a, a->fail_oldest);
+	free(a->fail_buckets);
+	jwt_verifier_free(a->jwt);
 	free(a);
 }
 
@@ -702,4 +1164,5 @@ void auth_stats(const struct auth *a, struct auth_stats *out)
 	*out = a->stats;
 	out->cache_entries = a->nentries;
 	out->lookups_in_flight = a->nlookups;
+	out->failure_entries = a->fail_n;
 }

@@ -10,6 +10,21 @@
  * against the clock); auth_forget() makes one take effect here at once and
  * is what this instance's own revoke path calls.
  *
+ * JWT (optional): a bearer token that is not an API key ("sl_...") and
+ * holds a '.' goes to jwt.c when a verifier is configured; a token that
+ * verifies acts for its project claim with its scopes claim, once the
+ * project is known to exist (the projects row, cached like key rows; a
+ * project deleted elsewhere stops working here within the TTL).
+ *
+ * Failed-auth rate limiting: every 401 but a missing header counts against
+ * the client's address (IPv4, the /64 of IPv6, or all Unix-socket clients
+ * together). After max_failures of them within failure_window, every
+ * request from that address is 429 for a window from the last counted
+ * failure, before its header is read: a valid key from that address too,
+ * and a success does not reset the count (it would let one valid key shield
+ * a brute force). The table of addresses is bounded, least recently failed
+ * evicted.
+ *
  * Disabled auth (auth.enabled: false): every request is project "default"
  * with every scope, no header is read and nothing is looked up; the project
  * row "default" must exist for anything that writes. */
@@ -21,6 +36,7 @@
 #include <stdint.h>
 
 #include "core/apikey.h"
+#include "http/jwt.h"
 
 struct auth;
 struct http_req;
@@ -32,7 +48,7 @@ struct pg_pool;
 /* Who is calling. Valid only during the done callback: copy what you keep. */
 struct auth_principal {
 	char project_id[AUTH_PROJECT_MAX + 1];
-	char key_prefix[APIKEY_PREFIX_LEN + 1]; /* "" when auth is disabled */
+	char key_prefix[APIKEY_PREFIX_LEN + 1]; /* "" when auth is disabled, "jwt" for a token */
 	unsigned scopes; /* APIKEY_SCOPE_* */
 };
 
@@ -47,6 +63,19 @@ struct auth_opts {
 	int64_t cache_ttl_ms; /* 0 = 10000; < 0 = no cache (every request asks the DB) */
 	size_t cache_max; /* 0 = 10000 entries */
 	int64_t touch_interval_ms; /* last_used_at at most this often per key; 0 = 60000 */
+	/* Failed-auth rate limiting per client address. */
+	int64_t max_failures; /* 401s per address per window before 429; 0 = off */
+	int64_t failure_window_ms; /* 0 = 60000 */
+	size_t failure_table_max; /* addresses tracked at once; 0 = 4096 */
+	/* JWT bearer tokens; off unless jwt_enabled. jwt carries the issuer,
+	 * audience, leeway and claim names; the keys come from the secret (at
+	 * least 32 bytes) and the PEM file (read here, at start), at least one. */
+	bool jwt_enabled;
+	struct jwt_opts jwt;
+	const char *jwt_hs256_secret; /* NULL or "": none */
+	const char *jwt_hs256_kid; /* NULL or "": none */
+	const char *jwt_public_key_file; /* absolute path; NULL or "": none */
+	const char *jwt_public_key_kid;
 };
 
 /* Borrows pool (which must outlive the auth) and prepares its statements on
@@ -71,8 +100,14 @@ void auth_free(struct auth *a);
  *       an unknown prefix, a wrong secret, a revoked or an expired key
  *       (the log line says which), with WWW-Authenticate: Bearer
  *       realm="stageline";
+ *       (and for every refused JWT: bad shape, signature, alg, kid, exp, nbf,
+ *       iss, aud, project claim, or a project that does not exist);
  *   403 urn:stageline:problem:forbidden naming the missing scopes;
- *   503 urn:stageline:problem:db-unavailable when the key can't be looked up.
+ *   429 urn:stageline:problem:rate-limited with Retry-After when the
+ *       client's address is blocked for failed attempts (nothing else is
+ *       read or looked up);
+ *   503 urn:stageline:problem:db-unavailable when the key (or a token's
+ *       project) can't be looked up.
  * If the client goes away while the lookup is pending, the lookup is
  * cancelled (when no other request waits for the same key) and nothing
  * fires. The token is never logged; only its public prefix is. */
@@ -94,6 +129,10 @@ struct auth_stats {
 	uint64_t touches; /* last_used_at updates sent */
 	size_t cache_entries;
 	size_t lookups_in_flight;
+	uint64_t rate_limited; /* 429s answered */
+	size_t failure_entries; /* addresses in the failure table */
+	uint64_t jwt_accepted; /* tokens that verified (whatever came after) */
+	uint64_t project_lookups; /* projects rows read for tokens */
 };
 void auth_stats(const struct auth *a, struct auth_stats *out);
 

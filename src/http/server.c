@@ -65,6 +65,7 @@ struct http_conn {
 	struct http_req *req;
 	TAILQ_ENTRY(http_conn) link;
 	char peer[64];
+	char peer_ip[INET6_ADDRSTRLEN]; /* peer without the port, for auth */
 };
 
 struct http_linger {
@@ -449,6 +450,19 @@ static void format_peer(struct sockaddr *sa, char *out, size_t size)
 	}
 }
 
+static void format_peer_ip(struct sockaddr *sa, char *out, size_t size)
+{
+	out[0] = '\0';
+	if (sa == NULL)
+		return;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)size);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)size);
+	else if (sa->sa_family == AF_UNIX)
+		snprintf(out, size, "unix");
+}
+
 static evhtp_res post_accept_cb(evhtp_connection_t *c, void *arg)
 {
 	struct http_server *srv = arg;
@@ -460,6 +474,7 @@ static evhtp_res post_accept_cb(evhtp_connection_t *c, void *arg)
 	hc->phase = CONN_HEADERS;
 	hc->timer = evtimer_new(srv->base, conn_timer_cb, hc);
 	format_peer(c->saddr, hc->peer, sizeof hc->peer);
+	format_peer_ip(c->saddr, hc->peer_ip, sizeof hc->peer_ip);
 	TAILQ_INSERT_TAIL(&srv->conns, hc, link);
 	srv->nconns++;
 	metric_inc(metrics_default_get(M_HTTP_CONNECTIONS_OPEN), 1);
@@ -690,6 +705,11 @@ const char *http_req_query(const struct http_req *req, const char *name)
 const char *http_req_header(const struct http_req *req, const char *name)
 {
 	return req->ev ? evhtp_header_find(req->ev->headers_in, name) : NULL;
+}
+
+const char *http_req_peer(const struct http_req *req)
+{
+	return req->conn ? req->conn->peer_ip : "";
 }
 
 const char *http_req_body(struct http_req *req, size_t *len)

@@ -60,6 +60,9 @@ const char *http_req_path(const struct http_req *req);
 const char *http_req_param(const struct http_req *req, const char *name);
 const char *http_req_query(const struct http_req *req, const char *name);
 const char *http_req_header(const struct http_req *req, const char *name);
+/* The client's address without the port ("127.0.0.1", "::1"), "unix" for a
+ * Unix-socket client, "" once the connection is gone. */
+const char *http_req_peer(const struct http_req *req);
 /* The request body (NUL-terminated copy kept by the request). */
 const char *http_req_body(struct http_req *req, size_t *len);
 struct http_server *http_req_server(const struct http_req *req);

@@ -185,13 +185,17 @@ static bool terminal_lifecycle(const char *kind, const char *status_to)
 	        strcmp(status_to, "cancelled") == 0);
 }
 
+/* Writes `end` and closes. Called only on an open stream (something was
+ * just written to it), so a failed write means the stream is already gone:
+ * stream_send closed it. */
 static void stream_end(struct sse_stream *st, const char *status)
 {
 	json_t *o = json_pack("{s:s, s:s, s:I}", "job_id", st->job_id, "status", status, "last_seq",
 	                      (json_int_t)st->last_seq);
-	stream_event_json(st, "end", 0, o);
+	bool open = stream_event_json(st, "end", 0, o);
 	json_decref(o);
-	stream_close(st, NULL);
+	if (open)
+		stream_close(st, NULL);
 }
 
 /* --- Lifecycle ------------------------------------------------------------ */

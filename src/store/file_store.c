@@ -176,6 +176,7 @@ bool store_presign_get(struct store *s, const char *key, int64_t ttl_s, char **o
 #define FS_LIST_BUDGET 4096 /* directory entries looked at per loop pass */
 #define FS_PUT_ATTEMPTS 3 /* a concurrent delete may prune the directory we create */
 #define FS_SIG_DOMAIN "stageline-object-get-v1"
+#define FS_SIG_DOMAIN_PUT "stageline-object-put-v1"
 
 TAILQ_HEAD(fs_op_list, fs_op);
 
@@ -1274,11 +1275,17 @@ static void fs_free(struct store *s)
 
 /* HMAC-SHA256(secret, domain "\n" exp "\n" key): exp is digits, so the
  * message splits one way only. */
-static bool fs_sign(const struct file_store *fs, const char *key, int64_t exp,
-                    unsigned char out[32])
+/* GET links: "stageline-object-get-v1\n<exp>\n<key>"; PUT links (put true):
+ * "stageline-object-put-v1\n<exp>\n<size>\n<key>". */
+static bool fs_sign_op(const struct file_store *fs, bool put, const char *key, int64_t exp,
+                       uint64_t size, unsigned char out[32])
 {
 	struct buf msg = BUF_INIT;
-	buf_printf(&msg, "%s\n%" PRId64 "\n%s", FS_SIG_DOMAIN, exp, key);
+	if (put)
+		buf_printf(&msg, "%s\n%" PRId64 "\n%" PRIu64 "\n%s", FS_SIG_DOMAIN_PUT, exp, size,
+		           key);
+	else
+		buf_printf(&msg, "%s\n%" PRId64 "\n%s", FS_SIG_DOMAIN, exp, key);
 	unsigned int n = 0;
 	bool ok = HMAC(EVP_sha256(), fs->secret, (int)fs->secret_len,
 	               (const unsigned char *)msg.data, msg.len, out, &n) != NULL &&
@@ -1287,8 +1294,23 @@ static bool fs_sign(const struct file_store *fs, const char *key, int64_t exp,
 	return ok;
 }
 
+static bool fs_presign(struct store *s, bool put, const char *key, int64_t ttl_s, int64_t now_s,
+                       uint64_t size, char **out_url, struct store_error *err);
+
 static bool fs_presign_get(struct store *s, const char *key, int64_t ttl_s, int64_t now_s,
                            char **out_url, struct store_error *err)
+{
+	return fs_presign(s, false, key, ttl_s, now_s, 0, out_url, err);
+}
+
+static bool fs_presign_put(struct store *s, const char *key, int64_t ttl_s, int64_t now_s,
+                           uint64_t size, char **out_url, struct store_error *err)
+{
+	return fs_presign(s, true, key, ttl_s, now_s, size, out_url, err);
+}
+
+static bool fs_presign(struct store *s, bool put, const char *key, int64_t ttl_s, int64_t now_s,
+                       uint64_t size, char **out_url, struct store_error *err)
 {
 	struct file_store *fs = fs_of(s);
 	int64_t start = clock_mono_us();
@@ -1313,7 +1335,7 @@ static bool fs_presign_get(struct store *s, const char *key, int64_t ttl_s, int6
 	} else {
 		unsigned char mac[32];
 		int64_t exp = now_s + ttl_s;
-		if (fs_sign(fs, key, exp, mac)) {
+		if (fs_sign_op(fs, put, key, exp, size, mac)) {
 			static const char hex[] = "0123456789abcdef";
 			struct buf url = BUF_INIT;
 			buf_adds(&url, "/v1/objects/");
@@ -1324,7 +1346,10 @@ static bool fs_presign_get(struct store *s, const char *key, int64_t ttl_s, int6
 				else
 					buf_printf(&url, "%%%02X", *p); /* RFC 3986: upper case */
 			}
-			buf_printf(&url, "?exp=%" PRId64 "&sig=", exp);
+			buf_printf(&url, "?exp=%" PRId64, exp);
+			if (put)
+				buf_printf(&url, "&size=%" PRIu64, size);
+			buf_adds(&url, "&sig=");
 			for (size_t i = 0; i < sizeof(mac); i++)
 				buf_printf(&url, "%c%c", hex[mac[i] >> 4], hex[mac[i] & 15]);
 			*out_url = buf_steal(&url);
@@ -1347,8 +1372,23 @@ static int fs_hex_val(char c)
 	return -1;
 }
 
+static bool fs_verify(struct store *s, bool put, const char *key, int64_t exp, uint64_t size,
+                      const char *sig, int64_t now_s);
+
 static bool fs_presign_verify(struct store *s, const char *key, int64_t exp, const char *sig,
                               int64_t now_s)
+{
+	return fs_verify(s, false, key, exp, 0, sig, now_s);
+}
+
+static bool fs_presign_verify_put(struct store *s, const char *key, int64_t exp, uint64_t size,
+                                  const char *sig, int64_t now_s)
+{
+	return fs_verify(s, true, key, exp, size, sig, now_s);
+}
+
+static bool fs_verify(struct store *s, bool put, const char *key, int64_t exp, uint64_t size,
+                      const char *sig, int64_t now_s)
 {
 	struct file_store *fs = fs_of(s);
 	if (fs->secret_len == 0 || !key || !sig || !store_key_valid(key, strlen(key), NULL))
@@ -1364,7 +1404,8 @@ static bool fs_presign_verify(struct store *s, const char *key, int64_t exp, con
 			return false;
 		got[i] = (unsigned char)(hi << 4 | lo);
 	}
-	return fs_sign(fs, key, exp, want) && CRYPTO_memcmp(got, want, sizeof(want)) == 0;
+	return fs_sign_op(fs, put, key, exp, size, want) &&
+	       CRYPTO_memcmp(got, want, sizeof(want)) == 0;
 }
 
 static const struct store_ops file_store_ops = {
@@ -1380,6 +1421,8 @@ static const struct store_ops file_store_ops = {
         .cancel = fs_cancel,
         .presign_get = fs_presign_get,
         .presign_verify = fs_presign_verify,
+        .presign_put = fs_presign_put,
+        .presign_verify_put = fs_presign_verify_put,
         .free = fs_free,
 };
 

@@ -1421,8 +1421,24 @@ static void s3_free(struct store *s)
 	s3->dead = true;
 }
 
+static bool s3_presign(struct store *s, const char *method, const char *key, int64_t ttl_s,
+                       int64_t now_s, uint64_t size, char **out_url, struct store_error *err);
+
 static bool s3_presign_get(struct store *s, const char *key, int64_t ttl_s, int64_t now_s,
                            char **out_url, struct store_error *err)
+{
+	return s3_presign(s, "GET", key, ttl_s, now_s, 0, out_url, err);
+}
+
+/* The link signs content-length: S3 takes the PUT only with exactly size. */
+static bool s3_presign_put(struct store *s, const char *key, int64_t ttl_s, int64_t now_s,
+                           uint64_t size, char **out_url, struct store_error *err)
+{
+	return s3_presign(s, "PUT", key, ttl_s, now_s, size, out_url, err);
+}
+
+static bool s3_presign(struct store *s, const char *method, const char *key, int64_t ttl_s,
+                       int64_t now_s, uint64_t size, char **out_url, struct store_error *err)
 {
 	struct s3_store *s3 = (struct s3_store *)s;
 	int64_t start = clock_mono_us();
@@ -1451,8 +1467,13 @@ static bool s3_presign_get(struct store *s, const char *key, int64_t ttl_s, int6
 		        .region = s3->region, .service = "s3", .when = (time_t)now_s};
 		struct sigv4_result res;
 		struct sigv4_error serr = {{0}};
-		bool ok = sigv4_presign_url(host.data, path.data, NULL, (unsigned)ttl_s, &creds,
-		                            &scope, SIGV4_S3, &res, &serr);
+		char len[24];
+		snprintf(len, sizeof len, "%" PRIu64, size);
+		struct sigv4_header cl = {"content-length", len};
+		bool put = strcmp(method, "PUT") == 0;
+		bool ok = sigv4_presign(method, host.data, path.data, NULL, put ? &cl : NULL,
+		                        put ? 1 : 0, (unsigned)ttl_s, &creds, &scope, SIGV4_S3,
+		                        &res, &serr);
 		if (ok) {
 			*out_url = xasprintf("%s://%s%s?%s", s3->addr.https ? "https" : "http",
 			                     host.data, path.data, res.query);
@@ -1485,6 +1506,8 @@ static const struct store_ops s3_store_ops = {
         .cancel = s3_cancel,
         .presign_get = s3_presign_get,
         .presign_verify = NULL,
+        .presign_put = s3_presign_put,
+        .presign_verify_put = NULL,
         .free = s3_free,
 };
 

@@ -716,11 +716,21 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
                        const struct sigv4_creds *creds, const struct sigv4_scope *scope,
                        unsigned flags, struct sigv4_result *out, struct sigv4_error *err)
 {
+	return sigv4_presign("GET", host, path, query, NULL, 0, expires, creds, scope, flags, out,
+	                     err);
+}
+
+bool sigv4_presign(const char *method, const char *host, const char *path, const char *query,
+                   const struct sigv4_header *extra, size_t nextra, unsigned expires,
+                   const struct sigv4_creds *creds, const struct sigv4_scope *scope, unsigned flags,
+                   struct sigv4_result *out, struct sigv4_error *err)
+{
 	struct buf raw = BUF_INIT, cq = BUF_INIT, creq = BUF_INIT, sts = BUF_INIT;
+	struct buf names = BUF_INIT;
 	struct qparam *q;
 	size_t nq;
 	char amz_date[17], date[9];
-	struct sigv4_header h;
+	struct sigv4_header h[9];
 	struct sigv4_request req;
 	struct buf cred = BUF_INIT;
 
@@ -731,6 +741,10 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
 		return sigv4_fail(err, "expires must be 1..%u seconds", SIGV4_PRESIGN_MAX_EXPIRES);
 	if (host == NULL || host[0] == '\0')
 		return sigv4_fail(err, "empty host");
+	if (method == NULL || method[0] == '\0')
+		return sigv4_fail(err, "empty method");
+	if (nextra > 8)
+		return sigv4_fail(err, "at most 8 extra signed headers");
 
 	/* The caller's own parameters must not collide with ours. */
 	if (!query_parse(query, &q, &nq, err))
@@ -745,6 +759,15 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
 	}
 	qparams_free(q, nq);
 
+	h[0].name = "host";
+	h[0].value = host;
+	for (size_t i = 0; i < nextra; i++)
+		h[i + 1] = extra[i];
+	if (!sigv4_canonical_headers(h, nextra + 1, NULL, &names, err)) {
+		buf_free(&names);
+		return false;
+	}
+
 	if (query != NULL && query[0] != '\0') {
 		buf_adds(&raw, query);
 		buf_addc(&raw, '&');
@@ -753,21 +776,19 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
 	           scope->service);
 	buf_adds(&raw, "X-Amz-Algorithm=" SIGV4_ALGORITHM "&X-Amz-Credential=");
 	encode_bytes(&raw, cred.data, cred.len);
-	buf_printf(&raw, "&X-Amz-Date=%s&X-Amz-Expires=%u&X-Amz-SignedHeaders=host", amz_date,
-	           expires);
+	buf_printf(&raw, "&X-Amz-Date=%s&X-Amz-Expires=%u&X-Amz-SignedHeaders=", amz_date, expires);
+	encode_bytes(&raw, names.data, names.len);
 	if (creds->session_token != NULL) {
 		buf_adds(&raw, "&X-Amz-Security-Token=");
 		encode_bytes(&raw, creds->session_token, strlen(creds->session_token));
 	}
 	buf_free(&cred);
 
-	h.name = "host";
-	h.value = host;
-	req.method = "GET";
+	req.method = method;
 	req.path = path;
 	req.query = raw.data;
-	req.headers = &h;
-	req.nheaders = 1;
+	req.headers = h;
+	req.nheaders = nextra + 1;
 	req.payload_sha256_hex = SIGV4_UNSIGNED_PAYLOAD;
 	if (!sigv4_canonical_request(&req, flags, &creq, NULL, err) ||
 	    !sigv4_canonical_query(raw.data, &cq, err) ||
@@ -776,6 +797,7 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
 		buf_free(&cq);
 		buf_free(&creq);
 		buf_free(&sts);
+		buf_free(&names);
 		return false;
 	}
 	buf_free(&raw);
@@ -784,6 +806,6 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
 	out->query = buf_steal(&cq);
 	out->canonical_request = buf_steal(&creq);
 	out->string_to_sign = buf_steal(&sts);
-	out->signed_headers = xstrdup("host");
+	out->signed_headers = buf_steal(&names);
 	return true;
 }

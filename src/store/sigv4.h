@@ -124,4 +124,13 @@ bool sigv4_presign_url(const char *host, const char *path, const char *query, un
                        unsigned flags, struct sigv4_result *out, struct sigv4_error *err)
         __attribute__((warn_unused_result));
 
+/* The same for any method, with extra headers signed beside host (e.g.
+ * content-length, so a presigned PUT must carry exactly that size): the
+ * client must send each of them with that value. At most 8. */
+bool sigv4_presign(const char *method, const char *host, const char *path, const char *query,
+                   const struct sigv4_header *extra, size_t nextra, unsigned expires,
+                   const struct sigv4_creds *creds, const struct sigv4_scope *scope, unsigned flags,
+                   struct sigv4_result *out, struct sigv4_error *err)
+        __attribute__((warn_unused_result));
+
 #endif

@@ -172,6 +172,11 @@ struct store_ops {
 	/* NULL when the backend's links are checked elsewhere (S3 checks its own). */
 	bool (*presign_verify)(struct store *s, const char *key, int64_t exp, const char *sig,
 	                       int64_t now_s);
+	/* A PUT link for exactly size bytes (uploads). */
+	bool (*presign_put)(struct store *s, const char *key, int64_t ttl_s, int64_t now_s,
+	                    uint64_t size, char **out_url, struct store_error *err);
+	bool (*presign_verify_put)(struct store *s, const char *key, int64_t exp, uint64_t size,
+	                           const char *sig, int64_t now_s);
 	void (*free)(struct store *s);
 };
 
@@ -293,6 +298,24 @@ static inline bool store_presign_verify(struct store *s, const char *key, int64_
                                         const char *sig, int64_t now_s)
 {
 	return s->ops->presign_verify && s->ops->presign_verify(s, key, exp, sig, now_s);
+}
+
+/* Presigned PUT links (uploads): as presign_get, for a PUT of exactly size
+ * bytes (S3 signs Content-Length into the link; the file store's link is
+ * "/v1/objects/<key>?exp=<unix>&size=<n>&sig=<hex>", a PUT on the daemon,
+ * checked with store_presign_verify_put()). */
+static inline bool store_presign_put_at(struct store *s, const char *key, int64_t ttl_s,
+                                        int64_t now_s, uint64_t size, char **out_url,
+                                        struct store_error *err)
+{
+	return s->ops->presign_put(s, key, ttl_s, now_s, size, out_url, err);
+}
+
+static inline bool store_presign_verify_put(struct store *s, const char *key, int64_t exp,
+                                            uint64_t size, const char *sig, int64_t now_s)
+{
+	return s->ops->presign_verify_put &&
+	       s->ops->presign_verify_put(s, key, exp, size, sig, now_s);
 }
 
 #endif

@@ -190,7 +190,7 @@ def test_snapshots_are_valid_closed_schemas(snapshots):
         "completed_at", "duration_ms", "required", "retries", "attempt", "error", "skip_reason",
         "ready_at", "wait_ms", "progress", "depends_on", "timing"}
     job, summary = snapshots["Job"]["properties"], snapshots["JobSummary"]["properties"]
-    assert set(job) - set(summary) == {"stages", "total_wait_ms"}
+    assert set(job) - set(summary) == {"stages", "total_wait_ms", "queue"}
     assert set(summary) <= set(job)
     for k in summary:
         assert summary[k] == job[k], f"JobSummary.{k} differs from Job.{k}"
@@ -398,7 +398,7 @@ def test_submit_get_304_and_list(api, snapshots, sl):
     etag = h["etag"]
     assert etag == '"1"'
     # the same job, only the clock-derived waits may have grown
-    volatile = ("total_wait_ms", "stages")
+    volatile = ("total_wait_ms", "stages", "queue")  # queue: the GET says why it waits
     assert {k: v for k, v in got.items() if k not in volatile} == \
         {k: v for k, v in job.items() if k not in volatile}
     for a, b in zip(got["stages"], job["stages"]):
@@ -431,7 +431,7 @@ def test_submit_get_304_and_list(api, snapshots, sl):
     ids2 = [j["id"] for j in page2["data"]]
     assert job["id"] in ids2 and third["id"] not in ids2 and other["id"] not in ids2
     summary = next(j for j in page2["data"] if j["id"] == job["id"])
-    assert summary == {k: v for k, v in got.items() if k not in ("stages", "total_wait_ms")}
+    assert summary == {k: v for k, v in got.items() if k not in ("stages", "total_wait_ms", "queue")}
 
     filt = check_response(api, "GET", "/v1/jobs", 200,
                           sl.http("GET", f"/v1/jobs?status=queued&pipeline=demo&limit=200"

@@ -135,10 +135,10 @@ def test_layout_manifests_hashes_and_pipeline_log(daemon, edb):
     assert j["status"] == "completed"
     assert j["logs_key"] == f"default/{jid}/logs/pipeline.log"
 
-    # the job's own files (pipeline.log once the finalizer has run)
-    assert read_stored_json(daemon, "default", jid, "input.json") == {"hello": "world"}
+    # the job's own files, once the finalizer has run
     wait_for(lambda: os.path.exists(obj(daemon, "default", jid, "logs", "pipeline.log")), 10,
              0.05, "pipeline.log in the store")
+    assert read_stored_json(daemon, "default", jid, "input.json") == {"hello": "world"}
     wait_for(lambda: edb.one("SELECT logs_seq = event_seq AS ok FROM jobs WHERE id = %s",
                              (jid,))["ok"], 10, 0.05, "logs_seq recorded")
 

@@ -20,10 +20,13 @@
 #include "http/auth.c"
 #include "http/problem.h"
 
+#include <openssl/hmac.h>
+
 /* --- the fake request --------------------------------------------------- */
 
 struct http_req {
 	const char *authorization; /* NULL: no header */
+	const char *peer; /* NULL: unknown (the connection is gone) */
 	int status; /* 0 until answered */
 	char *body;
 	char *www_authenticate;
@@ -38,6 +41,11 @@ struct http_req {
 const char *http_req_header(const struct http_req *req, const char *name)
 {
 	return strcasecmp(name, "Authorization") == 0 ? req->authorization : NULL;
+}
+
+const char *http_req_peer(const struct http_req *req)
+{
+	return req->peer ? req->peer : "";
 }
 
 const char *http_req_id(const struct http_req *req)
@@ -649,6 +657,308 @@ static void test_ttl_and_eviction(void **state)
 	auth_free(a);
 }
 
+/* --- failed-auth rate limiting ------------------------------------------ */
+
+static struct auth *new_limited_auth(int64_t max, int64_t window_ms, size_t table_max)
+{
+	struct auth_opts o = {.enabled = true,
+	                      .max_failures = max,
+	                      .failure_window_ms = window_ms,
+	                      .failure_table_max = table_max};
+	struct auth *a = auth_new(&pool, &o);
+	assert_non_null(a);
+	return a;
+}
+
+static void request_from(struct auth *a, struct http_req *req, const char *peer,
+                         const char *authorization)
+{
+	req_reset(req, authorization);
+	req->peer = peer;
+	auth_require(a, req, APIKEY_SCOPE_JOBS_READ, done_cb, NULL);
+}
+
+static void assert_429(struct http_req *req)
+{
+	assert_int_equal(req->status, 429);
+	assert_int_equal(req->done_calls, 0);
+	assert_non_null(strstr(req->body, "\"type\":\"urn:stageline:problem:rate-limited\""));
+	assert_non_null(req->retry_after);
+	assert_null(req->www_authenticate);
+}
+
+static void test_rate_limit_per_address(void **state)
+{
+	struct auth *a = new_limited_auth(3, 300, 0);
+	struct apikey k;
+	apikey_generate(&k);
+	char *good = bearer(&k);
+	struct http_req req = {0};
+	/* three failures of any kind but a missing header ... */
+	request_from(a, &req, "10.0.0.1", "Bearer sl_short");
+	assert_401(&req);
+	request_from(a, &req, "10.0.0.1", "Basic abc");
+	assert_401(&req);
+	for (int i = 0; i < 5; i++) { /* no header: no guess, not counted */
+		request_from(a, &req, "10.0.0.1", NULL);
+		assert_401(&req);
+	}
+	request_from(a, &req, "10.0.0.1", "Bearer nonsense");
+	assert_401(&req);
+	/* ... and the address is refused before anything is read: a good key
+	 * too, and without a query */
+	request_from(a, &req, "10.0.0.1", good);
+	assert_429(&req);
+	assert_string_equal(req.retry_after, "1");
+	assert_non_null(strstr(req.body, "\"detail\":\"too many failed authentication attempts"
+	                                 " from this address; retry after 1 s\""));
+	request_from(a, &req, "10.0.0.1", NULL);
+	assert_429(&req);
+	request_from(a, &req, "::ffff:10.0.0.1", "Bearer x");
+	assert_429(&req); /* the same address, IPv4-mapped */
+	assert_int_equal(nqueries, 0);
+	/* another address is not affected; an unknown one is never limited */
+	request_from(a, &req, "10.0.0.2", good);
+	assert_int_equal(req.status, 0); /* waiting for its lookup */
+	struct fake_row row = {.project = "acme", .scopes = "jobs:read", .key = &k};
+	complete_rows(last_query(STMT_LOOKUP), &row);
+	assert_int_equal(req.done_calls, 1);
+	for (int i = 0; i < 5; i++) {
+		request_from(a, &req, NULL, "Bearer nonsense");
+		assert_401(&req);
+	}
+	/* IPv6 counts per /64 */
+	request_from(a, &req, "2001:db8:0:1::1", "Bearer x");
+	request_from(a, &req, "2001:db8:0:1::2", "Bearer x");
+	request_from(a, &req, "2001:db8:0:1:ffff::3", "Bearer x");
+	assert_401(&req);
+	request_from(a, &req, "2001:db8:0:1::1", good);
+	assert_429(&req);
+	request_from(a, &req, "2001:db8:0:2::1", "Bearer x");
+	assert_401(&req);
+	/* Unix-socket clients share one budget */
+	for (int i = 0; i < 3; i++)
+		request_from(a, &req, "unix", "Bearer x");
+	request_from(a, &req, "unix", good);
+	assert_429(&req);
+	struct auth_stats st;
+	auth_stats(a, &st);
+	assert_int_equal(st.rate_limited, 5);
+	/* after the window the address starts over; a success does not reset
+	 * the count */
+	usleep(350 * 1000);
+	request_from(a, &req, "10.0.0.1", "Bearer x");
+	assert_401(&req);
+	request_from(a, &req, "10.0.0.1", "Bearer x");
+	assert_401(&req);
+	request_from(a, &req, "10.0.0.1", good);
+	assert_int_equal(req.done_calls, 1); /* from the cache */
+	request_from(a, &req, "10.0.0.1", "Bearer x");
+	assert_401(&req);
+	request_from(a, &req, "10.0.0.1", good);
+	assert_429(&req);
+	req_reset(&req, NULL);
+	free(good);
+	auth_free(a);
+}
+
+static void test_rate_table_is_bounded(void **state)
+{
+	struct auth *a = new_limited_auth(2, 60000, 8);
+	struct http_req req = {0};
+	/* one address blocked, then many others each failing once */
+	request_from(a, &req, "192.0.2.1", "Bearer x");
+	request_from(a, &req, "192.0.2.1", "Bearer x");
+	request_from(a, &req, "192.0.2.1", "Bearer x");
+	assert_429(&req);
+	char peer[32];
+	for (int i = 0; i < 1000; i++) {
+		snprintf(peer, sizeof peer, "198.51.%d.%d", i / 250, i % 250);
+		request_from(a, &req, peer, "Bearer x");
+		assert_401(&req);
+		if (i % 4 == 0) { /* the blocked one keeps trying: it stays */
+			request_from(a, &req, "192.0.2.1", "Bearer x");
+			assert_429(&req);
+		}
+		struct auth_stats st;
+		auth_stats(a, &st);
+		assert_true(st.failure_entries <= 8);
+	}
+	req_reset(&req, NULL);
+	auth_free(a);
+	/* max_failures 0: no table, never 429 */
+	a = new_limited_auth(0, 0, 0);
+	for (int i = 0; i < 50; i++) {
+		request_from(a, &req, "192.0.2.1", "Bearer x");
+		assert_401(&req);
+	}
+	req_reset(&req, NULL);
+	auth_free(a);
+}
+
+/* --- JWT ------------------------------------------------------------------ */
+
+static const char jwt_secret[] = "a-test-secret-of-more-than-32-bytes!";
+
+static char *hs256_token(const char *project, const char *scope, long long exp)
+{
+	char payload[512], input[1024], hb[128], pb[768], sb[64];
+	snprintf(payload, sizeof payload,
+	         "{\"iss\":\"idp\",\"aud\":\"sl\",\"exp\":%lld,\"project\":\"%s\","
+	         "\"scope\":\"%s\"}",
+	         exp, project, scope);
+	const char *header = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+	jwt_b64url_encode((const uint8_t *)header, strlen(header), hb);
+	jwt_b64url_encode((const uint8_t *)payload, strlen(payload), pb);
+	snprintf(input, sizeof input, "%s.%s", hb, pb);
+	uint8_t mac[32];
+	unsigned n = 0;
+	assert_non_null(HMAC(EVP_sha256(), jwt_secret, (int)strlen(jwt_secret),
+	                     (const uint8_t *)input, strlen(input), mac, &n));
+	jwt_b64url_encode(mac, n, sb);
+	char *out = NULL;
+	assert_true(asprintf(&out, "Bearer %s.%s", input, sb) > 0);
+	return out;
+}
+
+static struct auth *new_jwt_auth(int64_t ttl_ms)
+{
+	struct auth_opts o = {.enabled = true,
+	                      .cache_ttl_ms = ttl_ms,
+	                      .max_failures = 2,
+	                      .jwt_enabled = true,
+	                      .jwt = {.issuer = "idp", .audience = "sl", .leeway_ms = 0},
+	                      .jwt_hs256_secret = jwt_secret};
+	struct auth *a = auth_new(&pool, &o);
+	assert_non_null(a);
+	return a;
+}
+
+static void complete_project(struct pg_pool_query *q, bool found)
+{
+	assert_false(q->cancelled);
+	assert_false(q->done);
+	PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+	PGresAttDesc attr;
+	memset(&attr, 0, sizeof attr);
+	attr.name = (char *)"one";
+	attr.typlen = -1;
+	assert_true(PQsetResultAttrs(res, 1, &attr));
+	if (found)
+		assert_true(PQsetvalue(res, 0, 0, (char *)"1", 1));
+	q->done = true;
+	if (!q->cb(res, NULL, q->arg))
+		PQclear(res);
+}
+
+static void test_jwt_bearer(void **state)
+{
+	struct auth *a = new_jwt_auth(60000);
+	long long later = clock_now_us() / 1000000 + 300;
+	char *ok = hs256_token("acme", "jobs:read openid", later);
+	struct http_req req = {0};
+	request_from(a, &req, "10.1.1.1", ok);
+	assert_int_equal(req.status, 0); /* the project is looked up */
+	assert_int_equal(count_queries(STMT_LOOKUP, false), 0);
+	struct pg_pool_query *q = last_query(STMT_PROJECT);
+	assert_non_null(q);
+	assert_string_equal(q->values[0], "acme");
+	complete_project(q, true);
+	assert_int_equal(req.done_calls, 1);
+	assert_string_equal(req.p.project_id, "acme");
+	assert_string_equal(req.p.key_prefix, "jwt");
+	assert_int_equal(req.p.scopes, APIKEY_SCOPE_JOBS_READ);
+	/* the project is cached now */
+	request_from(a, &req, "10.1.1.1", ok);
+	assert_int_equal(req.done_calls, 1);
+	assert_int_equal(count_queries(STMT_PROJECT, false), 1);
+	/* a scope the token lacks: 403 naming it */
+	req_reset(&req, ok);
+	req.peer = "10.1.1.1";
+	auth_require(a, &req, APIKEY_SCOPE_JOBS_WRITE, done_cb, NULL);
+	assert_int_equal(req.status, 403);
+	assert_non_null(strstr(req.body, "this token lacks the scope jobs:write"));
+
+	/* expired, tampered and alg-none tokens: the same 401, no query */
+	char *expired = hs256_token("acme", "jobs:read", later - 600);
+	request_from(a, &req, "10.1.1.2", expired);
+	assert_401(&req);
+	char *tampered = strdup(ok);
+	tampered[strlen(tampered) - 5] ^= 1;
+	request_from(a, &req, "10.1.1.3", tampered);
+	assert_401(&req);
+	request_from(a, &req, "10.1.1.4", "Bearer eyJhbGciOiJub25lIn0.eyJwcm9qZWN0IjoiYWNtZSJ9.");
+	assert_401(&req);
+	assert_int_equal(count_queries(STMT_PROJECT, false), 1);
+	/* a project that does not exist is a 401 too; a failed lookup is 503 */
+	char *ghost = hs256_token("ghost", "jobs:read", later);
+	request_from(a, &req, "10.1.1.5", ghost);
+	complete_project(last_query(STMT_PROJECT), false);
+	assert_401(&req);
+	request_from(a, &req, "10.1.1.5", ghost);
+	complete_error(last_query(STMT_PROJECT), PG_ERR_CONN_LOST);
+	assert_int_equal(req.status, 503);
+	/* a 503 is no failure; a second 401 from 10.1.1.5 (max 2) blocks it */
+	request_from(a, &req, "10.1.1.5", ok);
+	assert_int_equal(req.done_calls, 1);
+	request_from(a, &req, "10.1.1.5", expired);
+	assert_401(&req);
+	request_from(a, &req, "10.1.1.5", ok);
+	assert_429(&req);
+	/* the client leaves during the lookup: cancelled, nothing fires */
+	request_from(a, &req, "10.1.1.6", ghost);
+	q = last_query(STMT_PROJECT);
+	req_abort(&req);
+	assert_true(q->cancelled);
+	assert_int_equal(req.status, 0);
+	/* freeing with a lookup pending cancels it */
+	struct http_req r2 = {0};
+	request_from(a, &r2, "10.1.1.7", ghost);
+	q = last_query(STMT_PROJECT);
+	auth_free(a);
+	assert_true(q->cancelled);
+	assert_null(r2.on_abort);
+	assert_int_equal(r2.status, 0);
+	req_reset(&req, NULL);
+	req_reset(&r2, NULL);
+	free(ok);
+	free(expired);
+	free(tampered);
+	free(ghost);
+
+	/* API keys still work beside tokens */
+	a = new_jwt_auth(60000);
+	struct apikey k;
+	apikey_generate(&k);
+	char *h = bearer(&k);
+	request_from(a, &req, "10.1.1.8", h);
+	struct fake_row row = {.project = "acme", .scopes = "jobs:read", .key = &k};
+	complete_rows(last_query(STMT_LOOKUP), &row);
+	assert_int_equal(req.done_calls, 1);
+	assert_string_equal(req.p.key_prefix, k.prefix);
+	req_reset(&req, NULL);
+	free(h);
+	auth_free(a);
+}
+
+static void test_jwt_setup_failures(void **state)
+{
+	struct auth_opts o = {
+	        .enabled = true, .jwt_enabled = true, .jwt = {.issuer = "idp", .audience = "sl"}};
+	assert_null(auth_new(&pool, &o)); /* no key */
+	o.jwt_hs256_secret = "short";
+	assert_null(auth_new(&pool, &o));
+	o.jwt_hs256_secret = NULL;
+	o.jwt_public_key_file = "/nonexistent/key.pem";
+	assert_null(auth_new(&pool, &o));
+	o.jwt_public_key_file = "/dev/null";
+	assert_null(auth_new(&pool, &o));
+	o.jwt_public_key_file = NULL;
+	o.jwt_hs256_secret = jwt_secret;
+	o.jwt.leeway_ms = 301 * 1000;
+	assert_null(auth_new(&pool, &o));
+}
+
 static void test_new_fails_when_pool_refuses(void **state)
 {
 	pool.refuse_prepare = true;
@@ -674,6 +984,10 @@ int main(void)
 	        cmocka_unit_test_setup(test_coalescing_and_abort, setup),
 	        cmocka_unit_test_setup(test_reentrant_done_and_forget, setup),
 	        cmocka_unit_test_setup(test_ttl_and_eviction, setup),
+	        cmocka_unit_test_setup(test_rate_limit_per_address, setup),
+	        cmocka_unit_test_setup(test_rate_table_is_bounded, setup),
+	        cmocka_unit_test_setup(test_jwt_bearer, setup),
+	        cmocka_unit_test_setup(test_jwt_setup_failures, setup),
 	        cmocka_unit_test_setup(test_new_fails_when_pool_refuses, setup),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -309,9 +309,39 @@ static void test_steal_reset_free(void **state)
 	assert_int_equal(b.len, 0);
 }
 
+static void test_utf8_clean(void **state)
+{
+	(void)state;
+	struct buf b = BUF_INIT;
+	/* valid text (ASCII, 2-, 3-, 4-byte sequences, tab) passes as is */
+	const char ok[] = "a\tb \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 z";
+	buf_add_utf8_clean(&b, ok, sizeof ok - 1);
+	assert_int_equal(b.len, sizeof ok - 1);
+	assert_memory_equal(b.data, ok, sizeof ok - 1);
+	buf_reset(&b);
+	/* NUL, controls, DEL, a lone continuation, an overlong, a surrogate, a
+	 * truncated sequence: each bad byte becomes U+FFFD */
+	const char bad[] = "x\0y\x01\x7f\x80\xc0\xaf\xed\xa0\x80\xe2\x82";
+	buf_add_utf8_clean(&b, bad, sizeof bad - 1);
+	const char *want = "x\xef\xbf\xbdy\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+	                   "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+	                   "\xef\xbf\xbd\xef\xbf\xbd";
+	assert_int_equal(b.len, strlen(want));
+	assert_memory_equal(b.data, want, b.len);
+	/* the output is always valid UTF-8 without NUL */
+	for (size_t i = 0; i < b.len;) {
+		size_t n = buf_utf8_seq_len((const unsigned char *)b.data + i, b.len - i);
+		assert_true(n > 0);
+		assert_true(b.data[i] != 0);
+		i += n;
+	}
+	buf_free(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_utf8_clean),
 	        cmocka_unit_test(test_grow_and_terminate),
 	        cmocka_unit_test(test_reserve),
 	        cmocka_unit_test(test_printf_short),

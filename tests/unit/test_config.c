@@ -151,7 +151,7 @@ static void test_keys_and_env_names(void **state)
 	size_t n = 0;
 	while (config_keys[n])
 		n++;
-	assert_int_equal(n, 42);
+	assert_int_equal(n, 58);
 	for (size_t i = 0; i < n; i++) {
 		for (size_t j = i + 1; j < n; j++) {
 			assert_string_not_equal(config_keys[i], config_keys[j]);
@@ -382,7 +382,7 @@ static void test_load_unknown_keys(void **state)
 	                           "  listen: x\n"
 	                           "server.listen: x\n"
 	                           "auth:\n"
-	                           "  jwt: {issuer: x}\n"
+	                           "  jwks: {url: x}\n"
 	                           "store:\n"
 	                           "  s4:\n"
 	                           "    bucket: b\n"
@@ -398,7 +398,7 @@ static void test_load_unknown_keys(void **state)
 	assert_error_at(&errs, path, "2:3: unknown key 'server.lisen'");
 	assert_error_at(&errs, path, "3:1: unknown key 'servr'");
 	assert_error_at(&errs, path, "5:1: unknown key 'server.listen'");
-	assert_error_at(&errs, path, "7:3: unknown key 'auth.jwt'");
+	assert_error_at(&errs, path, "7:3: unknown key 'auth.jwks'");
 	assert_error_at(&errs, path, "9:3: unknown key 'store.s4'");
 	assert_error_at(&errs, path, "12:5: unknown key 'store.s3.buckett'");
 	assert_error_at(&errs, path, "14:6: quota: keys must be plain names");
@@ -924,6 +924,10 @@ static void test_validate_cross_checks(void **state)
 	         "quota.max_input_bytes: 17825792 is above "
 	         "limits.max_input_bytes (16777216)"},
 	        {"server.metrics_listen", "127.0.0.1:8080", "server.metrics_listen: must differ"},
+	        {"privacy.scrub_patterns", "email, ssn",
+	         "privacy.scrub_patterns: unknown pattern 'ssn'"},
+	        {"privacy.scrub_fields", "email, --",
+	         "privacy.scrub_fields: '--' is not a field name"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		struct config *cfg = config_new();
@@ -1103,6 +1107,9 @@ static void test_contrib_example_is_the_defaults(void **state)
 	assert_int_equal(cfg->quota.max_queued_jobs, def->quota.max_queued_jobs);
 	assert_int_equal(cfg->quota.max_input_bytes, def->quota.max_input_bytes);
 	assert_true(cfg->quota.submissions_per_second == def->quota.submissions_per_second);
+	assert_int_equal(cfg->privacy.scrub, def->privacy.scrub);
+	assert_string_equal(cfg->privacy.scrub_fields, def->privacy.scrub_fields);
+	assert_string_equal(cfg->privacy.scrub_patterns, def->privacy.scrub_patterns);
 	assert_int_equal(cfg->limits.max_input_bytes, def->limits.max_input_bytes);
 	assert_int_equal(cfg->limits.max_header_bytes, def->limits.max_header_bytes);
 	assert_int_equal(cfg->limits.max_header_fields, def->limits.max_header_fields);

@@ -24,6 +24,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/scrub.h"
 #include "core/xmalloc.h"
 
 #define TS_RE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$"
@@ -404,6 +405,47 @@ static void test_redact_nested_json(void **state)
 	json_decref(deep);
 }
 
+/* privacy.scrub: LF_PII text is scrubbed, configured fields inside LF_JSON
+ * are masked; with no scrubber both are written as they are, and LF_STR is
+ * never scrubbed (daemon text, not a module's). */
+static void test_scrub_pii_fields(void **state)
+{
+	json_t *params = json_pack("{s:s, s:{s:s}, s:s}", "Email", "bob@example.com", "who",
+	                           "phone_number", "+44 20 7946 0958", "lang", "en");
+	const char *line = "mail bob@example.com or call +44 20 7946 0958";
+	log_capture_start();
+	log_info("module.stderr", "x", LF_PII("line", line), LF_PIIN("part", line, 4),
+	         LF_JSON("params", params), LF_PII("none", NULL));
+	char *out = log_capture_take();
+	json_t *j = parse_line(out);
+	assert_string_equal(str_member(j, "line"), line);
+	assert_string_equal(str_member(j, "part"), "mail");
+	assert_string_equal(str_member(json_object_get(j, "params"), "Email"), "bob@example.com");
+	json_decref(j);
+	free(out);
+
+	struct scrub *sc = scrub_new("email,phone_number", "email,phone");
+	log_set_scrub(sc);
+	log_capture_start();
+	log_info("module.stderr", "x", LF_PII("line", line), LF_STR("daemon", "bob@example.com"),
+	         LF_JSON("params", params), LF_PII("none", NULL));
+	out = log_capture_take();
+	assert_null(strstr(out, "7946"));
+	j = parse_line(out);
+	assert_string_equal(str_member(j, "line"), "mail [email] or call [phone]");
+	assert_string_equal(str_member(j, "daemon"), "bob@example.com");
+	json_t *p = json_object_get(j, "params");
+	assert_string_equal(str_member(p, "Email"), "[redacted]");
+	assert_string_equal(str_member(json_object_get(p, "who"), "phone_number"), "[redacted]");
+	assert_string_equal(str_member(p, "lang"), "en");
+	assert_true(json_is_null(json_object_get(j, "none")));
+	json_decref(j);
+	free(out);
+	log_set_scrub(NULL);
+	scrub_free(sc);
+	json_decref(params);
+}
+
 static void test_line_integrity_json(void **state)
 {
 	json_t *v = json_pack("{s:s}", "a\nb", "c\r\nd");
@@ -669,6 +711,7 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_redact_embedded, setup_json, teardown),
 	        cmocka_unit_test_setup_teardown(test_redact_nested_json, setup_json, teardown),
+	        cmocka_unit_test_setup_teardown(test_scrub_pii_fields, setup_json, teardown),
 	        cmocka_unit_test_setup_teardown(test_line_integrity_json, setup_json, teardown),
 	        cmocka_unit_test_setup_teardown(test_text_format, setup_text, teardown),
 	        cmocka_unit_test_setup_teardown(test_text_line_integrity_and_redaction, setup_text,

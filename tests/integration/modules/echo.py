@@ -24,6 +24,11 @@ params.log_lines (n), params.log_every (seconds, default 0): writes n stderr
 lines "line <i> of <stage>", that many seconds apart, before answering.
 
 params.warn (text): a warning frame with that message.
+
+Abuse tests: params.stderr_hex writes those raw bytes (hex) to stderr;
+params.raw_artifact_path declares an artifact with that path as a raw frame
+(bypassing the SDK's own checks); params.symlink_to writes evil.txt as a
+symlink to that path and declares it; params.extra is added to the result.
 """
 import os
 import sys
@@ -55,6 +60,16 @@ def handle(ctx):
         if ctx.params.get("log_every"):
             ctx.wait(ctx.params["log_every"])
             ctx.check_cancelled()
+    if ctx.params.get("stderr_hex"):
+        sys.stderr.buffer.write(bytes.fromhex(ctx.params["stderr_hex"]) + b"\n")
+        sys.stderr.flush()
+    if ctx.params.get("raw_artifact_path") is not None:
+        ctx._send({"t": "artifact", "task_id": ctx.task_id, "name": "evil",
+                   "path": ctx.params["raw_artifact_path"], "type": "file", "role": "output",
+                   "retained": True})
+    if ctx.params.get("symlink_to"):
+        os.symlink(ctx.params["symlink_to"], os.path.join(ctx.workdir, "evil.txt"))
+        ctx.artifact("evil", "evil.txt", "file")
     if ctx.params.get("warn"):
         ctx.warning(ctx.params["warn"])
     n = ctx.params.get("blob_bytes")
@@ -87,8 +102,11 @@ def handle(ctx):
             with open(i.path, "rb") as f:
                 data = f.read()
             inputs[i.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return {"stage": ctx.stage, "attempt": ctx.attempt, "pid": os.getpid(),
-            "nonce": secrets.token_hex(8), "inputs": inputs}
+    out = {"stage": ctx.stage, "attempt": ctx.attempt, "pid": os.getpid(),
+           "nonce": secrets.token_hex(8), "inputs": inputs}
+    if "extra" in ctx.params:
+        out["extra"] = ctx.params["extra"]
+    return out
 
 
 if __name__ == "__main__":
