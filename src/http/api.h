@@ -81,6 +81,9 @@ void api_reply_db_error(struct http_req *req, const struct pg_error *err);
 /* 404: unknown, malformed and other projects' jobs all read the same. */
 void api_reply_no_such_job(struct http_req *req);
 void api_reply_no_such_task(struct http_req *req);
+struct store_error;
+/* 503 store-unavailable with Retry-After (the store's message is logged). */
+void api_reply_store_error(struct http_req *req, const struct store_error *err);
 /* The {id} / {task_id} path parameter as a lowercase UUID; false (404 sent)
  * when it is not one. */
 bool api_job_id_param(struct http_req *req, char out[37]);

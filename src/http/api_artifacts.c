@@ -42,7 +42,7 @@
 #define DL_MAX_PENDING (1u << 20) /* queued bytes per download before it is dropped */
 #define FOLLOW_POLL_MS 500
 
-static void reply_store_error(struct http_req *req, const struct store_error *err)
+void api_reply_store_error(struct http_req *req, const struct store_error *err)
 {
 	log_warn("http.store_error", "the object store failed a read",
 	         LF_STR("error", err->message), LF_STR("request_id", http_req_id(req)));
@@ -119,6 +119,38 @@ static bool stage_settled(const char *status)
 {
 	return status && (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
 	                  strcmp(status, "skipped") == 0 || strcmp(status, "cancelled") == 0);
+}
+
+/* The task routes' start: the job and task ids and ?attempt= (-1 when
+ * something was answered already), and a store to read. */
+static int task_route_params(struct http_req *req, struct api_ctx *ctx, char id[ID_UUID_LEN + 1],
+                             char tid[ID_UUID_LEN + 1])
+{
+	if (!api_job_id_param(req, id) || !api_task_id_param(req, tid) || !need_store(ctx, req))
+		return -1;
+	return attempt_query(req);
+}
+
+/* The stage of task_id in the job just read, with its latest attempt in
+ * *current; NULL after answering 503/404 (no job, no such task, an attempt
+ * past the latest). job stays the caller's. */
+static json_t *task_stage_or_reply(struct http_req *req, json_t *job, const struct pg_error *err,
+                                   const char *task_id, int attempt, int *current)
+{
+	json_t *stage = job ? find_stage(job, task_id) : NULL;
+	*current = stage ? (int)json_integer_value(json_object_get(stage, "attempt")) : 0;
+	if (!err && stage && attempt <= (*current > 0 ? *current : 1))
+		return stage;
+	if (err)
+		api_reply_db_error(req, err);
+	else if (job == NULL)
+		api_reply_no_such_job(req);
+	else if (stage == NULL)
+		api_reply_no_such_task(req);
+	else
+		http_reply_problem(req, 404, "not-found", NULL, "no such attempt of this task",
+		                   NULL);
+	return NULL;
 }
 
 /* --- Streamed downloads ------------------------------------------------------- */
@@ -216,7 +248,7 @@ static void dl_head_cb(const struct store_error *err, const struct store_object_
 		return;
 	}
 	if (err) {
-		reply_store_error(req, err);
+		api_reply_store_error(req, err);
 		dl_free(d);
 		return;
 	}
@@ -394,7 +426,7 @@ static void art_finish(struct art_call *c)
 	struct http_req *req = c->req;
 	http_req_on_abort(req, NULL, NULL);
 	if (c->failed) {
-		reply_store_error(req, &c->err);
+		api_reply_store_error(req, &c->err);
 		art_free(c);
 		return;
 	}
@@ -487,26 +519,12 @@ static void art_job_cb(json_t *job, int64_t rev, const struct pg_error *err, voi
 	struct http_req *req = c->req;
 	c->op = NULL;
 	(void)rev;
-	if (err || job == NULL) {
-		http_req_on_abort(req, NULL, NULL);
-		art_free(c);
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
-		return;
-	}
-	json_t *stage = find_stage(job, c->task_id);
-	int current = stage ? (int)json_integer_value(json_object_get(stage, "attempt")) : 0;
-	if (stage == NULL || c->attempt > (current > 0 ? current : 1)) {
+	int current = 0;
+	json_t *stage = task_stage_or_reply(req, job, err, c->task_id, c->attempt, &current);
+	if (stage == NULL) {
 		http_req_on_abort(req, NULL, NULL);
 		art_free(c);
 		json_decref(job);
-		if (stage == NULL)
-			api_reply_no_such_task(req);
-		else
-			http_reply_problem(req, 404, "not-found", NULL,
-			                   "no such attempt of this task", NULL);
 		return;
 	}
 	c->earlier = c->attempt > 0 && c->attempt < current;
@@ -543,9 +561,7 @@ static void jobs_artifacts_authed(struct http_req *req, const struct auth_princi
 {
 	struct api_ctx *ctx = arg;
 	char id[ID_UUID_LEN + 1], tid[ID_UUID_LEN + 1];
-	if (!api_job_id_param(req, id) || !api_task_id_param(req, tid) || !need_store(ctx, req))
-		return;
-	int attempt = attempt_query(req);
+	int attempt = task_route_params(req, ctx, id, tid);
 	if (attempt < 0)
 		return;
 	struct art_call *c = xcalloc(1, sizeof *c);
@@ -787,18 +803,9 @@ static void task_log_job_cb(json_t *job, int64_t rev, const struct pg_error *err
 	struct http_req *req = c->req;
 	(void)rev;
 	http_req_on_abort(req, NULL, NULL);
-	json_t *stage = job ? find_stage(job, c->task_id) : NULL;
-	int current = stage ? (int)json_integer_value(json_object_get(stage, "attempt")) : 0;
-	if (err || stage == NULL || c->attempt > (current > 0 ? current : 1)) {
-		if (err)
-			api_reply_db_error(req, err);
-		else if (job == NULL)
-			api_reply_no_such_job(req);
-		else if (stage == NULL)
-			api_reply_no_such_task(req);
-		else
-			http_reply_problem(req, 404, "not-found", NULL,
-			                   "no such attempt of this task", NULL);
+	int current = 0;
+	json_t *stage = task_stage_or_reply(req, job, err, c->task_id, c->attempt, &current);
+	if (stage == NULL) {
 		json_decref(job);
 		free(c);
 		return;
@@ -839,9 +846,7 @@ static void jobs_task_log_authed(struct http_req *req, const struct auth_princip
 {
 	struct api_ctx *ctx = arg;
 	char id[ID_UUID_LEN + 1], tid[ID_UUID_LEN + 1];
-	if (!api_job_id_param(req, id) || !api_task_id_param(req, tid) || !need_store(ctx, req))
-		return;
-	int attempt = attempt_query(req);
+	int attempt = task_route_params(req, ctx, id, tid);
 	if (attempt < 0)
 		return;
 	struct log_call *c = xcalloc(1, sizeof *c);

@@ -488,8 +488,7 @@ static void upload_head_cb(const struct store_error *err, const struct store_obj
 		                "no such upload in this project (not uploaded yet, or another "
 		                "project's)");
 	else if (err)
-		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
-		                   "the object store is unavailable; retry shortly", NULL);
+		api_reply_store_error(req, err);
 	else
 		jobs_create_checked(req, &c->p, c->ctx, c->upload_key);
 	quota_call_free(c);

@@ -176,11 +176,7 @@ static void upload_put_cb(const struct store_error *err, void *arg)
 	c->sop = NULL;
 	http_req_on_abort(req, NULL, NULL);
 	if (err) {
-		log_warn("http.store_error", "an upload could not be stored",
-		         LF_STR("error", err->message));
-		http_set_header(req, "Retry-After", "1");
-		http_reply_problem(req, 503, "store-unavailable", "Store unavailable",
-		                   "the object store is unavailable; retry shortly", NULL);
+		api_reply_store_error(req, err);
 	} else {
 		http_reply_json(
 		        req, 201,

@@ -23,14 +23,13 @@ import socket
 import threading
 import time
 
-from slhelpers import raw_exchange, wait_for
+from slhelpers import raw_exchange
 from test_artifacts import pipe
 from test_engine import (  # noqa: F401  (edb is a fixture)
     ERR_LIFECYCLE,
     ERR_MODULE,
     assert_problem,
     edb,
-    events,
     stage,
     start,
     submit,

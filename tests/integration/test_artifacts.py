@@ -15,7 +15,6 @@ The daemons come from test_engine.start (own database per test, JSON config,
 post-mortem checks)."""
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -24,12 +23,11 @@ import time
 import urllib.parse
 
 import jsonschema
-import pytest
 
 from slhelpers import wait_for
 from test_engine import (  # noqa: F401  (edb is a fixture)
+    project_keys,
     ERR_MODULE,
-    _cli,
     assert_problem,
     edb,
     retry_job,
@@ -345,11 +343,7 @@ def test_artifacts_of_a_task_that_has_not_run_and_other_projects(daemon, edb, pg
     pipes = {"p": pipe(("a", [], {"seconds": 30}), ("b", ["a"], {}))}
     d = start(daemon, edb, pipes, auth=True, config={"store.url_secret": SECRET})
     url = pg.url(dbname=edb.name)
-    keys = {}
-    for p in ("alpha", "beta"):
-        _cli(["projects", "create", p, "--name", p.title()], url)
-        keys[p] = {"Authorization": "Bearer " + _cli(
-            ["keys", "create", "--project", p, "--scopes", "jobs:read,jobs:write"], url)}
+    keys = project_keys(url, ("alpha", "beta"))
     job = submit(d, "p", headers=keys["alpha"])
     jid = job["id"]
     tb = stage(job, "b")["task_id"]

@@ -1615,15 +1615,22 @@ def _cli(args, url):
     return r.stdout.strip()
 
 
+def project_keys(url, projects, scopes="jobs:read,jobs:write"):
+    """Creates each project with the CLI and a key of scopes for it; the
+    Authorization headers by project."""
+    keys = {}
+    for p in projects:
+        _cli(["projects", "create", p, "--name", p.title()], url)
+        keys[p] = {"Authorization": "Bearer " + _cli(
+            ["keys", "create", "--project", p, "--scopes", scopes], url)}
+    return keys
+
+
 def test_resume_from_another_projects_job_is_404(daemon, edb, pg):
     pipes = {"rs": _echo_chain(["a", "b"])}
     d = start(daemon, edb, pipes, auth=True)
     url = pg.url(dbname=edb.name)
-    keys = {}
-    for p in ("alpha", "beta"):
-        _cli(["projects", "create", p, "--name", p.title()], url)
-        keys[p] = {"Authorization": "Bearer " + _cli(
-            ["keys", "create", "--project", p, "--scopes", "jobs:read,jobs:write"], url)}
+    keys = project_keys(url, ("alpha", "beta"))
     j1 = submit(d, "rs", headers=keys["alpha"])["id"]
 
     def done():

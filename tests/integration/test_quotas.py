@@ -12,13 +12,12 @@ import time
 from conftest import Daemon, clean_env
 from slhelpers import wait_for
 from test_engine import (  # noqa: F401  (edb is a fixture)
-    _cli,
+    project_keys,
     assert_problem,
     edb,
     get_job,
     start,
     submit,
-    wait_job,
 )
 
 
@@ -62,11 +61,7 @@ def test_max_concurrent_jobs_keeps_the_rest_queued_and_says_why(daemon, edb):
 def test_project_override_and_per_project_isolation(daemon, edb, pg):
     d = start(daemon, edb, {"p": sleeper(0.8)}, auth=True)
     url = pg.url(dbname=edb.name)
-    keys = {}
-    for p in ("alpha", "beta"):
-        _cli(["projects", "create", p, "--name", p.title()], url)
-        keys[p] = {"Authorization": "Bearer " + _cli(
-            ["keys", "create", "--project", p, "--scopes", "jobs:read,jobs:write"], url)}
+    keys = project_keys(url, ("alpha", "beta"))
     # alpha may run one job at a time and queue two; beta has no limits
     edb.all("UPDATE projects SET max_concurrent_jobs = 1, max_queued_jobs = 2 "
             "WHERE id = 'alpha' RETURNING id")

@@ -18,6 +18,7 @@ from slhelpers import wait_for
 from test_artifacts import SECRET, pipe
 from test_artifacts_s3 import s3_bytes, s3_config
 from test_engine import (  # noqa: F401  (edb is a fixture)
+    project_keys,
     _cli,
     assert_problem,
     edb,
@@ -93,11 +94,7 @@ def test_upload_limits_and_bad_references(daemon, edb, pg):
               config={"store.url_secret": SECRET, "store.url_ttl": "1s",
                       "quota.max_input_bytes": 4096})
     url = pg.url(dbname=edb.name)
-    keys = {}
-    for p in ("alpha", "beta"):
-        _cli(["projects", "create", p, "--name", p.title()], url)
-        keys[p] = {"Authorization": "Bearer " + _cli(
-            ["keys", "create", "--project", p, "--scopes", "jobs:read,jobs:write"], url)}
+    keys = project_keys(url, ("alpha", "beta"))
     ro = {"Authorization": "Bearer " + _cli(
         ["keys", "create", "--project", "alpha", "--scopes", "jobs:read"], url)}
     # past the quota (project default 4096) and past a project override
