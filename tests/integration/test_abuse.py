@@ -10,7 +10,8 @@ that each is refused clearly and leaves nothing behind:
   parser's bound, 413 past the body limit);
 - invalid UTF-8 and NUL bytes in params (400) and in a module's output and
   stderr (stored and served as valid UTF-8 without NUL);
-- no URL fetched on behalf of a user (a canary listener sees nothing).
+- no URL fetched on behalf of a user (a canary listener sees nothing);
+- a module's environment holds none of the daemon's secrets.
 
 Signed-URL expiry and tampering: test_artifacts.py, test_artifacts_s3.py,
 test_uploads.py. Another project's resume_from: test_engine.py; another
@@ -23,6 +24,7 @@ import socket
 import threading
 import time
 
+from conftest import Daemon, clean_env
 from slhelpers import raw_exchange
 from test_artifacts import pipe
 from test_engine import (  # noqa: F401  (edb is a fixture)
@@ -201,3 +203,34 @@ def test_no_url_is_fetched_on_behalf_of_a_user(daemon, edb):
         th.join(2)
         canary.close()
     assert hits == [], hits
+
+
+def test_modules_get_none_of_the_daemons_secrets(daemon, edb):
+    """The daemon's own configuration secrets (from STAGELINE_* and AWS_*
+    variables, or the config) never reach a module's environment: modules
+    are semi-trusted code (docs/security/threat-model.md)."""
+    secret = "s3cr3t-url-" + "k" * 32
+    env_secrets = {"AWS_SECRET_ACCESS_KEY": "aws-" + "z" * 36, "PGPASSWORD": "pg-pass-123",
+                   "STAGELINE_STORE_URL_SECRET": secret}
+    d0 = start(daemon, edb, {"p": pipe(("a", [], {"show_env": True}))},
+               config={"store.url_secret": secret})
+    # the same daemon again, with secrets in its own environment as well
+    cfg, argv, port = d0.cfg_path, d0.argv, d0.port
+    d0.stop()
+    d = Daemon(daemon, "env", cfg, argv, clean_env(env_secrets), port, (), False)
+    daemon.daemons.append(d)
+    d.start(wait_healthy=True)
+    d.wait_ready(timeout=20)
+    jid = submit(d, "p")["id"]
+    j = wait_job(d, jid, edb=edb)
+    assert j["status"] == "completed", j
+    out = edb.one("SELECT output FROM tasks WHERE id = %s",
+                  (stage(j, "a")["task_id"],))["output"]
+    env = out["env"]
+    assert set(env) <= {"PATH", "LANG", "HOME", "PWD", "LC_CTYPE", "STAGELINE_JOB_ID",
+                        "STAGELINE_TASK_ID", "STAGELINE_STAGE", "STAGELINE_ATTEMPT",
+                        "STAGELINE_WORKDIR", "STAGELINE_REQUEST_ID",
+                        "STAGELINE_PROTOCOL"}, sorted(env)
+    blob = json.dumps(env)
+    for v in list(env_secrets.values()) + [secret, "postgresql://"]:
+        assert v not in blob, v

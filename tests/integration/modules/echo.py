@@ -28,7 +28,8 @@ params.warn (text): a warning frame with that message.
 Abuse tests: params.stderr_hex writes those raw bytes (hex) to stderr;
 params.raw_artifact_path declares an artifact with that path as a raw frame
 (bypassing the SDK's own checks); params.symlink_to writes evil.txt as a
-symlink to that path and declares it; params.extra is added to the result.
+symlink to that path and declares it; params.extra is added to the result;
+params.show_env adds the module's whole environment to it.
 """
 import os
 import sys
@@ -106,6 +107,8 @@ def handle(ctx):
            "nonce": secrets.token_hex(8), "inputs": inputs}
     if "extra" in ctx.params:
         out["extra"] = ctx.params["extra"]
+    if ctx.params.get("show_env"):
+        out["env"] = dict(os.environ)
     return out
 
 
