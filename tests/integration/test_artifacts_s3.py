@@ -185,7 +185,9 @@ def test_s3_outage_mid_job_then_the_job_completes(daemon, edb, s3server):
     # the attempt ends while S3 is away: its uploads are tried again
     d.wait_log(lambda l: l["event"] == "job.module.store_retry", timeout=15,
                what="a store transfer tried again")
-    time.sleep(1.5)  # an outage of a few seconds, on purpose
+    # the outage lasts until the engine has tried again more than once
+    wait_for(lambda: metric(d, "stageline_store_transfer_retries_total") >= 3, 30, 0.1,
+             "three store retries during the outage")
     s3server.start()
     j = wait_job(d, jid, timeout=60, edb=edb)
     assert j["status"] == "completed", j
