@@ -483,16 +483,6 @@ static int cmd_projects_list(struct cli *c, int argc, char **argv)
 
 /* --- keys --------------------------------------------------------------- */
 
-static void hex_encode(const uint8_t *p, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[p[i] >> 4];
-		out[2 * i + 1] = digits[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 static int cmd_keys_create(struct cli *c, int argc, char **argv)
 {
 	struct cmd_opts o;
@@ -540,7 +530,7 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 			return EXIT_FAIL;
 		}
 		char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
-		hex_encode(hash, sizeof hash, hash_hex);
+		buf_hex(hash_hex, hash, sizeof hash);
 		id_uuid7(id);
 		const char *vals[7] = {id,
 		                       o.project,
@@ -802,7 +792,7 @@ static int cmd_keys_rotate(struct cli *c, int argc, char **argv)
 			return EXIT_FAIL;
 		}
 		char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
-		hex_encode(hash, sizeof hash, hash_hex);
+		buf_hex(hash_hex, hash, sizeof hash);
 		id_uuid7(id);
 		const char *vals[5] = {prefix, id, key.prefix, hash_hex, grace_s};
 		PQclear(r);

@@ -33,6 +33,9 @@ size_t buf_utf8_seq_len(const unsigned char *s, size_t n);
  * other C0 control (but tab) and DEL becomes U+FFFD. For text from outside
  * (a module's stderr) before it is stored, logged or sent. */
 void buf_add_utf8_clean(struct buf *b, const char *s, size_t n);
+/* Writes the n bytes at data as 2n lowercase hex digits and a NUL into out
+ * (2n + 1 bytes). */
+void buf_hex(char *out, const void *data, size_t n);
 void buf_reset(struct buf *b);
 /* Hands the data to the caller (who frees it) and resets b. */
 char *buf_steal(struct buf *b);

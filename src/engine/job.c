@@ -1036,16 +1036,6 @@ static json_t *counts_json(size_t total)
 	                 "tasks_completed", 0, "tasks_failed", 0, "tasks_running", 0);
 }
 
-static void hex32(const unsigned char *h, char out[65])
-{
-	static const char hex[] = "0123456789abcdef";
-	for (int i = 0; i < 32; i++) {
-		out[2 * i] = hex[h[i] >> 4];
-		out[2 * i + 1] = hex[h[i] & 15];
-	}
-	out[64] = '\0';
-}
-
 /* Builds the rows a submission writes and the representation it answers
  * with: status queued, root stages ready, the rest pending. */
 static void submit_prepare(struct job_op *op, const struct job_submit *s)
@@ -1144,7 +1134,7 @@ static void submit_prepare(struct job_op *op, const struct job_submit *s)
 		}
 	}
 	op->ntasks = p->nstages;
-	hex32(s->request_hash, op->hash_hex);
+	buf_hex(op->hash_hex, s->request_hash, 32);
 	op->idem_key = s->idempotency_key ? xstrdup(s->idempotency_key) : NULL;
 	op->rows_job = json_pack(
 	        "{s:s, s:s, s:s, s:O, s:O?, s:s?, s:s, s:s?, s:s, s:s, s:I, s:O?, s:I, "

@@ -834,8 +834,7 @@ static void hash_step_cb(evutil_socket_t fd, short what, void *arg)
 			unsigned int mdlen = 0;
 			EVP_DigestFinal_ex(h->md, md, &mdlen);
 			h->out[h->i] = xmalloc(65);
-			for (unsigned k = 0; k < 32; k++)
-				snprintf(h->out[h->i] + k * 2, 3, "%02x", md[k]);
+			buf_hex(h->out[h->i], md, 32);
 		}
 		close(h->fd);
 		h->fd = -1;
@@ -882,8 +881,7 @@ static void sha256_hex(const void *data, size_t len, char hex[65])
 	unsigned char md[32];
 	unsigned int mdlen = 0;
 	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
-	for (unsigned k = 0; k < 32; k++)
-		snprintf(hex + k * 2, 3, "%02x", md[k]);
+	buf_hex(hex, md, 32);
 }
 
 /* The attempt ended before its module ran (inputs could not be fetched). */

@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "core/apikey.h"
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/log.h"
@@ -282,16 +283,6 @@ static void unknown_fields(const json_t *doc, const char *const *allowed, json_t
 
 static void create_send(struct key_call *c);
 
-static void hex_encode(const uint8_t *p, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[p[i] >> 4];
-		out[2 * i + 1] = digits[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 /* Draws the call's new key: id, key, hash. False when hashing fails. */
 static bool new_key(struct key_call *c)
 {
@@ -299,7 +290,7 @@ static bool new_key(struct key_call *c)
 	uint8_t hash[APIKEY_HASH_LEN];
 	if (!apikey_hash_secret(c->key.secret, hash))
 		return false;
-	hex_encode(hash, sizeof hash, c->hash_hex);
+	buf_hex(c->hash_hex, hash, sizeof hash);
 	OPENSSL_cleanse(hash, sizeof hash);
 	id_uuid7(c->id);
 	return true;
@@ -309,6 +300,25 @@ static void reply_hash_failed(struct http_req *req)
 {
 	log_error("key.hash_failed", "SHA-256 failed", LF_STR("request_id", http_req_id(req)));
 	http_reply_problem(req, 500, "internal", NULL, "the key could not be created", NULL);
+}
+
+/* The new key's prefix is taken (a unique violation; rare: 62^8 prefixes):
+ * a fresh key and the same statement again, KEY_INSERT_TRIES in all. True
+ * when it was handled here (sent again, or answered). */
+static bool prefix_clash_retry(struct key_call *c, const struct pg_error *err,
+                               void (*send)(struct key_call *c))
+{
+	if (!err || err->kind != PG_ERR_QUERY || strcmp(err->sqlstate, "23505") != 0 ||
+	    ++c->tries >= KEY_INSERT_TRIES)
+		return false;
+	if (!new_key(c)) {
+		http_req_on_abort(c->req, NULL, NULL);
+		reply_hash_failed(c->req);
+		key_call_free(c);
+		return true;
+	}
+	send(c);
+	return true;
 }
 
 /* The created key: the row plus the whole key, shown this once. */
@@ -323,17 +333,8 @@ static bool create_result_cb(PGresult *res, const struct pg_error *err, void *ar
 	struct key_call *c = arg;
 	struct http_req *req = c->req;
 	c->q = NULL;
-	if (err && err->kind == PG_ERR_QUERY && strcmp(err->sqlstate, "23505") == 0 &&
-	    ++c->tries < KEY_INSERT_TRIES) {
-		if (!new_key(c)) {
-			http_req_on_abort(req, NULL, NULL);
-			reply_hash_failed(req);
-			key_call_free(c);
-			return false;
-		}
-		create_send(c);
+	if (prefix_clash_retry(c, err, create_send))
 		return false;
-	}
 	http_req_on_abort(req, NULL, NULL);
 	json_t *row = err ? NULL : key_json(res, 0, 0);
 	if (err) {
@@ -612,17 +613,8 @@ static bool rotate_result_cb(PGresult *res, const struct pg_error *err, void *ar
 	struct key_call *c = arg;
 	struct http_req *req = c->req;
 	c->q = NULL;
-	if (err && err->kind == PG_ERR_QUERY && strcmp(err->sqlstate, "23505") == 0 &&
-	    ++c->tries < KEY_INSERT_TRIES) {
-		if (!new_key(c)) {
-			http_req_on_abort(req, NULL, NULL);
-			reply_hash_failed(req);
-			key_call_free(c);
-			return false;
-		}
-		rotate_send(c);
+	if (prefix_clash_retry(c, err, rotate_send))
 		return false;
-	}
 	http_req_on_abort(req, NULL, NULL);
 	if (err) {
 		auth_forget(c->ctx->auth, c->prefix);

@@ -1336,7 +1336,6 @@ static bool fs_presign(struct store *s, bool put, const char *key, int64_t ttl_s
 		unsigned char mac[32];
 		int64_t exp = now_s + ttl_s;
 		if (fs_sign_op(fs, put, key, exp, size, mac)) {
-			static const char hex[] = "0123456789abcdef";
 			struct buf url = BUF_INIT;
 			buf_adds(&url, "/v1/objects/");
 			for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
@@ -1349,9 +1348,9 @@ static bool fs_presign(struct store *s, bool put, const char *key, int64_t ttl_s
 			buf_printf(&url, "?exp=%" PRId64, exp);
 			if (put)
 				buf_printf(&url, "&size=%" PRIu64, size);
-			buf_adds(&url, "&sig=");
-			for (size_t i = 0; i < sizeof(mac); i++)
-				buf_printf(&url, "%c%c", hex[mac[i] >> 4], hex[mac[i] & 15]);
+			char sig[2 * sizeof(mac) + 1];
+			buf_hex(sig, mac, sizeof(mac));
+			buf_printf(&url, "&sig=%s", sig);
 			*out_url = buf_steal(&url);
 			fs_count(fs, "presign", "success", start);
 			return true;

@@ -1170,16 +1170,6 @@ static bool s3_start_put_file(struct s3_op *op)
 	return true;
 }
 
-static void hex32(const unsigned char *d, char out[65])
-{
-	static const char hex[] = "0123456789abcdef";
-	for (int i = 0; i < 32; i++) {
-		out[2 * i] = hex[d[i] >> 4];
-		out[2 * i + 1] = hex[d[i] & 15];
-	}
-	out[64] = '\0';
-}
-
 /* One STORE_CHUNK_BYTES piece of the file's hash. *eof when it is whole. */
 static bool s3_hash_step(struct s3_op *op, bool *eof)
 {
@@ -1203,7 +1193,7 @@ static bool s3_hash_step(struct s3_op *op, bool *eof)
 		unsigned char d[32];
 		unsigned int dl = 0;
 		EVP_DigestFinal_ex(op->md, d, &dl);
-		hex32(d, op->sha_hex);
+		buf_hex(op->sha_hex, d, 32);
 		op->src_size = op->hashed; /* a file that shrank is sent as hashed */
 		free(op->chunk);
 		op->chunk = NULL;
@@ -1337,7 +1327,7 @@ static struct store_op *s3_put_buf(struct store *s, const char *key, const void 
 	unsigned char d[32];
 	unsigned int dl = 0;
 	EVP_Digest(op->data, len, d, &dl, EVP_sha256(), NULL);
-	hex32(d, op->sha_hex);
+	buf_hex(op->sha_hex, d, 32);
 	return &op->base;
 }
 

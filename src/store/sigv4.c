@@ -547,17 +547,6 @@ static bool check_scope(const struct sigv4_scope *scope, char amz_date[17], char
 	return true;
 }
 
-static void hex_encode(const unsigned char *d, size_t n, char *hex)
-{
-	static const char digits[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		hex[2 * i] = digits[d[i] >> 4];
-		hex[2 * i + 1] = digits[d[i] & 15];
-	}
-	hex[2 * n] = '\0';
-}
-
 bool sigv4_string_to_sign(const struct sigv4_scope *scope, const char *canonical_request,
                           struct buf *out, struct sigv4_error *err)
 {
@@ -569,7 +558,7 @@ bool sigv4_string_to_sign(const struct sigv4_scope *scope, const char *canonical
 	if (canonical_request == NULL)
 		return sigv4_fail(err, "no canonical request");
 	SHA256((const unsigned char *)canonical_request, strlen(canonical_request), md);
-	hex_encode(md, sizeof md, hex);
+	buf_hex(hex, md, sizeof md);
 	buf_printf(out, SIGV4_ALGORITHM "\n%s\n%s/%s/%s/aws4_request\n%s", amz_date, date,
 	           scope->region, scope->service, hex);
 	return true;
@@ -608,7 +597,7 @@ void sigv4_signature(const unsigned char key[32], const char *string_to_sign, ch
 	unsigned char mac[32];
 
 	hmac256(key, 32, string_to_sign, mac);
-	hex_encode(mac, sizeof mac, hex);
+	buf_hex(hex, mac, sizeof mac);
 }
 
 static bool check_creds(const struct sigv4_creds *c, struct sigv4_error *err)
