@@ -62,6 +62,8 @@ die() {
 	echo "sse.sh: $*" >&2
 	exit 1
 }
+# as_pg, wait_for, free_port, pg_start/pg_stop, psql_q, pg_ticks
+. "$here/lib.sh"
 say() { echo "sse.sh: $*" >&2; }
 
 for v in "$STREAMS" "$LAT_STREAMS" "$STAGES" "$TIMEOUT" "$POOL" "$CONC"; do
@@ -110,14 +112,6 @@ client_pid=""
 nginx_pid=""
 pg_started=""
 
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
 stop_pid() { # pid: SIGTERM, SIGKILL after 10 s
 	[ -n "$1" ] || return 0
 	kill "$1" 2>/dev/null || true
@@ -140,9 +134,7 @@ cleanup() {
 		kill -QUIT "$nginx_pid" 2>/dev/null || true
 		stop_pid "$nginx_pid"
 	fi
-	if [ -n "$pg_started" ]; then
-		as_pg "$PG_BIN/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
-	fi
+	pg_stop
 	if [ "${SSE_KEEP:-0}" = 1 ]; then
 		say "kept $tmp (SSE_KEEP=1)"
 	else
@@ -151,34 +143,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Polls cmd until it succeeds, for at most $1 tenths of a second.
-wait_for() {
-	wf_n=$1
-	shift
-	while ! "$@" 2>/dev/null; do
-		wf_n=$((wf_n - 1))
-		[ "$wf_n" -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-port_in_use() {
-	hex=$(printf '%04X' "$1")
-	grep -q ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-free_port() { # start
-	p=$1
-	while [ "$p" -lt 65000 ]; do
-		port_in_use "$p" || {
-			echo "$p"
-			return 0
-		}
-		p=$((p + 7))
-	done
-	return 1
-}
 
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -197,33 +161,7 @@ echo "nofile_hard $hard"
 cc -O2 -o "$tmp/sse_client" "$here/sse_client.c" || die "cannot build sse_client.c"
 
 # --- PostgreSQL -----------------------------------------------------------------
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$pgdir"
-pgport=$(free_port 55031) || die "no free port number for the PostgreSQL socket"
-as_pg "$PG_BIN/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 \
-	>"$tmp/initdb.log" 2>&1 || {
-	cat "$tmp/initdb.log" >&2
-	die "initdb failed"
-}
-as_pg "$PG_BIN/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -t 30 \
-	-o "-k $pgdir -p $pgport -c listen_addresses='' -c max_connections=100 -c fsync=on -c synchronous_commit=on" \
-	start >/dev/null || {
-	cat "$pgdir/log" >&2
-	die "PostgreSQL did not start"
-}
-pg_started=1
-psql_q() {
-	psql -h "$pgdir" -p "$pgport" -U postgres -d stageline -XAtqc "$1"
-}
-psql -h "$pgdir" -p "$pgport" -U postgres -d postgres -XAtqc "CREATE DATABASE stageline" ||
-	die "CREATE DATABASE failed"
-pm_pid=$(head -n 1 "$pgdir/data/postmaster.pid")
-# CPU ticks of the postmaster and its children, reaped ones included (the
-# comm of postgres processes has no blanks, so the fields can be counted)
-pg_ticks() {
-	cat /proc/[0-9]*/stat 2>/dev/null |
-		awk -v pm="$pm_pid" '$1 == pm || $4 == pm { s += $14 + $15 + $16 + $17 } END { print s + 0 }'
-}
-
+pg_start 55031 "-c max_connections=100 -c fsync=on -c synchronous_commit=on"
 # --- stagelined ---------------------------------------------------------------------
 write_config() { # port
 	max_stages=64
