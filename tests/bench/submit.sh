@@ -55,6 +55,8 @@ die() {
 	echo "submit.sh: $*" >&2
 	exit 1
 }
+# as_pg, wait_for, free_port, pg_start/pg_stop, psql_q, pg_ticks
+. "$here/lib.sh"
 
 command -v wrk >/dev/null 2>&1 || die "wrk not found (apt-get install wrk)"
 command -v psql >/dev/null 2>&1 || die "psql not found"
@@ -70,78 +72,22 @@ mkdir -p "$pgdir"
 daemon_pid=""
 pg_started=""
 
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
 cleanup() {
 	if [ -n "$daemon_pid" ]; then
 		kill "$daemon_pid" 2>/dev/null || true
 		wait "$daemon_pid" 2>/dev/null || true
 	fi
-	if [ -n "$pg_started" ]; then
-		as_pg "$PG_BIN/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
-	fi
+	pg_stop
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Polls cmd until it succeeds, for at most $1 tenths of a second.
-wait_for() {
-	n=$1
-	shift
-	while ! "$@" 2>/dev/null; do
-		n=$((n - 1))
-		[ "$n" -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-port_in_use() {
-	hex=$(printf '%04X' "$1")
-	grep -q ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-free_port() { # start
-	p=$1
-	while [ "$p" -lt 65000 ]; do
-		port_in_use "$p" || {
-			echo "$p"
-			return 0
-		}
-		p=$((p + 7))
-	done
-	return 1
-}
-
 # --- PostgreSQL -------------------------------------------------------------
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$pgdir"
-pgport=$(free_port 55001) || die "no free port number for the PostgreSQL socket"
-as_pg "$PG_BIN/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 \
-	>"$tmp/initdb.log" 2>&1 || {
-	cat "$tmp/initdb.log" >&2
-	die "initdb failed"
-}
-as_pg "$PG_BIN/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -t 30 \
-	-o "-k $pgdir -p $pgport -c listen_addresses=''" start >/dev/null || {
-	cat "$pgdir/log" >&2
-	die "PostgreSQL did not start"
-}
-pg_started=1
-psql_q() {
-	psql -h "$pgdir" -p "$pgport" -U postgres -d stageline -XAtc "$1"
-}
-psql -h "$pgdir" -p "$pgport" -U postgres -d postgres -XAtqc "CREATE DATABASE stageline" ||
-	die "CREATE DATABASE failed"
+pg_start 55001 ""
 fsync=$(psql_q "SHOW fsync")
 sync_commit=$(psql_q "SHOW synchronous_commit")
 [ "$fsync" = on ] && [ "$sync_commit" = on ] || die "PostgreSQL is not durable (fsync=$fsync, synchronous_commit=$sync_commit)"
-pm_pid=$(head -n 1 "$pgdir/data/postmaster.pid")
 
 # --- stagelined -------------------------------------------------------------
 port=$(free_port 61003) || die "no free TCP port"
@@ -161,6 +107,8 @@ auth:
 store:
   path: "$tmp/objects"
 scheduler:
+  # API-only: this measures submitting and reading; nothing runs the jobs
+  enabled: false
   scratch_dir: "$tmp/scratch"
 modules:
   noop:
@@ -192,13 +140,6 @@ echo "log_level warn"
 
 # --- CPU accounting ---------------------------------------------------------
 hz=$(getconf CLK_TCK)
-# The postmaster and its children: own time plus that of children already
-# reaped (cutime/cstime), in ticks. The comm field of postgres processes has
-# no blanks, so the fields can be counted.
-pg_ticks() {
-	cat /proc/[0-9]*/stat 2>/dev/null |
-		awk -v pm="$pm_pid" '$1 == pm || $4 == pm { s += $14 + $15 + $16 + $17 } END { print s + 0 }'
-}
 daemon_ticks() {
 	awk '{ print $14 + $15 }' "/proc/$daemon_pid/stat"
 }
