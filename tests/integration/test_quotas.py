@@ -149,3 +149,14 @@ def test_submissions_per_second_from_the_environment(daemon, edb, tmp_path):
     wait_for(lambda: d.http("POST", "/v1/jobs", body=json.dumps({"pipeline": "p"}),
                             headers={"Content-Type": "application/json"})[0] == 201,
              int(refusal[1]["retry-after"]) + 2, 0.1, "a submission after the refill")
+
+
+def test_queue_position_counts_up_to_a_bound(daemon, edb):
+    """An API-only instance: every job waits. position is the job's place
+    among its module's ready tasks, counted up to 100 ahead (101 = further
+    back), so reading a job costs the same in a queue of any length."""
+    d = start(daemon, edb, {"p": sleeper(0)}, scheduler={"enabled": False})
+    ids = [submit(d, "p")["id"] for _ in range(104)]
+    qs = [get_job(d, ids[i])["queue"] for i in (0, 2, 99, 100, 103)]
+    assert [q["position"] for q in qs] == [1, 3, 100, 101, 101], qs
+    assert all(q["blocked_by"] == "capacity:module" and q["module"] == "echo" for q in qs), qs
