@@ -15,7 +15,7 @@ struct outstream {
 	struct event *rd, *wr, *closed_ev;
 	struct evbuffer *pend;
 	size_t max_pending;
-	bool closed, ending;
+	bool closed, ending, overflowed;
 	outstream_cb on_drained, on_closed;
 	void *arg;
 };
@@ -126,6 +126,7 @@ bool outstream_write(struct outstream *os, const void *data, size_t len)
 	}
 	if (off < len) {
 		if (evbuffer_get_length(os->pend) + (len - off) > os->max_pending) {
+			os->overflowed = true;
 			os_close(os);
 			return false;
 		}
@@ -138,6 +139,11 @@ bool outstream_write(struct outstream *os, const void *data, size_t len)
 size_t outstream_pending(const struct outstream *os)
 {
 	return evbuffer_get_length(os->pend);
+}
+
+bool outstream_overflowed(const struct outstream *os)
+{
+	return os->overflowed;
 }
 
 void outstream_end(struct outstream *os)

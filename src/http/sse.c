@@ -7,8 +7,6 @@
  * under its row lock, so seq order is commit order. */
 #include "http/sse.h"
 
-#include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -31,6 +29,7 @@
 #include "engine/job.h"
 #include "http/api.h"
 #include "http/auth.h"
+#include "http/outstream.h"
 #include "http/server.h"
 
 enum sse_state { SSE_OPENING, SSE_REPLAY, SSE_SNAPSHOT, SSE_LIVE };
@@ -71,9 +70,7 @@ struct sse_stream {
 	int64_t cursor_id;
 	struct event *recheck_ev; /* events held back by a running transaction */
 	struct http_req *req; /* OPENING only */
-	int fd;
-	struct event *rd, *wr;
-	struct evbuffer *pend; /* what the socket refused, in order */
+	struct outstream *os; /* from the head on (NULL: OPENING) */
 	enum sse_state state;
 	char job_id[ID_UUID_LEN + 1];
 	char project[AUTH_PROJECT_MAX + 1];
@@ -94,53 +91,24 @@ static void note_request(struct sse_hub *hub, const char *job_id, const char *pr
 
 /* --- Writing ------------------------------------------------------------ */
 
-static void stream_write_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct sse_stream *st = arg;
-	(void)what;
-	int n = evbuffer_write(st->pend, fd);
-	if (n < 0 && errno != EAGAIN && errno != EINTR) {
-		stream_close(st, "write_error");
-		return;
-	}
-	if (evbuffer_get_length(st->pend) > 0)
-		event_add(st->wr, NULL);
-}
-
-/* Writes through; only what the socket refuses is queued, up to the bound. */
+/* Writes through; only what the socket refuses is queued, up to the bound.
+ * False when the stream is gone (closed here). */
 static bool stream_send(struct sse_stream *st, const char *data, size_t len)
 {
-	if (st->fd < 0)
+	if (st->os == NULL)
 		return false;
-	size_t off = 0;
-	if (evbuffer_get_length(st->pend) == 0) {
-		while (off < len) {
-			ssize_t w = write(st->fd, data + off, len - off);
-			if (w > 0) {
-				off += (size_t)w;
-				continue;
-			}
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-				break;
-			stream_close(st, "write_error");
-			return false;
-		}
+	if (outstream_write(st->os, data, len))
+		return true;
+	if (outstream_overflowed(st->os)) {
+		metric_inc(metrics_default_get(M_SSE_CLIENTS_DROPPED_TOTAL), 1, "slow");
+		log_warn("sse.dropped", "a client fell behind; its stream is closed",
+		         LF_STR("job_id", st->job_id),
+		         LF_UINT("pending_bytes", outstream_pending(st->os)));
+		stream_close(st, NULL);
+	} else {
+		stream_close(st, "write_error");
 	}
-	if (off < len) {
-		if (evbuffer_get_length(st->pend) + (len - off) > SSE_MAX_PENDING_BYTES) {
-			metric_inc(metrics_default_get(M_SSE_CLIENTS_DROPPED_TOTAL), 1, "slow");
-			log_warn("sse.dropped", "a client fell behind; its stream is closed",
-			         LF_STR("job_id", st->job_id),
-			         LF_UINT("pending_bytes", evbuffer_get_length(st->pend)));
-			stream_close(st, NULL);
-			return false;
-		}
-		evbuffer_add(st->pend, data + off, len - off);
-		event_add(st->wr, NULL);
-	}
-	return true;
+	return false;
 }
 
 /* One SSE event. data is one line (compact JSON escapes CR, LF and NUL). */
@@ -200,22 +168,11 @@ static void stream_end(struct sse_stream *st, const char *status)
 
 /* --- Lifecycle ------------------------------------------------------------ */
 
-static void stream_read_cb(evutil_socket_t fd, short what, void *arg)
+/* The client left (EOF, reset) or a queued write failed. */
+static void stream_gone_cb(struct outstream *os, void *arg)
 {
-	struct sse_stream *st = arg;
-	(void)what;
-	char scratch[512];
-	for (;;) {
-		ssize_t r = read(fd, scratch, sizeof scratch);
-		if (r > 0)
-			continue; /* a client has nothing to say on a stream */
-		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
-		if (r < 0 && errno == EINTR)
-			continue;
-		stream_close(st, NULL); /* EOF or error: the client left */
-		return;
-	}
+	(void)os;
+	stream_close(arg, NULL);
 }
 
 static void stream_free(struct sse_stream *st)
@@ -223,14 +180,7 @@ static void stream_free(struct sse_stream *st)
 	job_op_cancel(st->op);
 	if (st->recheck_ev)
 		event_free(st->recheck_ev);
-	if (st->rd)
-		event_free(st->rd);
-	if (st->wr)
-		event_free(st->wr);
-	if (st->pend)
-		evbuffer_free(st->pend);
-	if (st->fd >= 0)
-		close(st->fd);
+	outstream_free(st->os);
 	json_decref(st->snapshot_job);
 	free(st);
 }
@@ -354,19 +304,20 @@ static void stream_snapshot_cb(json_t *job, int64_t rev, const struct pg_error *
 	}
 }
 
-/* The socket is ours: its events, a modest kernel buffer (what a client has
- * not read stays bounded in the kernel too, and SSE_MAX_PENDING_BYTES is
- * reached soon enough to drop a client that stopped reading), and the
- * retry hint. False when the stream closed. */
-static bool stream_start_io(struct sse_stream *st)
+/* The socket is ours (fd from http_req_take_stream; < 0: the client left
+ * before the head): a modest kernel buffer (what a client has not read
+ * stays bounded in the kernel too, and SSE_MAX_PENDING_BYTES is reached soon
+ * enough to drop a client that stopped reading), then the retry hint. False
+ * when the stream closed. */
+static bool stream_start_io(struct sse_stream *st, int fd)
 {
-	struct sse_hub *hub = st->hub;
+	if (fd < 0) {
+		stream_close(st, "client gone before the head");
+		return false;
+	}
 	int sndbuf = SSE_SNDBUF_BYTES;
-	(void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-	st->rd = event_new(hub->base, st->fd, EV_READ | EV_PERSIST, stream_read_cb, st);
-	st->wr = event_new(hub->base, st->fd, EV_WRITE, stream_write_cb, st);
-	st->pend = evbuffer_new();
-	event_add(st->rd, NULL);
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+	st->os = outstream_new(st->hub->base, fd, SSE_MAX_PENDING_BYTES, NULL, stream_gone_cb, st);
 	char hello[32];
 	int n = snprintf(hello, sizeof hello, "retry: %d\n\n", SSE_RETRY_MS);
 	return stream_send(st, hello, (size_t)n);
@@ -438,16 +389,16 @@ static void project_events_cb(json_t *page, const struct pg_error *err, void *ar
 
 static void project_fetch(struct sse_stream *st)
 {
-	if (st->catchup || st->fd < 0)
+	if (st->catchup || st->os == NULL)
 		return;
 	st->catchup = true;
 	st->op = project_events_after(st->hub->ctx->engine, st->project, st->cursor_txid,
 	                              st->cursor_id, SSE_REPLAY_BATCH, project_events_cb, st);
 }
 
-static void project_open(struct sse_stream *st)
+static void project_open(struct sse_stream *st, int fd)
 {
-	if (!stream_start_io(st))
+	if (!stream_start_io(st, fd))
 		return;
 	if (st->bad_resume) {
 		json_t *o = json_pack("{s:s}", "reason",
@@ -466,13 +417,9 @@ static void project_open(struct sse_stream *st)
 /* The cursor is set: answer with the head and start. */
 static void project_take(struct sse_stream *st)
 {
-	st->fd = http_req_take_stream(st->req, "text/event-stream");
+	int fd = http_req_take_stream(st->req, "text/event-stream");
 	st->req = NULL;
-	if (st->fd < 0) {
-		stream_close(st, "client gone before the head");
-		return;
-	}
-	project_open(st);
+	project_open(st, fd);
 }
 
 static void project_refuse(struct sse_stream *st)
@@ -752,7 +699,7 @@ static void hub_heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	struct sse_stream *st, *next;
 	for (st = TAILQ_FIRST(&hub->streams); st; st = next) {
 		next = TAILQ_NEXT(st, link);
-		if (st->fd >= 0)
+		if (st->os)
 			stream_send(st, ": heartbeat\n\n", 13);
 	}
 }
@@ -766,10 +713,10 @@ static void stream_abort_cb(struct http_req *req, void *arg)
 	stream_close(st, NULL);
 }
 
-static void stream_opened(struct sse_stream *st)
+static void stream_opened(struct sse_stream *st, int fd)
 {
 	struct sse_hub *hub = st->hub;
-	if (!stream_start_io(st))
+	if (!stream_start_io(st, fd))
 		return;
 	json_t *job = st->snapshot_job;
 	st->snapshot_job = NULL;
@@ -812,13 +759,9 @@ static void stream_job_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 		return;
 	}
 	st->snapshot_job = job;
-	st->fd = http_req_take_stream(req, "text/event-stream");
+	int fd = http_req_take_stream(req, "text/event-stream");
 	st->req = NULL;
-	if (st->fd < 0) {
-		stream_close(st, "client gone before the head");
-		return;
-	}
-	stream_opened(st);
+	stream_opened(st, fd);
 }
 
 static bool parse_event_id(const char *s, int64_t *out)
@@ -863,7 +806,6 @@ static void job_events_authed(struct http_req *req, const struct auth_principal 
 	struct sse_stream *st = xcalloc(1, sizeof *st);
 	st->hub = hub;
 	st->req = req;
-	st->fd = -1;
 	st->resume_from = -1;
 	for (int i = 0; i <= ID_UUID_LEN; i++)
 		st->job_id[i] = (char)((id[i] >= 'A' && id[i] <= 'F') ? id[i] + 32 : id[i]);
@@ -898,7 +840,6 @@ static void project_events_authed(struct http_req *req, const struct auth_princi
 	struct sse_stream *st = xcalloc(1, sizeof *st);
 	st->hub = hub;
 	st->req = req;
-	st->fd = -1;
 	st->resume_from = -1;
 	st->project_stream = true;
 	snprintf(st->project, sizeof st->project, "%s", p->project_id);
