@@ -21,6 +21,7 @@ export type JobStatus = Schemas["JobStatus"];
 export type TaskStatus = Schemas["TaskStatus"];
 export type JobCreate = Schemas["JobCreate"];
 export type JobRetry = Schemas["JobRetry"];
+export type JobInput = Schemas["JobInput"];
 
 type Json200<P extends keyof paths, M extends "get" | "post" | "delete"> = paths[P][M] extends {
 	responses: { 200: { content: { "application/json": infer T } } };
@@ -121,6 +122,9 @@ export function listPipelines(): Promise<Json200<"/v1/pipelines", "get">> {
 }
 export function getJob(id: string): Promise<Json200<"/v1/jobs/{id}", "get">> {
 	return call("GET", `/v1/jobs/${enc(id)}`);
+}
+export function getJobInput(id: string): Promise<Json200<"/v1/jobs/{id}/input", "get">> {
+	return call("GET", `/v1/jobs/${enc(id)}/input`);
 }
 export function getTask(id: string, taskId: string): Promise<Json200<"/v1/jobs/{id}/tasks/{task_id}", "get">> {
 	return call("GET", `/v1/jobs/${enc(id)}/tasks/${enc(taskId)}`);

@@ -320,6 +320,9 @@ class JobPage {
 	stageLogAbort: AbortController | null = null;
 	drillStage: string | null;
 	drillSig = "";
+	resume: HTMLDetailsElement | null = null;
+	resumeSel: HTMLSelectElement | null = null;
+	resumeDrill: string | null = null;
 
 	readonly header = h("section", { class: "card job-head", "aria-labelledby": "job-title" });
 	readonly actions = h("section", { class: "card actions", "aria-labelledby": "actions-title" });
@@ -563,28 +566,12 @@ class JobPage {
 			j.stages.map((st) => h("option", { value: st.stage }, st.stage)),
 		);
 		if (this.drillStage) retrySel.value = this.drillStage;
-		const resumeSel = h("select", { id: "resume-stage" }, j.stages.map((st) => h("option", { value: st.stage }, st.stage)));
-		if (this.drillStage) resumeSel.value = this.drillStage;
-		const inputArea = h("textarea", { id: "resume-input", rows: 3, spellcheck: "false" });
-		const paramsArea = h("textarea", { id: "resume-params", rows: 3, spellcheck: "false" });
-		paramsArea.value = JSON.stringify(j.params ?? {});
-		const resumeForm = h(
-			"form",
-			{ class: "resume" },
-			h("div", {}, h("label", { for: "resume-stage" }, "Resubmit as a new job from stage"), resumeSel),
-			h("div", {}, h("label", { for: "resume-params" }, "Params (JSON object)"), paramsArea),
-			h(
-				"div",
-				{},
-				h("label", { for: "resume-input" }, "Input (JSON; send the job's input again, empty = none)"),
-				inputArea,
-			),
-			h("button", { type: "submit", id: "resume-btn" }, "Resubmit with resume_from"),
-		);
-		resumeForm.addEventListener("submit", (ev) => {
-			ev.preventDefault();
-			void this.resubmit(resumeSel.value, paramsArea.value, inputArea.value);
-		});
+		const resume = this.resumeBox();
+		// follow the stage opened below, but keep a choice made since
+		if (this.drillStage && this.drillStage !== this.resumeDrill) {
+			this.resumeSel!.value = this.drillStage;
+			this.resumeDrill = this.drillStage;
+		}
 		this.actions.append(
 			h("h2", { id: "actions-title" }, "Actions"),
 			h(
@@ -612,8 +599,73 @@ class JobPage {
 					),
 				),
 			),
-			h("details", { class: "resume-box" }, h("summary", {}, "Resubmit with resume_from…"), resumeForm),
+			resume,
 		);
+	}
+
+	/** The resubmit form, built once per page so that what the user typed
+	 * survives the re-renders live events cause. Opening it the first time
+	 * fills in the job's input and upload (GET /v1/jobs/{id}/input). */
+	resumeBox(): HTMLDetailsElement {
+		if (this.resume) return this.resume;
+		const j = this.job!;
+		const resumeSel = h("select", { id: "resume-stage" }, j.stages.map((st) => h("option", { value: st.stage }, st.stage)));
+		this.resumeSel = resumeSel;
+		const inputArea = h("textarea", { id: "resume-input", rows: 3, spellcheck: "false" });
+		const paramsArea = h("textarea", { id: "resume-params", rows: 3, spellcheck: "false" });
+		paramsArea.value = JSON.stringify(j.params ?? {});
+		const uploadBox = h("input", { type: "checkbox", id: "resume-upload" });
+		const uploadId = h("code", { id: "resume-upload-id" });
+		const uploadRow = h(
+			"div",
+			{ class: "inline", hidden: true },
+			uploadBox,
+			h("label", { for: "resume-upload" }, "Send its upload again: "),
+			uploadId,
+		);
+		const resumeForm = h(
+			"form",
+			{ class: "resume" },
+			h("div", {}, h("label", { for: "resume-stage" }, "Resubmit as a new job from stage"), resumeSel),
+			h("div", {}, h("label", { for: "resume-params" }, "Params (JSON object)"), paramsArea),
+			h(
+				"div",
+				{},
+				h("label", { for: "resume-input" }, "Input (JSON; the job's input is filled in, empty = none)"),
+				inputArea,
+			),
+			uploadRow,
+			h("button", { type: "submit", id: "resume-btn" }, "Resubmit with resume_from"),
+		);
+		resumeForm.addEventListener("submit", (ev) => {
+			ev.preventDefault();
+			const upload = uploadBox.checked && uploadId.textContent ? uploadId.textContent : undefined;
+			void this.resubmit(resumeSel.value, paramsArea.value, inputArea.value, upload);
+		});
+		const box = h("details", { class: "resume-box" }, h("summary", {}, "Resubmit with resume_from…"), resumeForm);
+		let asked = false;
+		box.addEventListener("toggle", () => {
+			if (!box.open || asked) return;
+			asked = true;
+			inputArea.setAttribute("aria-busy", "true");
+			api.getJobInput(this.id)
+				.then((got) => {
+					if (inputArea.value === "" && got.input !== null) inputArea.value = JSON.stringify(got.input, null, 2);
+					if (got.upload) {
+						uploadId.textContent = got.upload;
+						uploadBox.checked = true;
+						uploadRow.hidden = false;
+					}
+					inputArea.setAttribute("data-loaded", "true");
+				})
+				.catch((e: unknown) => {
+					asked = false;
+					showError(`The job's input could not be read: ${errorText(e)}`);
+				})
+				.finally(() => inputArea.removeAttribute("aria-busy"));
+		});
+		this.resume = box;
+		return box;
 	}
 
 	async cancel(): Promise<void> {
@@ -642,7 +694,7 @@ class JobPage {
 		this.scheduleRefresh(0);
 	}
 
-	async resubmit(stage: string, paramsText: string, inputText: string): Promise<void> {
+	async resubmit(stage: string, paramsText: string, inputText: string, upload?: string): Promise<void> {
 		let params: Record<string, unknown> | undefined;
 		let input: unknown;
 		try {
@@ -657,6 +709,7 @@ class JobPage {
 		const body: api.JobCreate = { pipeline: this.job!.pipeline, resume_from: { job_id: this.id, stage } };
 		if (params) body.params = params as api.JobCreate["params"];
 		if (input !== undefined) body.input = input;
+		if (upload) body.upload = upload;
 		try {
 			const j = await api.createJob(body);
 			announce(`Job ${j.id} submitted.`);

@@ -617,11 +617,19 @@ static void job_op_free(struct job_op *op)
 	        "j.id") ", " PIPELOG_TASKS_SQL("j.id") " FROM jobs j WHERE j.id = $1::uuid AND " \
 	                                               "j.project_id = $2"
 
+/* What GET /v1/jobs/{id}/input returns: the job's input as stored (text:
+ * passed through, so a number jansson cannot hold survives) and the id of
+ * its upload (the last segment of <project>/uploads/<id>). */
+#define SQL_JOB_INPUT                                                                             \
+	"SELECT j.input::text, substring(j.input_upload from '[^/]+$') FROM jobs j WHERE j.id = " \
+	"$1::uuid AND j.project_id = $2"
+
 static const struct {
 	const char *name;
 	const char *sql;
 	int nparams;
 } job_statements[] = {
+        {"job_input", SQL_JOB_INPUT, 2},
         {"job_log_source", SQL_JOB_LOG_SOURCE, 2},
         {"task_attempts", SQL_TASK_ATTEMPTS, 3},
         {"job_events_after", SQL_JOB_EVENTS_AFTER, 4},
@@ -738,14 +746,15 @@ static struct job_op *json_op_start(struct engine *e, const char *stmt, int npar
 	return op;
 }
 
-static bool task_attempts_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+/* One JSON value in the first column of one row; NULL when no row. */
+static bool one_json_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct job_op *op = arg;
 	op->q = NULL;
-	json_t *attempts = NULL;
+	json_t *v = NULL;
 	if (res && PQntuples(res) == 1)
-		attempts = col_json(res, 0, 0);
-	op->cb.list(attempts, err, op->arg);
+		v = col_json(res, 0, 0);
+	op->cb.list(v, err, op->arg);
 	job_op_free(op);
 	return false;
 }
@@ -779,8 +788,7 @@ struct job_op *job_events_after(struct engine *e, const char *project_id, const 
 	snprintf(after, sizeof after, "%lld", (long long)after_seq);
 	snprintf(lim, sizeof lim, "%d", limit);
 	const char *values[4] = {job_id, project_id, after, lim};
-	/* same shape as the attempts: one JSON array */
-	return json_op_start(e, "job_events_after", 4, values, task_attempts_result_cb, cb, arg);
+	return json_op_start(e, "job_events_after", 4, values, one_json_result_cb, cb, arg);
 }
 
 static bool log_source_result_cb(PGresult *res, const struct pg_error *err, void *arg)
@@ -803,6 +811,28 @@ struct job_op *job_log_source(struct engine *e, const char *project_id, const ch
 {
 	const char *values[2] = {job_id, project_id};
 	return json_op_start(e, "job_log_source", 2, values, log_source_result_cb, cb, arg);
+}
+
+static bool input_result_cb(PGresult *res, const struct pg_error *err, void *arg)
+{
+	struct job_op *op = arg;
+	op->q = NULL;
+	json_t *v = NULL;
+	if (res && PQntuples(res) == 1) {
+		const char *input = col_str(res, 0, 0), *upload = col_str(res, 0, 1);
+		v = json_pack("{s:o, s:o}", "input_json", input ? json_string(input) : json_null(),
+		              "upload", upload ? json_string(upload) : json_null());
+	}
+	op->cb.list(v, err, op->arg);
+	job_op_free(op);
+	return false;
+}
+
+struct job_op *job_input(struct engine *e, const char *project_id, const char *job_id,
+                         job_list_cb cb, void *arg)
+{
+	const char *values[2] = {job_id, project_id};
+	return json_op_start(e, "job_input", 2, values, input_result_cb, cb, arg);
 }
 
 static bool project_events_result_cb(PGresult *res, const struct pg_error *err, void *arg)

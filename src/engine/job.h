@@ -201,6 +201,12 @@ struct job_op *job_events_after(struct engine *e, const char *project_id, const 
 struct job_op *job_log_source(struct engine *e, const char *project_id, const char *job_id,
                               job_list_cb cb, void *arg);
 
+/* The project's job's input: {input_json, upload}: input_json is the
+ * stored input as JSON text (null when the job has none), upload the id of
+ * its upload or null. NULL when the project has no such job. */
+struct job_op *job_input(struct engine *e, const char *project_id, const char *job_id,
+                         job_list_cb cb, void *arg);
+
 /* The project's events after (txid, after_id) in transaction order, only
  * from transactions older than every running one, at most limit: the
  * callback gets {events: [... each with "txid" ...], held_back: N (later

@@ -442,6 +442,35 @@ def test_submit_get_304_and_list(api, snapshots, sl):
     assert empty == {"data": [], "next_cursor": None}
 
 
+def test_job_input_as_submitted(api, snapshots, sl):
+    """GET /v1/jobs/{id}/input: what a resubmit sends again."""
+    cases = [
+        ({"pipeline": "demo", "params": {"lang": "en"}, "input": {"text": "hi", "n": [1, 2]}},
+         {"text": "hi", "n": [1, 2]}),
+        ({"pipeline": "open", "input": "just text"}, "just text"),
+        ({"pipeline": "open", "input": 0}, 0),
+        ({"pipeline": "open"}, None),
+        ({"pipeline": "open", "input": {"ü": "snow ☃", "deep": {"a": [None, True]}}},
+         {"ü": "snow ☃", "deep": {"a": [None, True]}}),
+    ]
+    for body, want in cases:
+        job = submit(sl, api, body)
+        got = check_response(api, "GET", "/v1/jobs/{id}/input", 200,
+                             sl.http("GET", f"/v1/jobs/{job['id'].upper()}/input"))
+        assert got == {"job_id": job["id"], "input": want, "upload": None}, (body, got)
+
+    # a number a C double holds but jansson's integers do not, once jsonb
+    # has written it out in full: passed through, not reparsed
+    job = submit(sl, api, {"pipeline": "open", "input": {"big": 1e300}})
+    st, h, body = sl.http("GET", f"/v1/jobs/{job['id']}/input")
+    got = check_response(api, "GET", "/v1/jobs/{id}/input", 200, (st, h, body))
+    assert float(got["input"]["big"]) == 1e300, body[:200]
+
+    for path in ("/v1/jobs/0190b5a0-0000-7000-8000-000000000000/input", "/v1/jobs/nope/input"):
+        problem(api, snapshots, "GET", "/v1/jobs/{id}/input", 404, sl.http("GET", path),
+                "not-found")
+
+
 def test_idempotent_replay_and_conflict(api, snapshots, sl):
     body = {"pipeline": "demo", "params": {"lang": "fr"}, "input": [1, 2, 3]}
     key = {"Idempotency-Key": "order-42/" + secrets.token_hex(4)}
@@ -672,6 +701,10 @@ def test_auth_problems_and_project_isolation(api, snapshots, daemon, db, pipes_d
     doc = problem(api, snapshots, "GET", "/v1/jobs/{id}", 404, (st, h, body), "not-found")
     r = d.http("GET", path, headers=dict(bearer(reader_b), **{"If-None-Match": '"1"'}))
     assert r[0] == 404, "a cached revision must not leak another project's job as 304"
+    problem(api, snapshots, "GET", "/v1/jobs/{id}/input", 404,
+            d.http("GET", path + "/input", headers=bearer(reader_b)), "not-found")
+    check_response(api, "GET", "/v1/jobs/{id}/input", 200,
+                   d.http("GET", path + "/input", headers=bearer(reader_a)))
     missing = d.http("GET", "/v1/jobs/0190b5a0-0000-7000-8000-000000000000",
                      headers=bearer(reader_b))
     assert {k: v for k, v in json.loads(missing[2]).items() if k != "instance"} == \

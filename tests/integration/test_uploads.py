@@ -87,6 +87,10 @@ def test_file_store_upload_reaches_the_first_stage(daemon, edb):
                                     "01_first", "manifest.json")))
     (inp,) = [i for i in m["inputs"] if i["name"] == "upload"]
     assert inp["key"] == key and inp["sha256"] == hashlib.sha256(data).hexdigest()
+    # and a resubmit can learn which upload it was
+    st, _, b = d.http("GET", f"/v1/jobs/{job['id']}/input")
+    assert st == 200 and json.loads(b) == {"job_id": job["id"], "input": None,
+                                           "upload": up["id"]}, b
 
 
 def test_upload_limits_and_bad_references(daemon, edb, pg):

@@ -233,9 +233,12 @@ try {
 	step("resubmit with resume_from: a 422 is shown, then a valid one runs");
 	await page.goto(`${cfg.base}/console/#/jobs/${job.id}`);
 	await page.locator(".resume-box summary").click();
+	// the job's input is filled in from GET /v1/jobs/{id}/input
+	await page.waitForSelector('#resume-input[data-loaded="true"]', { timeout: 10000 });
+	assert.deepEqual(JSON.parse(await page.inputValue("#resume-input")), cfg.input, "the job's input was not filled in");
+	assert.equal(await page.isVisible("#resume-upload"), false, "a job without an upload offers one");
 	await page.selectOption("#resume-stage", "report");
 	await page.fill("#resume-params", '{"speed": "fast"}');
-	await page.fill("#resume-input", JSON.stringify(cfg.input));
 	await page.click("#resume-btn");
 	await page.click("#confirm-ok");
 	await page.waitForFunction(() => /\(422\)/.test(document.getElementById("alerts")?.textContent ?? ""));
@@ -252,6 +255,8 @@ try {
 	}, 60000, 200);
 	assert.equal(resumed.status, "completed");
 	assert.equal(resumed.stages.find((s) => s.stage === "tts").skip_reason, "reused");
+	const resumedInput = await api("GET", `/v1/jobs/${newId}/input`);
+	assert.deepEqual(resumedInput.input, cfg.input, "the resubmitted job did not get the input again");
 	await page.waitForFunction(() => document.querySelector(".job-head")?.getAttribute("data-status") === "completed", null, { timeout: 20000 });
 
 	// --- cancel a running job
