@@ -28,6 +28,7 @@
 #include "core/trace.h"
 #include "core/xmalloc.h"
 #include "db/listen.h"
+#include "db/pgjson.h"
 #include "db/pool.h"
 #include "engine/artifacts.h"
 #include "engine/engine_int.h"
@@ -653,18 +654,11 @@ static const char *col_str(const PGresult *r, int row, int col)
 	return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
 }
 
-static json_t *col_json(const PGresult *r, int row, int col)
-{
-	if (PQgetisnull(r, row, col))
-		return NULL;
-	return json_loads(PQgetvalue(r, row, col), JSON_DECODE_ANY, NULL);
-}
-
 /* Maps the JOB_COLS of one row to the representation. */
 static json_t *row_to_json(const PGresult *r, int row, const json_t *tasks, int64_t *rev)
 {
-	json_t *params = col_json(r, row, 4);
-	json_t *error = col_json(r, row, 8);
+	json_t *params = pg_json(r, row, 4);
+	json_t *error = pg_json(r, row, 8);
 	struct job_row j = {
 	        .id = col_str(r, row, 0),
 	        .project_id = col_str(r, row, 1),
@@ -701,10 +695,10 @@ static bool job_get_result_cb(PGresult *res, const struct pg_error *err, void *a
 	json_t *job = NULL;
 	int64_t rev = 0;
 	if (res && PQntuples(res) == 1) {
-		json_t *tasks = col_json(res, 0, 16);
+		json_t *tasks = pg_json(res, 0, 16);
 		job = row_to_json(res, 0, tasks ? tasks : json_array(), &rev);
 		json_decref(tasks);
-		json_t *queue = col_json(res, 0, 17);
+		json_t *queue = pg_json(res, 0, 17);
 		if (queue)
 			json_object_set_new(job, "queue", queue);
 		rev_cache_put(op->e->revs, op->job_id, op->project, rev, false);
@@ -753,7 +747,7 @@ static bool one_json_result_cb(PGresult *res, const struct pg_error *err, void *
 	op->q = NULL;
 	json_t *v = NULL;
 	if (res && PQntuples(res) == 1)
-		v = col_json(res, 0, 0);
+		v = pg_json(res, 0, 0);
 	op->cb.list(v, err, op->arg);
 	job_op_free(op);
 	return false;
@@ -765,7 +759,7 @@ static bool task_detail_result_cb(PGresult *res, const struct pg_error *err, voi
 	op->q = NULL;
 	json_t *detail = NULL;
 	if (res && PQntuples(res) == 1) {
-		json_t *att = col_json(res, 0, 0), *files = col_json(res, 0, 1);
+		json_t *att = pg_json(res, 0, 0), *files = pg_json(res, 0, 1);
 		detail = json_pack("{s:o, s:o}", "attempts", att ? att : json_array(), "files",
 		                   files ? files : json_array());
 	}
@@ -800,7 +794,7 @@ static bool log_source_result_cb(PGresult *res, const struct pg_error *err, void
 		src = json_pack("{s:s, s:s, s:s, s:I, s:o, s:o}", "job_id", PQgetvalue(res, 0, 0),
 		                "pipeline", PQgetvalue(res, 0, 1), "status", PQgetvalue(res, 0, 2),
 		                "tasks_running", (json_int_t)col_i64(res, 0, 3), "events",
-		                col_json(res, 0, 4), "tasks", col_json(res, 0, 5));
+		                pg_json(res, 0, 4), "tasks", pg_json(res, 0, 5));
 	op->cb.list(src, err, op->arg);
 	job_op_free(op);
 	return false;
@@ -841,7 +835,7 @@ static bool project_events_result_cb(PGresult *res, const struct pg_error *err, 
 	op->q = NULL;
 	json_t *page = NULL;
 	if (res && PQntuples(res) == 1) {
-		page = json_pack("{s:o, s:I, s:s}", "events", col_json(res, 0, 0), "held_back",
+		page = json_pack("{s:o, s:I, s:s}", "events", pg_json(res, 0, 0), "held_back",
 		                 (json_int_t)col_i64(res, 0, 1), "xmin", PQgetvalue(res, 0, 2));
 		if (page && !json_is_array(json_object_get(page, "events")))
 			json_object_set_new(page, "events", json_array());
@@ -1876,7 +1870,7 @@ static void txn_announce(struct job_txn *t, const PGresult *res)
 		if (ord >= t->n)
 			continue;
 		struct txn_change *c = &t->changes[ord];
-		json_t *data = json_loads(PQgetvalue(res, r, 4), 0, NULL);
+		json_t *data = pg_json(res, r, 4);
 		struct sl_event ev = {
 		        .id = strtoll(PQgetvalue(res, r, 2), NULL, 10),
 		        .seq = strtoll(PQgetvalue(res, r, 1), NULL, 10),

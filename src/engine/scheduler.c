@@ -32,6 +32,7 @@
 #include "core/metrics.h"
 #include "core/scrub.h"
 #include "core/xmalloc.h"
+#include "db/pgjson.h"
 #include "db/pool.h"
 #include "engine/artifacts.h"
 #include "engine/engine_int.h"
@@ -280,12 +281,6 @@ static const char *col(const PGresult *r, int row, int c)
 static int64_t col_i(const PGresult *r, int row, int c)
 {
 	return PQgetisnull(r, row, c) ? 0 : strtoll(PQgetvalue(r, row, c), NULL, 10);
-}
-
-static json_t *col_j(const PGresult *r, int row, int c)
-{
-	return PQgetisnull(r, row, c) ? NULL
-	                              : json_loads(PQgetvalue(r, row, c), JSON_DECODE_ANY, NULL);
 }
 
 /* --- SQL ------------------------------------------------------------------- */
@@ -2031,7 +2026,7 @@ static size_t adv_job(struct job_txn *txn, const PGresult *r, int row)
 {
 	const char *job_id = col(r, row, 0), *status = col(r, row, 1), *project = col(r, row, 2),
 	           *pipeline = col(r, row, 3), *request_id = col(r, row, 5);
-	json_t *tasks = col_j(r, row, 4);
+	json_t *tasks = pg_json(r, row, 4);
 	size_t n = json_array_size(tasks);
 	if (n == 0) {
 		json_decref(tasks);
@@ -2202,7 +2197,7 @@ static void claim_announce(struct scheduler *s, const PGresult *res, int r)
 	job_rev_note(s->e, col(res, r, 1), col(res, r, 6), col_i(res, r, 5));
 	const char *kind = col(res, r, 0);
 	bool is_task = !PQgetisnull(res, r, 10);
-	json_t *data = col_j(res, r, 4);
+	json_t *data = pg_json(res, r, 4);
 	struct sl_event ev = {
 	        .id = col_i(res, r, 3),
 	        .seq = col_i(res, r, 2),
@@ -2267,12 +2262,12 @@ static bool claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		t->max_retries = (int)col_i(res, r, 16);
 		t->backoff_ms = col_i(res, r, 17);
 		t->timeout_ms = col_i(res, r, 18);
-		t->params = col_j(res, r, 19);
+		t->params = pg_json(res, r, 19);
 		t->lease = xstrdup(col(res, r, 20));
-		t->input = col_j(res, r, 21);
-		t->resume_from = col_j(res, r, 22);
+		t->input = pg_json(res, r, 21);
+		t->resume_from = pg_json(res, r, 22);
 		t->request_id = col(res, r, 23) ? xstrdup(col(res, r, 23)) : NULL;
-		t->dep_artifacts = col_j(res, r, 24);
+		t->dep_artifacts = pg_json(res, r, 24);
 		t->upload_key = col(res, r, 27) ? xstrdup(col(res, r, 27)) : NULL;
 		t->exit_code = -1;
 		stage_log_ring_init(&t->log, STAGE_LOG_CAP, STAGE_LOG_HEAD);
@@ -2980,7 +2975,7 @@ static bool fin_claim_cb(PGresult *res, const struct pg_error *err, void *arg)
 		b->ids[r] = xstrdup(id);
 		b->seq[r] = col_i(res, r, 4);
 		b->pending[r] = 2;
-		json_t *events = col_j(res, r, 6), *tasks = col_j(res, r, 7);
+		json_t *events = pg_json(res, r, 6), *tasks = pg_json(res, r, 7);
 		struct buf text = BUF_INIT;
 		pipelog_render_tasks(id, col(res, r, 2), events, tasks, &text);
 		const char *key = col(res, r, 5);

@@ -461,10 +461,15 @@ def test_job_input_as_submitted(api, snapshots, sl):
 
     # a number a C double holds but jansson's integers do not, once jsonb
     # has written it out in full: passed through, not reparsed
-    job = submit(sl, api, {"pipeline": "open", "input": {"big": 1e300}})
+    job = submit(sl, api, {"pipeline": "open", "params": {"big": 1e300, "n": 3},
+                           "input": {"big": 1e300}})
     st, h, body = sl.http("GET", f"/v1/jobs/{job['id']}/input")
     got = check_response(api, "GET", "/v1/jobs/{id}/input", 200, (st, h, body))
     assert float(got["input"]["big"]) == 1e300, body[:200]
+    # and the job's params, read back through jansson, keep it as the double
+    # it was (src/db/pgjson.c), beside an integer that stays one
+    got = check_response(api, "GET", "/v1/jobs/{id}", 200, sl.http("GET", f"/v1/jobs/{job['id']}"))
+    assert got["params"] == {"big": 1e300, "n": 3} and isinstance(got["params"]["n"], int), got
 
     for path in ("/v1/jobs/0190b5a0-0000-7000-8000-000000000000/input", "/v1/jobs/nope/input"):
         problem(api, snapshots, "GET", "/v1/jobs/{id}/input", 404, sl.http("GET", path),
