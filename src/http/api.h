@@ -80,6 +80,8 @@ bool api_route_guarded(struct router *r, unsigned methods, const char *template_
 void api_reply_db_error(struct http_req *req, const struct pg_error *err);
 /* 404: unknown, malformed and other projects' jobs all read the same. */
 void api_reply_no_such_job(struct http_req *req);
+/* A job lookup that found nothing: err ? api_reply_db_error : 404. */
+void api_reply_no_job(struct http_req *req, const struct pg_error *err);
 void api_reply_no_such_task(struct http_req *req);
 struct store_error;
 /* 503 store-unavailable with Retry-After (the store's message is logged). */

@@ -869,10 +869,7 @@ static void job_log_cb(json_t *src, const struct pg_error *err, void *arg)
 	struct http_req *req = c->req;
 	http_req_on_abort(req, NULL, NULL);
 	if (err || src == NULL) {
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		free(c);
 		return;
 	}

@@ -96,6 +96,14 @@ void api_reply_no_such_job(struct http_req *req)
 	http_reply_problem(req, 404, "not-found", NULL, "no such job", NULL);
 }
 
+void api_reply_no_job(struct http_req *req, const struct pg_error *err)
+{
+	if (err)
+		api_reply_db_error(req, err);
+	else
+		api_reply_no_such_job(req);
+}
+
 /* A path parameter as a lowercase UUID; false when it is not one. */
 static bool uuid_param(struct http_req *req, const char *name, char out[ID_UUID_LEN + 1])
 {
@@ -879,10 +887,7 @@ static void cancel_got_cb(json_t *job, int64_t rev, const struct pg_error *err, 
 	struct http_req *req = c->req;
 	if (err || job == NULL) {
 		free(c);
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		json_decref(job);
 		return;
 	}
@@ -984,10 +989,7 @@ static void retry_reply_cb(json_t *job, int64_t rev, const struct pg_error *err,
 	struct http_req *req = c->req;
 	retry_call_free(c);
 	if (err || job == NULL) {
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		return;
 	}
 	set_etag(req, rev);
@@ -1027,10 +1029,7 @@ static void retry_got_cb(json_t *job, int64_t rev, const struct pg_error *err, v
 	(void)rev;
 	if (err || job == NULL) {
 		retry_call_free(c);
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		return;
 	}
 	enum job_status st = JOB_PENDING;
@@ -1251,10 +1250,7 @@ static void task_got_cb(json_t *job, int64_t rev, const struct pg_error *err, vo
 	(void)rev;
 	if (err || job == NULL) {
 		task_call_free(c);
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		return;
 	}
 	size_t i;
@@ -1310,10 +1306,7 @@ static void input_done_cb(json_t *row, const struct pg_error *err, void *arg)
 	struct http_req *req = c->base.req;
 	if (err || row == NULL) {
 		free(c);
-		if (err)
-			api_reply_db_error(req, err);
-		else
-			api_reply_no_such_job(req);
+		api_reply_no_job(req, err);
 		return;
 	}
 	const char *input = json_string_value(json_object_get(row, "input_json"));
