@@ -52,7 +52,8 @@
 static const char usage_submit[] =
         "usage: stageline submit PIPELINE [--param K=V ...] [--params-file F.json]\n"
         "           [--input-file F.json | --input JSON] [--idempotency-key K]\n"
-        "           [--resume-from JOB_ID:STAGE] [--wait [--interval S]] [--json]\n"
+        "           [--resume-from JOB_ID:STAGE [--same-input]] [--wait [--interval S]]\n"
+        "           [--json]\n"
         "\n"
         "Submits a job of PIPELINE and prints its id (with --json, the job).\n"
         "\n"
@@ -65,6 +66,8 @@ static const char usage_submit[] =
         "  --idempotency-key K  a repeat with the same K and body returns the first job\n"
         "  --resume-from J:S    run stage S and its dependents again, take the other\n"
         "                       stages over from the earlier job J\n"
+        "  --same-input         with --resume-from: send J's input and upload again\n"
+        "                       (GET /v1/jobs/J/input) instead of --input/--input-file\n"
         "  --wait               then follow the job as `watch` does, and exit as it does\n"
         "  --interval S         with --wait: as for `watch` (default 0.2)\n" COMMON_OPTS WATCH_EXIT;
 
@@ -167,6 +170,7 @@ enum {
 	OPT_FROM_STAGE = 'R',
 	OPT_STAGE = 'S',
 	OPT_FOLLOW = 'f', /* also -f */
+	OPT_SAME_INPUT = 'I',
 	OPT_URL = 256,
 	OPT_API_KEY,
 	OPT_JSON,
@@ -174,7 +178,7 @@ enum {
 
 struct args {
 	const char *url, *api_key;
-	bool json, help, wait, all, follow;
+	bool json, help, wait, all, follow, same_input;
 	const char *params_file, *input_file, *input, *idempotency_key, *resume_from;
 	const char *status, *pipeline, *from_stage, *stage;
 	int limit; /* 0: the server's default */
@@ -239,6 +243,7 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 	        {"input", required_argument, NULL, OPT_INPUT},
 	        {"idempotency-key", required_argument, NULL, OPT_IDEMPOTENCY_KEY},
 	        {"resume-from", required_argument, NULL, OPT_RESUME_FROM},
+	        {"same-input", no_argument, NULL, OPT_SAME_INPUT},
 	        {"wait", no_argument, NULL, OPT_WAIT},
 	        {"interval", required_argument, NULL, OPT_INTERVAL},
 	        {"status", required_argument, NULL, OPT_STATUS},
@@ -290,6 +295,7 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 			o->resume_from = optarg;
 			break;
 		}
+		case OPT_SAME_INPUT: o->same_input = true; break;
 		case OPT_WAIT: o->wait = true; break;
 		case OPT_INTERVAL:
 			if (!parse_interval(optarg, &o->interval_us))
@@ -331,6 +337,11 @@ static int args_parse(const struct job_command *cmd, int argc, char **argv, stru
 			return output_usage_error(usage, "an empty argument");
 	if (o->input && o->input_file)
 		return output_usage_error(usage, "give --input or --input-file, not both");
+	if (o->same_input && !o->resume_from)
+		return output_usage_error(usage, "--same-input goes with --resume-from");
+	if (o->same_input && (o->input || o->input_file))
+		return output_usage_error(usage, "--same-input sends the earlier job's input: "
+		                                 "give it or --input/--input-file, not both");
 	if (o->input_file && o->params_file && strcmp(o->input_file, "-") == 0 &&
 	    strcmp(o->params_file, "-") == 0)
 		return output_usage_error(usage, "only one of the files can be stdin (-)");
@@ -1945,6 +1956,22 @@ static int cmd_submit(struct api *a, const struct args *o)
 		}
 		json_object_set_new(body, "resume_from",
 		                    json_pack("{s:o, s:o}", "job_id", job, "stage", stage));
+		if (o->same_input) {
+			char *jid = xstrndup(o->resume_from, (size_t)(colon - o->resume_from));
+			char *path = job_path(jid, "/input");
+			free(jid);
+			json_t *earlier = api_get(a, path);
+			free(path);
+			if (earlier == NULL)
+				goto out;
+			json_t *in = json_object_get(earlier, "input"),
+			       *up = json_object_get(earlier, "upload");
+			if (in && !json_is_null(in))
+				json_object_set(body, "input", in);
+			if (json_is_string(up))
+				json_object_set(body, "upload", up);
+			json_decref(earlier);
+		}
 	}
 
 	struct reply r;
@@ -2717,7 +2744,7 @@ out:
 /* --- dispatch -------------------------------------------------------------------- */
 
 static const struct job_command job_commands[] = {
-        {"submit", usage_submit, "pPFikrwn", 1, "the PIPELINE is missing", cmd_submit},
+        {"submit", usage_submit, "pPFikrIwn", 1, "the PIPELINE is missing", cmd_submit},
         {"status", usage_status, "", 1, "the JOB_ID is missing", cmd_status},
         {"list", usage_list, "slLa", 0, NULL, cmd_list},
         {"watch", usage_watch, "n", 1, "the JOB_ID is missing", cmd_watch},

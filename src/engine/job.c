@@ -618,12 +618,12 @@ static void job_op_free(struct job_op *op)
 	        "j.id") ", " PIPELOG_TASKS_SQL("j.id") " FROM jobs j WHERE j.id = $1::uuid AND " \
 	                                               "j.project_id = $2"
 
-/* What GET /v1/jobs/{id}/input returns: the job's input as stored (text:
- * passed through, so a number jansson cannot hold survives) and the id of
- * its upload (the last segment of <project>/uploads/<id>). */
-#define SQL_JOB_INPUT                                                                             \
-	"SELECT j.input::text, substring(j.input_upload from '[^/]+$') FROM jobs j WHERE j.id = " \
-	"$1::uuid AND j.project_id = $2"
+/* What GET /v1/jobs/{id}/input returns: the job's input and the id of its
+ * upload (the last segment of <project>/uploads/<id>). */
+#define SQL_JOB_INPUT                                                                           \
+	"SELECT json_build_object('job_id', j.id, 'input', j.input, 'upload', "                 \
+	"substring(j.input_upload from '[^/]+$'))::text FROM jobs j WHERE j.id = $1::uuid AND " \
+	"j.project_id = $2"
 
 static const struct {
 	const char *name;
@@ -807,26 +807,11 @@ struct job_op *job_log_source(struct engine *e, const char *project_id, const ch
 	return json_op_start(e, "job_log_source", 2, values, log_source_result_cb, cb, arg);
 }
 
-static bool input_result_cb(PGresult *res, const struct pg_error *err, void *arg)
-{
-	struct job_op *op = arg;
-	op->q = NULL;
-	json_t *v = NULL;
-	if (res && PQntuples(res) == 1) {
-		const char *input = col_str(res, 0, 0), *upload = col_str(res, 0, 1);
-		v = json_pack("{s:o, s:o}", "input_json", input ? json_string(input) : json_null(),
-		              "upload", upload ? json_string(upload) : json_null());
-	}
-	op->cb.list(v, err, op->arg);
-	job_op_free(op);
-	return false;
-}
-
 struct job_op *job_input(struct engine *e, const char *project_id, const char *job_id,
                          job_list_cb cb, void *arg)
 {
 	const char *values[2] = {job_id, project_id};
-	return json_op_start(e, "job_input", 2, values, input_result_cb, cb, arg);
+	return json_op_start(e, "job_input", 2, values, one_json_result_cb, cb, arg);
 }
 
 static bool project_events_result_cb(PGresult *res, const struct pg_error *err, void *arg)

@@ -201,9 +201,9 @@ struct job_op *job_events_after(struct engine *e, const char *project_id, const 
 struct job_op *job_log_source(struct engine *e, const char *project_id, const char *job_id,
                               job_list_cb cb, void *arg);
 
-/* The project's job's input: {input_json, upload}: input_json is the
- * stored input as JSON text (null when the job has none), upload the id of
- * its upload or null. NULL when the project has no such job. */
+/* The project's job's input: {job_id, input, upload} (input: the JSON value
+ * submitted, null when none; upload: the upload id, or null), NULL when the
+ * project has no such job. */
 struct job_op *job_input(struct engine *e, const char *project_id, const char *job_id,
                          job_list_cb cb, void *arg);
 

@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "core/apikey.h"
-#include "core/buf.h"
 #include "core/app.h"
 #include "core/clock.h"
 #include "core/config.h"
@@ -1294,48 +1293,26 @@ static void jobs_task_authed(struct http_req *req, const struct auth_principal *
 
 /* --- GET /v1/jobs/{id}/input ----------------------------------------------- */
 
-struct input_call {
-	struct job_call base;
-	char job_id[ID_UUID_LEN + 1];
-};
-
-/* The stored input goes out as PostgreSQL wrote it: no reparse. */
-static void input_done_cb(json_t *row, const struct pg_error *err, void *arg)
+static void input_done_cb(json_t *doc, const struct pg_error *err, void *arg)
 {
-	struct input_call *c = arg;
-	struct http_req *req = c->base.req;
-	if (err || row == NULL) {
-		free(c);
-		api_reply_no_job(req, err);
-		return;
-	}
-	const char *input = json_string_value(json_object_get(row, "input_json"));
-	const char *upload = json_string_value(json_object_get(row, "upload"));
-	struct buf b = BUF_INIT;
-	buf_printf(&b, "{\"job_id\":\"%s\",\"input\":%s,\"upload\":", c->job_id,
-	           input ? input : "null");
-	if (upload && id_uuid_valid(upload))
-		buf_printf(&b, "\"%s\"}", upload);
-	else
-		buf_adds(&b, "null}");
+	struct job_call *c = arg;
+	struct http_req *req = c->req;
 	free(c);
-	json_decref(row);
-	http_reply(req, 200, "application/json", b.data, b.len);
-	buf_free(&b);
+	if (err || doc == NULL)
+		api_reply_no_job(req, err);
+	else
+		http_reply_json(req, 200, doc);
 }
 
 static void jobs_input_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
 	struct api_ctx *ctx = arg;
-	struct input_call *c = xcalloc(1, sizeof *c);
-	if (!api_job_id_param(req, c->job_id)) {
-		free(c);
+	char id[ID_UUID_LEN + 1];
+	if (!api_job_id_param(req, id))
 		return;
-	}
-	c->base.ctx = ctx;
-	c->base.req = req;
-	http_req_on_abort(req, job_call_abort_cb, &c->base);
-	c->base.op = job_input(ctx->engine, p->project_id, c->job_id, input_done_cb, c);
+	struct job_call *c = job_call_new(ctx, req, p);
+	http_req_on_abort(req, job_call_abort_cb, c);
+	c->op = job_input(ctx->engine, p->project_id, id, input_done_cb, c);
 }
 
 /* --- GET /v1/pipelines --------------------------------------------------- */

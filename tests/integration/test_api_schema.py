@@ -460,7 +460,7 @@ def test_job_input_as_submitted(api, snapshots, sl):
         assert got == {"job_id": job["id"], "input": want, "upload": None}, (body, got)
 
     # a number a C double holds but jansson's integers do not, once jsonb
-    # has written it out in full: passed through, not reparsed
+    # has written it out in full (src/db/pgjson.c)
     job = submit(sl, api, {"pipeline": "open", "params": {"big": 1e300, "n": 3},
                            "input": {"big": 1e300}})
     st, h, body = sl.http("GET", f"/v1/jobs/{job['id']}/input")

@@ -283,6 +283,28 @@ def test_submit_params_and_input_file(env, tmp_path):
     assert get_job(d, jid)["params"] == {"n": 3, "label": "none"}
 
 
+def test_submit_resume_from_with_the_same_input(env, tmp_path):
+    d, cli = env
+    # 1e300 too: jsonb writes it back as 301 digits, which the scheduler must
+    # still read as the number it was (src/db/pgjson.c)
+    jid = cli.submit("quick", "--input", '{"text": "again", "big": 1e300}')
+    assert wait_job(d, jid)["status"] == "completed"
+    again = cli.submit("quick", "--resume-from", f"{jid}:second", "--same-input")
+    job = wait_job(d, again)
+    assert job["status"] == "completed", job
+    assert [s["skip_reason"] for s in job["stages"]] == ["reused", None], job["stages"]
+    for j in (jid, again):
+        out = json.loads((tmp_path / "var" / "objects" / "default" / j / "02_second" /
+                          "output.json").read_text())
+        assert out["inputs"]["input.json"] == {"text": "again", "big": 1e300}, (j, out)
+    # an earlier job that is not there: the CLI says so and submits nothing
+    before = len(json.loads(cli.ok("list", "--json", "--limit", "200").stdout)["data"])
+    r = cli.run("submit", "quick", "--resume-from",
+                "0190b5a0-0000-7000-8000-000000000000:second", "--same-input")
+    assert r.returncode == 1 and "no such job" in r.stderr, r
+    assert len(json.loads(cli.ok("list", "--json", "--limit", "200").stdout)["data"]) == before
+
+
 def test_submit_idempotency_key(env):
     d, cli = env
     a = cli.submit("quick", "--idempotency-key", "order-4711")
@@ -934,6 +956,9 @@ def test_bad_arguments_are_usage_errors(env, tmp_path):
         ["submit", "quick", "--input", "{bad json"],
         ["submit", "quick", "--input", "1", "--input-file", "x.json"],
         ["submit", "quick", "--resume-from", "only-a-job"],
+        ["submit", "quick", "--same-input"],
+        ["submit", "quick", "--resume-from", "j:s", "--same-input", "--input", "1"],
+        ["status", "x", "--same-input"],
         ["submit", "quick", "--interval", "1"],
         ["submit", "quick", "--wait", "--interval", "fast"],
         ["submit", "quick", "--from-stage", "a"],
