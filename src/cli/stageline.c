@@ -483,6 +483,54 @@ static int cmd_projects_list(struct cli *c, int argc, char **argv)
 
 /* --- keys --------------------------------------------------------------- */
 
+/* The one positional argument of `keys revoke|rotate`: a key prefix. 0, or
+ * the usage error's exit status. */
+static int prefix_arg(const struct cmd_opts *o, const char *usage,
+                      char prefix[APIKEY_PREFIX_LEN + 1])
+{
+	if (o->npos != 1)
+		return output_usage_error(usage, o->npos ? "too many arguments"
+		                                         : "the key PREFIX is missing");
+	if (!normalize_prefix(o->pos[0], prefix))
+		return output_usage_error(
+		        usage,
+		        "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
+		        "optionally as sl_XXXXXXXX_)",
+		        strlen(o->pos[0]) == APIKEY_LEN ? "(a key)" : o->pos[0]);
+	return 0;
+}
+
+/* Draws a new key into *key and runs sql with vals, where vals[at],
+ * vals[at + 1] and vals[at + 2] become its row id, prefix and hash (hex).
+ * A prefix collision (one in 2^47 per existing key) draws again. NULL
+ * (said, key wiped) when OpenSSL cannot hash; else the last result. */
+static PGresult *exec_with_new_key(struct cli *c, struct apikey *key, const char *sql, int n,
+                                   const char **vals, int at)
+{
+	PGresult *r = NULL;
+	char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
+	for (int attempt = 0; attempt < 3; attempt++) {
+		apikey_generate(key);
+		uint8_t hash[APIKEY_HASH_LEN];
+		if (!apikey_hash_secret(key->secret, hash)) {
+			output_err("cannot hash the key (OpenSSL failed)");
+			OPENSSL_cleanse(key, sizeof *key);
+			PQclear(r);
+			return NULL;
+		}
+		buf_hex(hash_hex, hash, sizeof hash);
+		id_uuid7(id);
+		vals[at] = id;
+		vals[at + 1] = key->prefix;
+		vals[at + 2] = hash_hex;
+		PQclear(r);
+		r = db_exec(c, sql, n, vals);
+		if (db_ok(r) || strcmp(sqlstate(r), "23505") != 0)
+			break;
+	}
+	return r;
+}
+
 static int cmd_keys_create(struct cli *c, int argc, char **argv)
 {
 	struct cmd_opts o;
@@ -519,37 +567,23 @@ static int cmd_keys_create(struct cli *c, int argc, char **argv)
 	char lifetime_s[24];
 	snprintf(lifetime_s, sizeof lifetime_s, "%lld", (long long)lifetime);
 	struct apikey key;
-	PGresult *r = NULL;
-	/* A prefix collision (one in 2^47 per existing key) just draws again. */
-	for (int attempt = 0; attempt < 3; attempt++) {
-		apikey_generate(&key);
-		uint8_t hash[APIKEY_HASH_LEN];
-		if (!apikey_hash_secret(key.secret, hash)) {
-			output_err("cannot hash the key (OpenSSL failed)");
-			OPENSSL_cleanse(&key, sizeof key);
-			return EXIT_FAIL;
-		}
-		char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
-		buf_hex(hash_hex, hash, sizeof hash);
-		id_uuid7(id);
-		const char *vals[7] = {id,
-		                       o.project,
-		                       key.prefix,
-		                       hash_hex,
-		                       scopes,
-		                       o.name ? o.name : "",
-		                       o.expires ? lifetime_s : NULL};
-		PQclear(r);
-		r = db_exec(c,
-		            "INSERT INTO api_keys (id, project_id, prefix, hash, scopes, name,"
-		            " expires_at) VALUES ($1, $2, $3, decode($4, 'hex'),"
-		            " string_to_array($5, ','), $6,"
-		            " now() + $7::int8 * interval '1 second')"
-		            " RETURNING " TS("created_at") ", " TS("expires_at"),
-		            7, vals);
-		if (db_ok(r) || strcmp(sqlstate(r), "23505") != 0)
-			break;
-	}
+	const char *vals[7] = {NULL,
+	                       NULL,
+	                       NULL,
+	                       o.project,
+	                       scopes,
+	                       o.name ? o.name : "",
+	                       o.expires ? lifetime_s : NULL};
+	PGresult *r =
+	        exec_with_new_key(c, &key,
+	                          "INSERT INTO api_keys (id, prefix, hash, project_id, scopes,"
+	                          " name, expires_at) VALUES ($1, $2, decode($3, 'hex'), $4,"
+	                          " string_to_array($5, ','), $6,"
+	                          " now() + $7::int8 * interval '1 second')"
+	                          " RETURNING " TS("created_at") ", " TS("expires_at"),
+	                          7, vals, 0);
+	if (r == NULL)
+		return EXIT_FAIL;
 	if (!db_ok(r)) {
 		OPENSSL_cleanse(&key, sizeof key);
 		if (strcmp(sqlstate(r), "23503") == 0) {
@@ -656,16 +690,9 @@ static int cmd_keys_revoke(struct cli *c, int argc, char **argv)
 	int rc = parse_cmd(c, argc, argv, "", usage_keys_revoke, &o);
 	if (rc)
 		return rc < 0 ? 0 : rc;
-	if (o.npos != 1)
-		return output_usage_error(usage_keys_revoke, o.npos ? "too many arguments"
-		                                                    : "the key PREFIX is missing");
 	char prefix[APIKEY_PREFIX_LEN + 1];
-	if (!normalize_prefix(o.pos[0], prefix))
-		return output_usage_error(
-		        usage_keys_revoke,
-		        "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
-		        "optionally as sl_XXXXXXXX_)",
-		        strlen(o.pos[0]) == APIKEY_LEN ? "(a key)" : o.pos[0]);
+	if ((rc = prefix_arg(&o, usage_keys_revoke, prefix)) != 0)
+		return rc;
 	if ((rc = db_connect(c)) != 0)
 		return rc;
 	const char *vals[1] = {prefix};
@@ -760,16 +787,9 @@ static int cmd_keys_rotate(struct cli *c, int argc, char **argv)
 	int rc = parse_cmd(c, argc, argv, "g", usage_keys_rotate, &o);
 	if (rc)
 		return rc < 0 ? 0 : rc;
-	if (o.npos != 1)
-		return output_usage_error(usage_keys_rotate, o.npos ? "too many arguments"
-		                                                    : "the key PREFIX is missing");
 	char prefix[APIKEY_PREFIX_LEN + 1];
-	if (!normalize_prefix(o.pos[0], prefix))
-		return output_usage_error(
-		        usage_keys_rotate,
-		        "'%s' is not a key prefix (8 characters of 0-9, A-Z, a-z, "
-		        "optionally as sl_XXXXXXXX_)",
-		        strlen(o.pos[0]) == APIKEY_LEN ? "(a key)" : o.pos[0]);
+	if ((rc = prefix_arg(&o, usage_keys_rotate, prefix)) != 0)
+		return rc;
 	int64_t grace = 0;
 	if (o.grace && !parse_grace(o.grace, &grace))
 		return output_usage_error(usage_keys_rotate,
@@ -781,25 +801,10 @@ static int cmd_keys_rotate(struct cli *c, int argc, char **argv)
 	char grace_s[24];
 	snprintf(grace_s, sizeof grace_s, "%lld", (long long)grace);
 	struct apikey key;
-	PGresult *r = NULL;
-	for (int attempt = 0; attempt < 3; attempt++) {
-		apikey_generate(&key);
-		uint8_t hash[APIKEY_HASH_LEN];
-		if (!apikey_hash_secret(key.secret, hash)) {
-			output_err("cannot hash the key (OpenSSL failed)");
-			OPENSSL_cleanse(&key, sizeof key);
-			PQclear(r);
-			return EXIT_FAIL;
-		}
-		char hash_hex[2 * APIKEY_HASH_LEN + 1], id[ID_UUID_LEN + 1];
-		buf_hex(hash_hex, hash, sizeof hash);
-		id_uuid7(id);
-		const char *vals[5] = {prefix, id, key.prefix, hash_hex, grace_s};
-		PQclear(r);
-		r = db_exec(c, sql_keys_rotate, 5, vals);
-		if (db_ok(r) || strcmp(sqlstate(r), "23505") != 0)
-			break;
-	}
+	const char *vals[5] = {prefix, NULL, NULL, NULL, grace_s};
+	PGresult *r = exec_with_new_key(c, &key, sql_keys_rotate, 5, vals, 1);
+	if (r == NULL)
+		return EXIT_FAIL;
 	if (!db_ok(r)) {
 		OPENSSL_cleanse(&key, sizeof key);
 		return db_fail(c, r, "cannot rotate the key");

@@ -546,16 +546,23 @@ static bool get_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 	return false;
 }
 
-static void keys_get_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+/* The {prefix} of the path, then stmt with (project, prefix). */
+static void prefix_statement(struct http_req *req, const struct auth_principal *p, void *ctx,
+                             enum key_op op, const char *stmt, pg_result_cb cb)
 {
 	char prefix[APIKEY_PREFIX_LEN + 1];
 	if (!prefix_param(req, prefix))
 		return;
-	struct key_call *c = key_call_new(arg, req, p, KEY_OP_GET);
+	struct key_call *c = key_call_new(ctx, req, p, op);
 	memcpy(c->prefix, prefix, sizeof c->prefix);
 	const char *values[2] = {c->project, c->prefix};
 	http_req_on_abort(req, key_call_abort_cb, c);
-	c->q = pg_pool_query_prepared(c->ctx->pool, STMT_GET, 2, values, get_result_cb, c);
+	c->q = pg_pool_query_prepared(c->ctx->pool, stmt, 2, values, cb, c);
+}
+
+static void keys_get_authed(struct http_req *req, const struct auth_principal *p, void *arg)
+{
+	prefix_statement(req, p, arg, KEY_OP_GET, STMT_GET, get_result_cb);
 }
 
 /* --- DELETE /v1/keys/{prefix} ------------------------------------------- */
@@ -594,14 +601,7 @@ static bool revoke_result_cb(PGresult *res, const struct pg_error *err, void *ar
 
 static void keys_revoke_authed(struct http_req *req, const struct auth_principal *p, void *arg)
 {
-	char prefix[APIKEY_PREFIX_LEN + 1];
-	if (!prefix_param(req, prefix))
-		return;
-	struct key_call *c = key_call_new(arg, req, p, KEY_OP_REVOKE);
-	memcpy(c->prefix, prefix, sizeof c->prefix);
-	const char *values[2] = {c->project, c->prefix};
-	http_req_on_abort(req, key_call_abort_cb, c);
-	c->q = pg_pool_query_prepared(c->ctx->pool, STMT_REVOKE, 2, values, revoke_result_cb, c);
+	prefix_statement(req, p, arg, KEY_OP_REVOKE, STMT_REVOKE, revoke_result_cb);
 }
 
 /* --- POST /v1/keys/{prefix}/rotate -------------------------------------- */
