@@ -56,34 +56,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Polls cmd until it succeeds, for at most $1 tenths of a second.
-wait_for() {
-	n=$1
-	shift
-	while ! "$@" 2>/dev/null; do
-		n=$((n - 1))
-		[ "$n" -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-port_in_use() {
-	# bash's /dev/tcp is not in sh; ask the kernel's table instead.
-	hex=$(printf '%04X' "$1")
-	grep -q ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-free_port() {
-	p=61000
-	while [ "$p" -lt 65000 ]; do
-		port_in_use "$p" || {
-			echo "$p"
-			return 0
-		}
-		p=$((p + 7))
-	done
-	return 1
-}
+here=$(cd "$(dirname "$0")" && pwd)
+# wait_for, port_in_use, free_port
+. "$here/lib.sh"
 
 # wrk --latency output -> "rps p99_ms" (p99 converted from us/ms/s/m).
 wrk_figures() {
@@ -157,7 +132,7 @@ if ! command -v nginx >/dev/null 2>&1; then
 	echo "nginx: not installed (apt-get install nginx-light to compare)"
 	exit 0
 fi
-nport=$(free_port) || {
+nport=$(free_port 61000) || {
 	echo "http.sh: no free port above 60999 for nginx" >&2
 	exit 1
 }
