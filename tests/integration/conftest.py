@@ -359,6 +359,22 @@ class Daemon:
         return problems
 
 
+def start_demo(daemon, name, port, env, edb=None):
+    """stagelined on contrib/demo.yaml as the quickstart runs it, its settings
+    in env (STAGELINE_* variables): started and ready, and with edb, its
+    default project row there."""
+    cfg = os.path.join(REPO_ROOT, "contrib", "demo.yaml")
+    argv = [daemon.binary, "-c", cfg, "--log-format", "json"]
+    d = Daemon(daemon, name, cfg, argv, clean_env(env), port, (), False)
+    daemon.daemons.append(d)
+    d.start(wait_healthy=True)
+    d.wait_ready(timeout=20.0)
+    if edb is not None:
+        wait_for(lambda: edb.all("SELECT 1 FROM projects WHERE id = 'default'"), 10.0, 0.02,
+                 "the default project row")
+    return d
+
+
 class DaemonFactory:
     def __init__(self, tmp_path, pg):
         self.tmp_path = str(tmp_path)

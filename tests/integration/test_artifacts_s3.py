@@ -23,15 +23,16 @@ import urllib.request
 
 import jsonschema
 
-from conftest import Daemon, clean_env
 from slhelpers import free_port, wait_for
 from test_artifacts import MANIFEST_SCHEMA, check_artifacts, pipe
 from test_engine import (  # noqa: F401  (edb is a fixture)
     ERR_LIFECYCLE,
     ERR_MODULE,
     edb,
+    run_speech_demo,
     stage,
     start,
+    start_demo,
     submit,
     wait_job,
 )
@@ -74,10 +75,9 @@ def metric(d, name):
 
 
 def test_speech_demo_on_s3_with_manifests_hashes_and_links(daemon, edb, tmp_path, s3server):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     port = free_port()
     srv = s3server
-    env = clean_env({
+    d = start_demo(daemon, "demo-s3", port, {
         "STAGELINE_SERVER_LISTEN": f"127.0.0.1:{port}",
         "STAGELINE_DATABASE_URL": daemon.pg.url(dbname=edb.name),
         "STAGELINE_STORE_BACKEND": "s3",
@@ -91,20 +91,9 @@ def test_speech_demo_on_s3_with_manifests_hashes_and_links(daemon, edb, tmp_path
         "STAGELINE_SCHEDULER_SCRATCH_DIR": str(tmp_path / "scratch"),
         "STAGELINE_AUTH_ENABLED": "false",
         "STAGELINE_SERVER_SHUTDOWN_GRACE": "5s",
-    })
-    cfg = os.path.join(root, "contrib", "demo.yaml")
-    argv = [daemon.binary, "-c", cfg, "--log-format", "json"]
-    d = Daemon(daemon, "demo-s3", cfg, argv, env, port, (), False)
-    daemon.daemons.append(d)
-    d.start(wait_healthy=True)
-    d.wait_ready(timeout=20.0)
-    wait_for(lambda: edb.all("SELECT 1 FROM projects WHERE id = 'default'"), 10.0, 0.02,
-             "the default project row")
-    job = submit(d, "speech-demo", params={"speed": 160},
-                 input={"text": "Every stage of this pipeline runs in its own process."})
-    jid = job["id"]
-    done = wait_job(d, jid, timeout=120.0)
-    assert done["status"] == "completed", json.dumps(done, indent=1)[:3000]
+    }, edb)
+    done = run_speech_demo(d)
+    jid = done["id"]
     base = f"default/{jid}"
     checked = 0
     for s in done["stages"]:

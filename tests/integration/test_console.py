@@ -26,8 +26,8 @@ import subprocess
 import threading
 
 import pytest
-from conftest import Daemon, clean_env
-from slhelpers import free_port, wait_for
+from conftest import clean_env, start_demo
+from slhelpers import free_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SCRIPT = os.path.join(REPO, "tests", "integration", "console", "console_test.mjs")
@@ -289,7 +289,7 @@ def test_console_in_a_browser_against_the_speech_demo(daemon, cdb, tmp_path):
         pytest.fail("node or playwright-core is missing: run contrib/npm-tools")
 
     port = free_port()
-    env = clean_env({
+    d = start_demo(daemon, "console", port, {
         "STAGELINE_SERVER_LISTEN": f"127.0.0.1:{port}",
         "STAGELINE_DATABASE_URL": cdb,
         "STAGELINE_STORE_PATH": str(tmp_path / "objects"),
@@ -299,12 +299,6 @@ def test_console_in_a_browser_against_the_speech_demo(daemon, cdb, tmp_path):
         "STAGELINE_AUTH_ENABLED": "true",
         "STAGELINE_SERVER_SHUTDOWN_GRACE": "5s",
     })
-    cfg = os.path.join(REPO, "contrib", "demo.yaml")
-    argv = [daemon.binary, "-c", cfg, "--log-format", "json"]
-    d = Daemon(daemon, "console", cfg, argv, env, port, (), False)
-    daemon.daemons.append(d)
-    d.start(wait_healthy=True)
-    d.wait_ready(timeout=20.0)
     _cli(cdb, "projects", "create", "web", "--name", "Web")
     key = _cli(cdb, "keys", "create", "--project", "web", "--scopes", "jobs:read,jobs:write")
     # a well-formed key that does not exist

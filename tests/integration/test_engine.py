@@ -35,7 +35,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from conftest import Daemon, clean_env
+from conftest import Daemon, clean_env, start_demo
 from slhelpers import UUID_RE, free_port, wait_for
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -1703,41 +1703,38 @@ def _speech_tools_missing():
     return miss
 
 
+def run_speech_demo(d):
+    """One speech-demo job, waited for: it must complete."""
+    job = submit(d, "speech-demo", params={"speed": 160},
+                 input={"text": "Every stage of this pipeline runs in its own process."})
+    done = wait_job(d, job["id"], timeout=120.0)
+    assert done["status"] == "completed", json.dumps(done, indent=1)[:3000]
+    return done
+
+
 @pytest.mark.skipif(bool(_speech_tools_missing()), reason="speech tools not installed")
 def test_speech_demo_runs_end_to_end_with_the_quickstart_config(daemon, edb, tmp_path):
     """contrib/demo.yaml as the quickstart runs it (settings from STAGELINE_*
     variables): the speech-demo job completes every stage, its parallel
     branches overlap, and each stage's files are in the store."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     port = free_port()
-    env = clean_env({
+    d = start_demo(daemon, "demo", port, {
         "STAGELINE_SERVER_LISTEN": f"127.0.0.1:{port}",
         "STAGELINE_DATABASE_URL": daemon.pg.url(dbname=edb.name),
         "STAGELINE_STORE_PATH": str(tmp_path / "objects"),
         "STAGELINE_SCHEDULER_SCRATCH_DIR": str(tmp_path / "scratch"),
         "STAGELINE_AUTH_ENABLED": "false",
         "STAGELINE_SERVER_SHUTDOWN_GRACE": "5s",
-    })
-    cfg = os.path.join(root, "contrib", "demo.yaml")
-    argv = [daemon.binary, "-c", cfg, "--log-format", "json"]
-    d = Daemon(daemon, "demo", cfg, argv, env, port, (), False)
-    daemon.daemons.append(d)
-    d.start(wait_healthy=True)
-    d.wait_ready(timeout=20.0)
-    wait_for(lambda: edb.all("SELECT 1 FROM projects WHERE id = 'default'"), 10.0, 0.02,
-             "the default project row")
-    job = submit(d, "speech-demo", params={"speed": 160},
-                 input={"text": "Every stage of this pipeline runs in its own process."})
-    done = wait_job(d, job["id"], timeout=120.0)
+    }, edb)
+    done = run_speech_demo(d)
     stages = {s["stage"]: s for s in done["stages"]}
-    assert done["status"] == "completed", json.dumps(done, indent=1)[:3000]
     assert all(s["status"] == "completed" for s in stages.values()), stages
     assert done["progress"] == 1.0 and done["current_stage"] is None
     # align, transcribe and audio-stats run side by side once normalize is done
     starts = {n: stages[n]["started_at"] for n in ("align", "transcribe", "audio-stats")}
     ends = {n: stages[n]["completed_at"] for n in ("align", "transcribe", "audio-stats")}
     assert max(starts.values()) < min(ends.values()), (starts, ends)
-    base = tmp_path / "objects" / "default" / job["id"]
+    base = tmp_path / "objects" / "default" / done["id"]
     for rel in ("01_tts/speech.wav", "02_normalize/audio16k.wav", "03_align/alignment.json",
                 "04_transcribe/transcript.txt", "05_audio-stats/stats.json",
                 "06_subtitles/subtitles.srt", "07_report/report.json", "07_report/output.json",
