@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "http/auth.h"
 
 struct app;
@@ -82,6 +84,10 @@ void api_reply_db_error(struct http_req *req, const struct pg_error *err);
 void api_reply_no_such_job(struct http_req *req);
 /* A job lookup that found nothing: err ? api_reply_db_error : 404. */
 void api_reply_no_job(struct http_req *req, const struct pg_error *err);
+/* The request's JSON body, any value (an empty one is {} when
+ * empty_is_object): NULL after answering 415 (a Content-Type other than
+ * application/json) or 400 (not JSON). */
+json_t *api_read_json_body(struct http_req *req, bool empty_is_object);
 void api_reply_no_such_task(struct http_req *req);
 struct store_error;
 /* 503 store-unavailable with Retry-After (the store's message is logged). */

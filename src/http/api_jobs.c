@@ -227,9 +227,7 @@ static struct task_ref stage_task_ref(const json_t *stage, const char *job_id, c
 	return tr;
 }
 
-/* A JSON request body: NULL after answering 415 (another media type) or
- * 400 (not JSON). */
-static json_t *read_json_body(struct http_req *req)
+json_t *api_read_json_body(struct http_req *req, bool empty_is_object)
 {
 	const char *ctype = http_req_header(req, "Content-Type");
 	if (ctype && !media_type_is_json(ctype)) {
@@ -239,8 +237,11 @@ static json_t *read_json_body(struct http_req *req)
 	}
 	size_t len;
 	const char *body = http_req_body(req, &len);
+	if (len == 0 && empty_is_object)
+		return json_object();
 	json_error_t jerr;
-	json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	json_t *doc =
+	        json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (doc == NULL) {
 		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
 		                         jerr.column, jerr.text);
@@ -571,7 +572,7 @@ static void jobs_create_authed(struct http_req *req, const struct auth_principal
 static void jobs_create_checked(struct http_req *req, const struct auth_principal *p,
                                 struct api_ctx *ctx, const char *upload_key)
 {
-	json_t *doc = read_json_body(req);
+	json_t *doc = api_read_json_body(req, false);
 	if (doc == NULL)
 		return;
 	if (!json_is_object(doc)) {
@@ -1147,7 +1148,7 @@ static void jobs_retry_authed(struct http_req *req, const struct auth_principal 
 	(void)http_req_body(req, &len);
 	char *from = NULL;
 	if (len > 0) {
-		json_t *doc = read_json_body(req);
+		json_t *doc = api_read_json_body(req, false);
 		if (doc == NULL)
 			return;
 		json_t *errors = json_array();

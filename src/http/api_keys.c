@@ -217,43 +217,11 @@ static void reply_row_unreadable(struct http_req *req)
 
 /* --- request bodies ----------------------------------------------------- */
 
-static bool media_type_is_json(const char *ct)
-{
-	while (*ct == ' ' || *ct == '\t')
-		ct++;
-	if (strncasecmp(ct, "application/json", 16) != 0)
-		return false;
-	ct += 16;
-	while (*ct == ' ' || *ct == '\t')
-		ct++;
-	return *ct == '\0' || *ct == ';';
-}
-
-/* The JSON body as an object. An empty body is {} when empty_ok. NULL after
- * answering 415 (another media type), 400 (not JSON) or 422 (not an
- * object). */
 static json_t *read_object_body(struct http_req *req, bool empty_ok)
 {
-	const char *ctype = http_req_header(req, "Content-Type");
-	if (ctype && !media_type_is_json(ctype)) {
-		http_reply_problem(req, 415, "unsupported-media-type", NULL,
-		                   "the body must be application/json", NULL);
+	json_t *doc = api_read_json_body(req, empty_ok);
+	if (doc == NULL)
 		return NULL;
-	}
-	size_t len;
-	const char *body = http_req_body(req, &len);
-	if (len == 0 && empty_ok)
-		return json_object();
-	json_error_t jerr;
-	json_t *doc =
-	        json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-	if (doc == NULL) {
-		char *detail = xasprintf("invalid JSON at line %d, column %d: %s", jerr.line,
-		                         jerr.column, jerr.text);
-		http_reply_problem(req, 400, "invalid-json", "Invalid JSON", detail, NULL);
-		free(detail);
-		return NULL;
-	}
 	if (!json_is_object(doc)) {
 		json_t *errors = json_array();
 		add_error(errors, "(body)", "must be a JSON object");
@@ -328,6 +296,16 @@ static json_t *created_json(struct key_call *c, json_t *row)
 	return row;
 }
 
+/* 201 with the new key (shown this once: no-store) and its Location. */
+static void reply_created(struct http_req *req, struct key_call *c, json_t *row)
+{
+	char *loc = xasprintf("/v1/keys/%s", c->key.prefix);
+	http_set_header(req, "Location", loc);
+	free(loc);
+	http_set_header(req, "Cache-Control", "no-store");
+	http_reply_json(req, 201, created_json(c, row));
+}
+
 static bool create_result_cb(PGresult *res, const struct pg_error *err, void *arg)
 {
 	struct key_call *c = arg;
@@ -347,11 +325,7 @@ static bool create_result_cb(PGresult *res, const struct pg_error *err, void *ar
 		         LF_STR("scopes", c->scopes),
 		         LF_JSON("expires_at", json_object_get(row, "expires_at")),
 		         LF_STR("request_id", http_req_id(req)));
-		char *loc = xasprintf("/v1/keys/%s", c->key.prefix);
-		http_set_header(req, "Location", loc);
-		free(loc);
-		http_set_header(req, "Cache-Control", "no-store");
-		http_reply_json(req, 201, created_json(c, row));
+		reply_created(req, c, row);
 	}
 	key_call_free(c);
 	return false;
@@ -661,11 +635,7 @@ static bool rotate_result_cb(PGresult *res, const struct pg_error *err, void *ar
 	         LF_BOOL("own_key", strcmp(c->actor, c->prefix) == 0),
 	         LF_INT("grace_s", c->grace_s), LF_STR("request_id", http_req_id(req)));
 	json_object_set_new(row, "replaces", old);
-	char *loc = xasprintf("/v1/keys/%s", c->key.prefix);
-	http_set_header(req, "Location", loc);
-	free(loc);
-	http_set_header(req, "Cache-Control", "no-store");
-	http_reply_json(req, 201, created_json(c, row));
+	reply_created(req, c, row);
 	key_call_free(c);
 	return false;
 }
