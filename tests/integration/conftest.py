@@ -359,6 +359,18 @@ class Daemon:
         return problems
 
 
+def stageline_db(url, *args):
+    """`stageline --database-url url args...` (a bootstrap command: projects,
+    keys); its stdout, stripped. It must succeed."""
+    path = os.environ.get("STAGELINE_CLI")
+    if not path:
+        pytest.skip("STAGELINE_CLI is not set (make check sets it to the built `stageline`)")
+    r = subprocess.run([path, "--database-url", url, *args], capture_output=True, text=True,
+                       env=clean_env(), timeout=30)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout.strip()
+
+
 def start_demo(daemon, name, port, env, edb=None):
     """stagelined on contrib/demo.yaml as the quickstart runs it, its settings
     in env (STAGELINE_* variables): started and ready, and with edb, its

@@ -26,7 +26,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import clean_env, start_demo
+from conftest import clean_env, stageline_db, start_demo
 from slhelpers import free_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -252,16 +252,6 @@ def control_server(proxy):
     return srv
 
 
-def _cli(url, *args):
-    path = os.environ.get("STAGELINE_CLI")
-    if not path:
-        pytest.skip("STAGELINE_CLI is not set (make check sets it to the built `stageline`)")
-    r = subprocess.run([path, "--database-url", url, *args], capture_output=True, text=True,
-                       env=clean_env(), timeout=30)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout.strip()
-
-
 def _speech_tools_missing():
     miss = [t for t in ("espeak-ng", "sox", "pocketsphinx_continuous") if shutil.which(t) is None]
     if not os.path.exists("/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict"):
@@ -299,8 +289,8 @@ def test_console_in_a_browser_against_the_speech_demo(daemon, cdb, tmp_path):
         "STAGELINE_AUTH_ENABLED": "true",
         "STAGELINE_SERVER_SHUTDOWN_GRACE": "5s",
     })
-    _cli(cdb, "projects", "create", "web", "--name", "Web")
-    key = _cli(cdb, "keys", "create", "--project", "web", "--scopes", "jobs:read,jobs:write")
+    stageline_db(cdb, "projects", "create", "web", "--name", "Web")
+    key = stageline_db(cdb, "keys", "create", "--project", "web", "--scopes", "jobs:read,jobs:write")
     # a well-formed key that does not exist
     bad = key[:-10] + ("A" if key[-10] != "A" else "B") + key[-9:]
 

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from conftest import Daemon, clean_env, start_demo
+from conftest import Daemon, clean_env, stageline_db, start_demo
 from slhelpers import UUID_RE, free_port, wait_for
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -1605,24 +1604,14 @@ def test_resume_from_reuses_earlier_outputs(daemon, edb):
     soft.done()
 
 
-def _cli(args, url):
-    path = os.environ.get("STAGELINE_CLI")
-    if not path:
-        pytest.skip("STAGELINE_CLI is not set (make check sets it to the built `stageline`)")
-    r = subprocess.run([path, "--database-url", url, *args], capture_output=True, text=True,
-                       env=clean_env(), timeout=30)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout.strip()
-
-
 def project_keys(url, projects, scopes="jobs:read,jobs:write"):
     """Creates each project with the CLI and a key of scopes for it; the
     Authorization headers by project."""
     keys = {}
     for p in projects:
-        _cli(["projects", "create", p, "--name", p.title()], url)
-        keys[p] = {"Authorization": "Bearer " + _cli(
-            ["keys", "create", "--project", p, "--scopes", scopes], url)}
+        stageline_db(url, "projects", "create", p, "--name", p.title())
+        keys[p] = {"Authorization": "Bearer " + stageline_db(
+            url, "keys", "create", "--project", p, "--scopes", scopes)}
     return keys
 
 

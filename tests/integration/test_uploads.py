@@ -14,12 +14,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from conftest import stageline_db
 from slhelpers import wait_for
 from test_artifacts import SECRET, pipe
 from test_artifacts_s3 import s3_bytes, s3_config
 from test_engine import (  # noqa: F401  (edb is a fixture)
     project_keys,
-    _cli,
     assert_problem,
     edb,
     stage,
@@ -99,8 +99,8 @@ def test_upload_limits_and_bad_references(daemon, edb, pg):
                       "quota.max_input_bytes": 4096})
     url = pg.url(dbname=edb.name)
     keys = project_keys(url, ("alpha", "beta"))
-    ro = {"Authorization": "Bearer " + _cli(
-        ["keys", "create", "--project", "alpha", "--scopes", "jobs:read"], url)}
+    ro = {"Authorization": "Bearer " + stageline_db(
+        url, "keys", "create", "--project", "alpha", "--scopes", "jobs:read")}
     # past the quota (project default 4096) and past a project override
     st, hd, b = d.http("POST", "/v1/uploads", body=json.dumps({"size_bytes": 5000}),
                        headers={"Content-Type": "application/json", **keys["alpha"]})
